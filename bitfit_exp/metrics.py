@@ -1,0 +1,41 @@
+"""GLUE metrics, computed with scikit-learn/scipy (no network, unlike `evaluate.load`).
+
+>>> from bitfit_exp.metrics import compute_metrics
+>>> compute_metrics(["accuracy", "f1"], predictions=[1, 0, 1, 1], labels=[1, 0, 0, 1])
+{'accuracy': 0.75, 'f1': 0.8}
+
+Values are fractions in [0, 1] (correlations in [-1, 1]); tables multiply by 100 like the paper.
+"""
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+
+def _correlation(fn):
+    def metric(predictions, labels):
+        if np.std(predictions) == 0 or np.std(labels) == 0:
+            return 0.0  # undefined for a constant input; 0 is what a constant predictor deserves
+        return float(fn(predictions, labels)[0])
+
+    return metric
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": lambda p, y: float(accuracy_score(y, p)),
+    "f1": lambda p, y: float(f1_score(y, p)),  # binary F1 of the positive class, as GLUE (MRPC, QQP)
+    "matthews": lambda p, y: float(matthews_corrcoef(y, p)),
+    "pearson": _correlation(pearsonr),
+    "spearman": _correlation(spearmanr),
+}
+
+
+def compute_metrics(names: Sequence[str], predictions, labels) -> dict[str, float]:
+    """Score `predictions` (class ids, or floats for regression) against `labels` with each metric in `names`."""
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {unknown[0]!r}; valid: {', '.join(METRICS)}")
+    p, y = np.asarray(predictions), np.asarray(labels)
+    return {name: METRICS[name](p, y) for name in names}

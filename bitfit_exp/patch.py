@@ -1,0 +1,81 @@
+"""Save only what a run trained (a "bias patch") as safetensors, and apply it to a fresh pre-trained model.
+
+The file holds the trained tensors (whole, or as flat indices + values for masked methods), the head, and the
+initial values of the trained encoder biases (`initial.<name>`, for the bias-change analysis of Figure 1).
+
+>>> from bitfit_exp.patch import save_patch, apply_patch   # see tests/test_patch.py for a full round trip
+"""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from bitfit_exp.methods import Selection, head_parameter_names
+
+
+def trained_state(model: nn.Module, selection: Selection) -> dict[str, torch.Tensor]:
+    """Current values of the trained parameters (CPU copies): whole tensors, or the selected entries of masked ones."""
+    named = dict(model.named_parameters())
+    state = {}
+    for name, mask in selection.params.items():
+        value = named[name].detach()
+        state[name] = value.cpu().clone() if mask is None else value[mask.to(value.device)].cpu().clone()
+    return state
+
+
+def load_trained_state(model: nn.Module, selection: Selection, state: dict[str, torch.Tensor]) -> None:
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            mask = selection.params[name]
+            target = named[name]
+            if mask is None:
+                target.copy_(value)
+            else:
+                target[mask.to(target.device)] = value.to(target.device, target.dtype)
+
+
+def save_patch(path: Path, model: nn.Module, selection: Selection, state: dict[str, torch.Tensor],
+               initial: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    tensors = {}
+    for name, value in state.items():
+        mask = selection.params[name]
+        if mask is None:
+            tensors[f"trained.{name}"] = value.contiguous()
+        else:
+            tensors[f"sparse_idx.{name}"] = mask.flatten().nonzero().squeeze(1)
+            tensors[f"sparse_val.{name}"] = value.contiguous()
+    head = set(head_parameter_names(model))
+    for name, value in initial.items():
+        if name.endswith(".bias") and name not in head:
+            tensors[f"initial.{name}"] = value.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+    tmp.replace(path)
+
+
+def apply_patch(model: nn.Module, path: Path) -> nn.Module:
+    """Overwrite `model`'s parameters with the trained values stored in `path` (in place; returns the model)."""
+    tensors = load_file(str(path))
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, value in tensors.items():
+            kind, _, name = key.partition(".")
+            if name not in named:
+                raise KeyError(f"{path}: parameter {name} is not in this model; was the patch made for another one?")
+            target = named[name]
+            if kind == "trained":
+                target.copy_(value)
+            elif kind == "sparse_idx":
+                target.view(-1)[value.to(target.device)] = tensors[f"sparse_val.{name}"].to(target.device)
+    return model
+
+
+def bias_changes(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (initial, final) for every trained encoder bias stored in the patch."""
+    tensors = load_file(str(path))
+    return {k[len("initial."):]: (v, tensors[f"trained.{k[len('initial.'):]}"])
+            for k, v in tensors.items() if k.startswith("initial.") and f"trained.{k[len('initial.'):]}" in tensors}

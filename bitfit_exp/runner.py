@@ -1,0 +1,174 @@
+"""Run one setting (model x task x method x lr) for every seed, skipping seeds whose record says finished.
+
+>>> from bitfit_exp.runner import run_setting   # used by `bitfit-run`; see README.md for the command line
+"""
+
+import csv
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from bitfit_exp.data import encode, load_splits
+from bitfit_exp.methods import encoder_parameters, head_parameter_names, select
+from bitfit_exp.models import load_model, load_tokenizer
+from bitfit_exp.patch import save_patch
+from bitfit_exp.records import (RECORD, SCHEMA, environment, finished, read_record, seed_dir, set_aside,
+                                setting_key, write_json_atomic)
+from bitfit_exp.training import pick_device, predict, seed_everything, train_seed
+
+METHOD_META = {"name", "default_lr", "lr_grid"}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class Prepared:
+    """Tokenized splits of one task, shared by all seeds of a setting."""
+
+    def __init__(self, cfg):
+        self.tokenizer = load_tokenizer(cfg.model.name_or_path)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        raw = load_splits(cfg.task, cfg.data)
+        length, d = cfg.data.max_length, cfg.data
+        self.train = encode(raw["train"], cfg.task, self.tokenizer, length, d.max_train_samples)
+        probe_n = len(self.train) if d.train_eval_samples is None else min(d.train_eval_samples, len(self.train))
+        probe_rows = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(0))[:probe_n].sort()
+        self.train_probe = encode(raw["train"].select(probe_rows.values.tolist()), cfg.task, self.tokenizer, length)
+        self.dev = {s: encode(raw[s], cfg.task, self.tokenizer, length, d.max_eval_samples) for s in cfg.task.eval_splits}
+        self.test = {s: encode(raw[s], cfg.task, self.tokenizer, length, d.max_eval_samples)
+                     for s in cfg.task.test_splits if s in raw}
+        missing = [s for s in cfg.task.test_splits if s not in raw]
+        if missing and cfg.train.predict_test:
+            log(f"note: no {', '.join(missing)} split for {cfg.task.name}; skipping those test predictions")
+
+
+def parameter_counts(model, selection) -> dict:
+    encoder_total = sum(p.numel() for p in encoder_parameters(model).values())
+    head = set(head_parameter_names(model))
+    trained_encoder = selection.count(model, include_head=False)
+    return {
+        "trainable": selection.count(model),
+        "trainable_encoder": trained_encoder,
+        "head": sum(p.numel() for n, p in model.named_parameters() if n in head),
+        "encoder_total": encoder_total,
+        "pct_encoder": 100.0 * trained_encoder / encoder_total,
+    }
+
+
+def write_test_predictions(folder: Path, model, prepared: Prepared, cfg, device) -> list[str]:
+    written = []
+    for split, data in prepared.test.items():
+        preds = predict(model, data, cfg, device, prepared.pad_id)
+        name = cfg.task.test_splits[split]
+        with open(folder / name, "w", newline="") as f:
+            out = csv.writer(f, delimiter="\t", lineterminator="\n")
+            out.writerow(["index", "prediction"])
+            for idx, p in zip(data.idx.tolist(), preds.tolist(), strict=True):
+                label = {"names": lambda: cfg.task.label_names[int(p)], "ids": lambda: int(p),
+                         "float": lambda: f"{min(5.0, max(0.0, p)):.3f}"}[cfg.task.test_labels]()
+                out.writerow([idx, label])
+        written.append(name)
+    return written
+
+
+def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device) -> dict:
+    started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
+    seed_everything(seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    model = load_model(cfg.model.name_or_path, cfg.task.num_labels).to(device)
+    options = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k not in METHOD_META}
+    selection = select(cfg.method.name, model, torch.Generator().manual_seed(seed), **options)
+    initial = {n: p.detach().cpu().clone() for n, p in model.named_parameters()
+               if n in selection.params and selection.params[n] is None and n.endswith(".bias")}
+    result = train_seed(model, selection, prepared.train, prepared.train_probe, prepared.dev, cfg, seed, device,
+                        prepared.pad_id)
+    artifacts = {}
+    save = cfg.train.save_patch
+    if save is True or (save == "auto" and cfg.method.name != "full"):
+        save_patch(folder / "patch.safetensors", model, selection, result.chosen_state, initial,
+                   {"model": cfg.model.name_or_path, "task": cfg.task.name, "method": cfg.method.name,
+                    "epoch": result.chosen_epoch, "seed": seed})
+        artifacts["patch"] = "patch.safetensors"
+    if cfg.train.predict_test and prepared.test:
+        artifacts["test_predictions"] = write_test_predictions(folder, model, prepared, cfg, device)
+    by_epoch = {row["epoch"]: row for row in result.epochs}
+    return {
+        "schema": SCHEMA,
+        "status": "finished",
+        "setting": setting_key(OmegaConf.to_container(cfg, resolve=True)),
+        "seed": seed,
+        "main": {"split": next(iter(cfg.task.eval_splits)), "metric": cfg.task.metric, "select": cfg.train.select},
+        "columns": dict(cfg.task.eval_splits),
+        "params": parameter_counts(model, selection),
+        "epochs": result.epochs,
+        "best": by_epoch[result.best_epoch],
+        "last": result.epochs[-1],
+        "chosen_epoch": result.chosen_epoch,
+        "sizes": {"train": len(prepared.train), "train_probe": len(prepared.train_probe),
+                  **{s: len(d) for s, d in prepared.dev.items()}},
+        "timings": {**result.timings, "total_s": time.perf_counter() - t0, "started_at": started,
+                    "finished_at": datetime.now(UTC).isoformat(timespec="seconds")},
+        "env": environment(device),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "artifacts": artifacts,
+    }
+
+
+def score(record: dict, which: str | None = None) -> float:
+    """The record's main dev metric at the chosen (or `which`) epoch, as a fraction."""
+    main = record["main"]
+    row = record[which or main["select"]]
+    return row["dev"][main["split"]][main["metric"]]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def run_setting(cfg) -> list[dict]:
+    """Train every seed in cfg.seeds that is not finished yet; return all records of the setting."""
+    key = setting_key(OmegaConf.to_container(cfg, resolve=True))
+    device = pick_device(cfg.train.device)
+    root = Path(cfg.runs_dir).expanduser()
+    paths = {seed: seed_dir(root, key, seed) / RECORD for seed in cfg.seeds}
+    todo = [s for s, p in paths.items() if cfg.overwrite or not finished(p)]
+    log(f"{key['model']} {key['task']} {key['method']} lr={key['lr']:g}: {len(cfg.seeds)} seeds, "
+        f"{len(cfg.seeds) - len(todo)} already finished -> {root / key['dir']}")
+    (root / key["dir"]).mkdir(parents=True, exist_ok=True)
+    settings_file = root / key["dir"] / "config.yaml"
+    if not settings_file.exists():
+        OmegaConf.save(cfg, settings_file, resolve=True)
+    prepared = Prepared(cfg) if todo else None
+    records = {}
+    for seed in cfg.seeds:
+        path = paths[seed]
+        if seed not in todo:
+            records[seed] = read_record(path)
+            continue
+        moved = set_aside(path)
+        if moved:
+            log(f"seed {seed}: previous record kept as {moved.name}")
+        record = run_seed(cfg, seed, prepared, path.parent, device)
+        write_json_atomic(path, record)
+        records[seed] = record
+        main = record["main"]
+        log(f"seed {seed}: {main['metric']} {100 * score(record):.2f} at epoch {record['chosen_epoch']}"
+            f"/{len(record['epochs'])} (last {100 * score(record, 'last'):.2f}; train "
+            f"{100 * record[main['select']]['train'][main['metric']]:.2f}) "
+            f"trainable {record['params']['trainable']:,} ({record['params']['pct_encoder']:.3f}% of encoder) "
+            f"{record['timings']['total_s']:.1f}s on {record['env']['device']}")
+    values = [score(r) for r in records.values()]
+    mean, std = mean_std(values)
+    main = next(iter(records.values()))["main"]
+    log(f"{key['model']} {key['task']} {key['method']} lr={key['lr']:g}: {main['metric']} ({main['split']}, "
+        f"{main['select']} epoch) {100 * mean:.2f}±{100 * std:.2f} over {len(values)} seeds")
+    sys.stdout.flush()
+    return list(records.values())

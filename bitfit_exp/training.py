@@ -1,0 +1,163 @@
+"""One seed of one setting: freeze per the method, train with AdamW, evaluate every epoch, keep the chosen epoch.
+
+>>> from bitfit_exp.training import seed_everything
+>>> seed_everything(0)
+"""
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bitfit_exp.data import Encoded, batches
+from bitfit_exp.methods import Selection
+from bitfit_exp.metrics import compute_metrics
+from bitfit_exp.patch import load_trained_state, trained_state
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def freeze(model: nn.Module, selection: Selection) -> list[nn.Parameter]:
+    """requires_grad only on the selected tensors; returns them in model order."""
+    trained = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in selection.params)
+        if name in selection.params:
+            trained.append(p)
+    return trained
+
+
+def make_optimizer(model: nn.Module, selection: Selection, optim) -> torch.optim.Optimizer:
+    named = dict(model.named_parameters())
+    whole = [named[n] for n, m in selection.params.items() if m is None]
+    masked = [named[n] for n, m in selection.params.items() if m is not None]
+    groups = [{"params": whole, "weight_decay": optim.weight_decay}]
+    if masked:
+        # AdamW's decoupled decay would shrink unselected entries too; masked tensors get it in `masked_decay`.
+        groups.append({"params": masked, "weight_decay": 0.0, "masked": True})
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, eps=optim.eps,
+                             betas=tuple(optim.betas))
+
+
+@dataclass
+class Masks:
+    """Gradient and weight-decay masks of a masked method, on the model's device."""
+
+    by_param: list[tuple[nn.Parameter, torch.Tensor]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, model: nn.Module, selection: Selection, device) -> "Masks":
+        named = dict(model.named_parameters())
+        return cls([(named[n], m.to(device)) for n, m in selection.masks.items()])
+
+    def mask_grads(self) -> None:
+        for p, m in self.by_param:
+            if p.grad is not None:
+                p.grad.mul_(m)
+
+    def decay(self, lr: float, weight_decay: float) -> None:
+        if weight_decay:
+            with torch.no_grad():
+                for p, m in self.by_param:
+                    p.sub_(p * m * (lr * weight_decay))
+
+
+def predict(model: nn.Module, data: Encoded, cfg, device, pad_id: int) -> np.ndarray:
+    """Class ids (or scores for regression) for every example of `data`, in order."""
+    model.eval()
+    pad_to = cfg.data.max_length if cfg.data.padding == "max_length" else None
+    out = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
+        for batch in batches(data, range(len(data)), cfg.train.eval_batch_size, pad_id, pad_to):
+            batch.pop("labels")
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+            out.append(logits.squeeze(-1) if cfg.task.num_labels == 1 else logits.argmax(-1))
+    return torch.cat(out).cpu().numpy()
+
+
+def evaluate(model, data: Encoded, cfg, device, pad_id) -> dict[str, float]:
+    return compute_metrics(cfg.task.metrics, predict(model, data, cfg, device, pad_id), data.labels)
+
+
+@dataclass
+class SeedResult:
+    epochs: list[dict]
+    best_epoch: int
+    chosen_epoch: int
+    chosen_state: dict[str, torch.Tensor]
+    timings: dict[str, float]
+
+
+def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded, dev: dict[str, Encoded],
+               cfg, seed: int, device, pad_id: int) -> SeedResult:
+    """Train `model` (already on `device`) for cfg.train.epochs; evaluate dev splits and a train probe each epoch."""
+    trained = freeze(model, selection)
+    optimizer = make_optimizer(model, selection, cfg.optim)
+    masks = Masks.build(model, selection, device)
+    steps_per_epoch = -(-len(train) // cfg.train.batch_size)
+    warmup = int(cfg.optim.warmup_ratio * steps_per_epoch * cfg.train.epochs)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    order_rng = torch.Generator().manual_seed(seed)
+    pad_to = cfg.data.max_length if cfg.data.padding == "max_length" else None
+    main_split, main_metric = next(iter(cfg.task.eval_splits)), cfg.task.metric
+    show = {"auto": None, True: False, False: True}[cfg.train.progress]
+
+    epochs, best, best_state, train_s, eval_s = [], None, None, 0.0, 0.0
+    for epoch in range(1, cfg.train.epochs + 1):
+        model.train()
+        t0, losses = time.perf_counter(), []
+        order = torch.randperm(len(train), generator=order_rng).tolist()
+        bar = tqdm(batches(train, order, cfg.train.batch_size, pad_id, pad_to), total=steps_per_epoch,
+                   desc=f"seed {seed} epoch {epoch}/{cfg.train.epochs}", leave=False, disable=show)
+        for batch in bar:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
+                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            loss.backward()
+            masks.mask_grads()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trained, cfg.train.grad_clip)
+            masks.decay(schedule.get_last_lr()[0], cfg.optim.weight_decay)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t1 = time.perf_counter()
+        row = {
+            "epoch": epoch,
+            "train_loss": float(torch.stack(losses).float().mean()),
+            "dev": {split: evaluate(model, data, cfg, device, pad_id) for split, data in dev.items()},
+            "train": evaluate(model, train_probe, cfg, device, pad_id),
+        }
+        t2 = time.perf_counter()
+        row.update(train_s=t1 - t0, eval_s=t2 - t1)
+        train_s, eval_s = train_s + t1 - t0, eval_s + t2 - t1
+        epochs.append(row)
+        score = row["dev"][main_split][main_metric]
+        if best is None or score > best[1]:
+            best = (epoch, score)
+            if cfg.train.select == "best":
+                best_state = trained_state(model, selection)
+
+    chosen_epoch = best[0] if cfg.train.select == "best" else cfg.train.epochs
+    chosen_state = best_state if cfg.train.select == "best" else trained_state(model, selection)
+    load_trained_state(model, selection, chosen_state)
+    timings = {"train_s": train_s, "eval_s": eval_s,
+               "train_samples_per_s": len(train) * cfg.train.epochs / train_s if train_s else None}
+    return SeedResult(epochs, best[0], chosen_epoch, chosen_state, timings)
