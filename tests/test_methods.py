@@ -1,0 +1,292 @@
+"""Which parameters each method trains, checked against names and counts written out by hand from Appendix A.1."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
+
+from bitfit_exp.methods import METHODS, Selection, bias_budget, encoder_parameters, select
+
+# Deliberately distinct sizes, so a swapped dimension shows up in the hand-computed counts.
+V, H, HEADS, INTER, L, P, T, LABELS = 40, 8, 2, 20, 2, 24, 3, 3
+ALL_METHODS = ["full", "bitfit", "bm2_bq", "bm2", "bq", "biases", "frozen", "rand_uniform", "rand_rowcol"]
+# Appendix A.1, written out (not taken from bitfit_exp.methods.BIAS_COMPONENTS).
+A1 = {
+    "q": "attention.self.query.bias",
+    "k": "attention.self.key.bias",
+    "v": "attention.self.value.bias",
+    "m1": "attention.output.dense.bias",
+    "ln1": "attention.output.LayerNorm.bias",
+    "m2": "intermediate.dense.bias",
+    "m3": "output.dense.bias",
+    "ln2": "output.LayerNorm.bias",
+}
+SIZE = {"q": H, "k": H, "v": H, "m1": H, "ln1": H, "m2": INTER, "m3": H, "ln2": H}
+
+
+def build(kind: str) -> nn.Module:
+    cls = {"bert": BertConfig, "roberta": RobertaConfig}[kind]
+    config = cls(vocab_size=V, hidden_size=H, num_attention_heads=HEADS, intermediate_size=INTER, num_hidden_layers=L,
+                 max_position_embeddings=P, type_vocab_size=T, num_labels=LABELS)
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+@pytest.fixture(scope="module", params=["bert", "roberta"])
+def tiny(request):
+    return request.param, build(request.param)
+
+
+def head(kind):
+    """Hand-written head names -> sizes."""
+    if kind == "bert":
+        return {"classifier.weight": LABELS * H, "classifier.bias": LABELS}
+    return {"classifier.dense.weight": H * H, "classifier.dense.bias": H,
+            "classifier.out_proj.weight": LABELS * H, "classifier.out_proj.bias": LABELS}
+
+
+def layer_names(kind, keys):
+    return {f"{kind}.encoder.layer.{n}.{A1[k]}" for n in range(L) for k in keys}
+
+
+def expected_names(kind, method):
+    """The selection of each deterministic method, built from the naming scheme."""
+    extra = {f"{kind}.embeddings.LayerNorm.bias"} | ({"bert.pooler.dense.bias"} if kind == "bert" else set())
+    encoder = {
+        "bitfit": layer_names(kind, A1) | extra,
+        "bm2_bq": layer_names(kind, ["m2", "q"]),
+        "bm2": layer_names(kind, ["m2"]),
+        "bq": layer_names(kind, ["q"]),
+        "biases": set(),  # no components given
+        "frozen": set(),
+    }[method]
+    return encoder | set(head(kind))
+
+
+def full_count(kind):
+    embeddings = V * H + P * H + T * H + 2 * H
+    layer = 4 * (H * H + H) + 2 * H + (H * INTER + INTER) + (INTER * H + H) + 2 * H
+    pooler = H * H + H if kind == "bert" else 0
+    return embeddings + L * layer + pooler + sum(head(kind).values())
+
+
+def expected_count(kind, method):
+    head_count = sum(head(kind).values())
+    extra = H + (H if kind == "bert" else 0)  # embedding LayerNorm bias (+ BERT's pooler bias)
+    return {
+        "full": full_count(kind),
+        "bitfit": L * (4 * H + H + INTER + H + H) + extra + head_count,
+        "bm2_bq": L * (INTER + H) + head_count,
+        "bm2": L * INTER + head_count,
+        "bq": L * H + head_count,
+        "biases": head_count,
+        "frozen": head_count,
+    }[method]
+
+
+def test_registry_is_complete():
+    assert set(METHODS) == set(ALL_METHODS)
+
+
+@pytest.mark.parametrize("method", ["bitfit", "bm2_bq", "bm2", "bq", "biases", "frozen"])
+def test_selected_names_and_count(tiny, method):
+    kind, model = tiny
+    selection = select(method, model)
+    assert set(selection.params) == expected_names(kind, method)
+    assert selection.masks == {}
+    assert selection.count(model) == expected_count(kind, method)
+
+
+def test_full_selects_everything(tiny):
+    kind, model = tiny
+    selection = select("full", model)
+    assert set(selection.params) == {n for n, _ in model.named_parameters()}
+    assert selection.masks == {}
+    assert selection.count(model) == full_count(kind) == sum(p.numel() for p in model.parameters())
+
+
+def test_hand_counts_match_the_model(tiny):
+    # The hand formulas above describe the model actually built (guards the expected values themselves).
+    kind, model = tiny
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    assert {n: sizes[n] for n in head(kind)} == head(kind)
+    for key in A1:
+        for name in layer_names(kind, [key]):
+            assert sizes[name] == SIZE[key], name
+    assert (f"{kind}.pooler.dense.bias" in sizes) == (kind == "bert")
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_head_always_fully_trained(tiny, method):
+    kind, model = tiny
+    selection = select(method, model, generator=torch.Generator().manual_seed(1))
+    for name in head(kind):
+        assert name in selection.params and selection.params[name] is None, name
+    assert selection.count(model) - selection.count(model, include_head=False) == sum(head(kind).values())
+
+
+def test_frozen_trains_no_encoder_parameter(tiny):
+    _, model = tiny
+    assert select("frozen", model).count(model, include_head=False) == 0
+
+
+@pytest.mark.parametrize("keys", [["m3"], ["m1"], ["ln1"], ["ln2"], ["k", "v"], list(A1)])
+def test_biases_components_exact_paths(tiny, keys):
+    kind, model = tiny
+    selection = select("biases", model, components=keys)
+    assert set(selection.params) - set(head(kind)) == layer_names(kind, keys)
+    assert selection.count(model, include_head=False) == L * sum(SIZE[k] for k in keys)
+
+
+def test_m3_never_matches_the_attention_output(tiny):
+    kind, model = tiny
+    m3 = set(select("biases", model, components=["m3"]).params)
+    m1 = set(select("biases", model, components=["m1"]).params) - set(head(kind))
+    assert not any(n.endswith("attention.output.dense.bias") for n in m3)
+    assert {n for n in m3 if n.endswith("output.dense.bias")} == {f"{kind}.encoder.layer.{i}.output.dense.bias"
+                                                                   for i in range(L)}
+    assert m1 == {f"{kind}.encoder.layer.{i}.attention.output.dense.bias" for i in range(L)}
+    for method in ["bm2_bq", "bm2", "bq"]:
+        names = select(method, model).params
+        assert not any(n.endswith("output.dense.bias") for n in names), method
+
+
+def test_unknown_method_names_valid_choices(tiny):
+    _, model = tiny
+    with pytest.raises(ValueError, match="nope") as info:
+        select("nope", model)
+    for name in ALL_METHODS:
+        assert name in str(info.value)
+
+
+def test_unknown_component_names_valid_choices(tiny):
+    _, model = tiny
+    with pytest.raises(ValueError, match="m4") as info:
+        select("biases", model, components=["q", "m4"])
+    for key in A1:
+        assert key in str(info.value)
+
+
+def seeded(method, model, seed):
+    return select(method, model, generator=torch.Generator().manual_seed(seed))
+
+
+def test_bias_budget_is_the_bitfit_encoder_count(tiny):
+    kind, model = tiny
+    assert bias_budget(model) == expected_count(kind, "bitfit") - sum(head(kind).values())
+
+
+def test_rand_uniform(tiny):
+    kind, model = tiny
+    encoder = encoder_parameters(model)
+    a, b, a2 = seeded("rand_uniform", model, 0), seeded("rand_uniform", model, 1), seeded("rand_uniform", model, 0)
+    budget = L * (7 * H + INTER) + H + (H if kind == "bert" else 0)
+    assert bias_budget(model) == budget
+    for selection in (a, b):
+        assert sum(int(m.sum()) for m in selection.masks.values()) == budget
+        assert selection.count(model, include_head=False) == budget
+        assert set(selection.masks) <= set(encoder)
+        assert set(selection.params) - set(selection.masks) == set(head(kind))
+        for name, mask in selection.masks.items():
+            assert mask.dtype == torch.bool and mask.shape == encoder[name].shape and mask.any(), name
+    assert a.masks.keys() == a2.masks.keys() and all(torch.equal(a.masks[n], a2.masks[n]) for n in a.masks)
+    assert a.masks.keys() != b.masks.keys() or any(not torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+    # spread over the whole encoder, not confined to biases: the word embeddings alone hold most entries
+    assert f"{kind}.embeddings.word_embeddings.weight" in a.masks
+
+
+def linear_weights(kind, model):
+    return {f"{kind}.{n}.weight": m.weight for n, m in getattr(model, kind).named_modules() if isinstance(m, nn.Linear)}
+
+
+def test_rand_rowcol(tiny):
+    kind, model = tiny
+    linears = linear_weights(kind, model)
+    assert len(linears) == L * 6 + (1 if kind == "bert" else 0)  # q k v m1 m2 m3 per layer (+ pooler)
+    longest = max(max(w.shape) for w in linears.values())
+    assert longest == INTER
+    budget = bias_budget(model)
+    a, b, a2 = seeded("rand_rowcol", model, 0), seeded("rand_rowcol", model, 1), seeded("rand_rowcol", model, 0)
+    for selection in (a, b):
+        assert set(selection.masks) <= set(linears)
+        assert set(selection.params) - set(selection.masks) == set(head(kind))
+        chosen = selection.count(model, include_head=False)
+        assert budget - longest < chosen <= budget
+        for name, mask in selection.masks.items():
+            assert mask.dtype == torch.bool and mask.shape == linears[name].shape, name
+            full_rows, full_cols = mask.all(dim=1), mask.all(dim=0)
+            assert torch.equal(mask, full_rows[:, None] | full_cols[None, :]), name
+    assert a.masks.keys() == a2.masks.keys() and all(torch.equal(a.masks[n], a2.masks[n]) for n in a.masks)
+    assert a.masks.keys() != b.masks.keys() or any(not torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+
+
+def test_selection_count_uses_masks():
+    model = build("bert")
+    mask = torch.zeros(H, H, dtype=torch.bool)
+    mask[0, :3] = True
+    selection = Selection({"bert.pooler.dense.weight": mask, "bert.pooler.dense.bias": None, "classifier.bias": None})
+    assert selection.count(model) == 3 + H + LABELS
+    assert selection.count(model, include_head=False) == 3 + H
+
+
+# ---- paper percentages (Section 3.1 / Tables 1-2) on full-size shapes, built on the meta device (no memory).
+
+def meta_bert(vocab, hidden, layers, heads, intermediate):
+    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=intermediate, max_position_embeddings=512, type_vocab_size=2)
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def bert_encoder_total(vocab, h, layers, i):
+    embeddings = vocab * h + 512 * h + 2 * h + 2 * h
+    layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
+    return embeddings + layers * layer + h * h + h
+
+
+def share(model, method):
+    total = sum(p.numel() for p in encoder_parameters(model).values())
+    return select(method, model).count(model, include_head=False), total
+
+
+@pytest.fixture(scope="module")
+def bert_base_cased():
+    return meta_bert(28996, 768, 12, 12, 3072)
+
+
+def test_bert_base_counts(bert_base_cased):
+    model = bert_base_cased
+    assert next(model.parameters()).device.type == "meta"
+    total = bert_encoder_total(28996, 768, 12, 3072)
+    assert total == 108_310_272
+    expected = {"bitfit": 12 * (7 * 768 + 3072) + 768 + 768,  # = 102,912
+                "bm2_bq": 12 * (3072 + 768), "bm2": 12 * 3072, "bq": 12 * 768}
+    for method, count in expected.items():
+        assert share(model, method) == (count, total), method
+
+
+@pytest.mark.parametrize("method, paper", [("bm2_bq", 0.04), ("bm2", 0.03), ("bq", 0.01)])
+def test_bert_base_cased_percentages(bert_base_cased, method, paper):
+    trained, total = share(bert_base_cased, method)
+    assert round(100 * trained / total, 2) == paper
+
+
+def test_bert_base_bitfit_percentage(bert_base_cased):
+    # bert-base-cased gives 102,912 / 108,310,272 = 0.0950%: round() says 0.10, the paper prints 0.09 (Tables 1-3).
+    # The paper's figure matches the uncased vocabulary (30,522 -> 109,482,240 parameters, 0.0940%), i.e. the usual
+    # "110M" BERT-base size, for all four methods at once.
+    trained, total = share(bert_base_cased, "bitfit")
+    assert 0.0950 < 100 * trained / total < 0.0951
+    uncased = meta_bert(30522, 768, 12, 12, 3072)
+    for method, paper in [("bitfit", 0.09), ("bm2_bq", 0.04), ("bm2", 0.03), ("bq", 0.01)]:
+        trained, total = share(uncased, method)
+        assert total == bert_encoder_total(30522, 768, 12, 3072) == 109_482_240
+        assert round(100 * trained / total, 2) == paper, method
+
+
+def test_bert_large_bitfit_percentage():
+    model = meta_bert(28996, 1024, 24, 16, 4096)
+    trained, total = share(model, "bitfit")
+    assert trained == 24 * (7 * 1024 + 4096) + 1024 + 1024 == 272_384
+    assert total == bert_encoder_total(28996, 1024, 24, 4096)
+    assert round(100 * trained / total, 2) == 0.08
