@@ -12,6 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from bitfit_exp.errors import UserError
 
+# `${index:${method.lr_grid},${lr_index}}` lets a sweep walk each method's own learning-rate grid.
+OmegaConf.register_new_resolver("index", lambda seq, i: seq[int(i)], replace=True)
+
 
 def conf_dir() -> str:
     """conf/ of a source checkout (editable install), else the copy packaged as bitfit_exp/conf."""

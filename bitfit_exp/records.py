@@ -27,6 +27,7 @@ NON_RESULT_KEYS = {
     "train": {"device", "progress", "predict_test", "save_patch", "eval_batch_size"},
     "method": {"lr_grid", "default_lr"},
     "model": {"name"},
+    "task": {"train_size"},
 }
 
 

@@ -17,8 +17,17 @@ from bitfit_exp.data import encode, load_splits
 from bitfit_exp.methods import encoder_parameters, head_parameter_names, select
 from bitfit_exp.models import load_model, load_tokenizer
 from bitfit_exp.patch import save_patch
-from bitfit_exp.records import (RECORD, SCHEMA, environment, finished, read_record, seed_dir, set_aside,
-                                setting_key, write_json_atomic)
+from bitfit_exp.records import (
+    RECORD,
+    SCHEMA,
+    environment,
+    finished,
+    read_record,
+    seed_dir,
+    set_aside,
+    setting_key,
+    write_json_atomic,
+)
 from bitfit_exp.training import pick_device, predict, seed_everything, train_seed
 
 METHOD_META = {"name", "default_lr", "lr_grid"}
@@ -61,6 +70,15 @@ def parameter_counts(model, selection) -> dict:
     }
 
 
+def glue_label(prediction, task) -> str | int:
+    """A prediction as the GLUE server wants it: label names (MNLI, QNLI, RTE), ids, or a 0-5 score (STS-B)."""
+    if task.test_labels == "names":
+        return task.label_names[int(prediction)]
+    if task.test_labels == "float":
+        return f"{min(5.0, max(0.0, prediction)):.3f}"
+    return int(prediction)
+
+
 def write_test_predictions(folder: Path, model, prepared: Prepared, cfg, device) -> list[str]:
     written = []
     for split, data in prepared.test.items():
@@ -69,10 +87,8 @@ def write_test_predictions(folder: Path, model, prepared: Prepared, cfg, device)
         with open(folder / name, "w", newline="") as f:
             out = csv.writer(f, delimiter="\t", lineterminator="\n")
             out.writerow(["index", "prediction"])
-            for idx, p in zip(data.idx.tolist(), preds.tolist(), strict=True):
-                label = {"names": lambda: cfg.task.label_names[int(p)], "ids": lambda: int(p),
-                         "float": lambda: f"{min(5.0, max(0.0, p)):.3f}"}[cfg.task.test_labels]()
-                out.writerow([idx, label])
+            out.writerows([idx, glue_label(p, cfg.task)] for idx, p in zip(data.idx.tolist(), preds.tolist(),
+                                                                             strict=True))
         written.append(name)
     return written
 

@@ -74,6 +74,8 @@ def record_rows(record: dict, path, epoch: str | None = None) -> list[dict]:
     setting, main = record["setting"], record["main"]
     row = record[epoch or main["select"]]
     metric = main["metric"]
+    if not record["columns"]:
+        raise ValueError("no dev splits in 'columns'")
     out = []
     for split, column in record["columns"].items():
         train = (row.get("train") or {}).get(metric)
@@ -111,7 +113,7 @@ def collect(runs_dir, epoch: str | None = None) -> tuple[pd.DataFrame, list[str]
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             warnings.append(f"{path}: malformed run record ({type(e).__name__}: {e}); skipped")
             continue
-        key = (rows[0]["model"], rows[0]["hash"], rows[0]["seed"]) if rows else None
+        key = (rows[0]["model"], rows[0]["hash"], rows[0]["seed"])
         if key in kept:
             other, other_done, _ = kept[key]
             newer = rows[0]["finished_at"] > other_done
@@ -120,8 +122,7 @@ def collect(runs_dir, epoch: str | None = None) -> tuple[pd.DataFrame, list[str]
                             f"keeping the newer")
             if not newer:
                 continue
-        if key is not None:
-            kept[key] = (path, rows[0]["finished_at"], rows)
+        kept[key] = (path, rows[0]["finished_at"], rows)
     df = pd.DataFrame([r for _, _, rows in kept.values() for r in rows], columns=ROW_COLUMNS)
     return df.sort_values([*SETTING, "seed"], kind="stable", ignore_index=True), warnings
 
@@ -177,8 +178,8 @@ def paper_cells(reference: pd.DataFrame | None, table: int | None) -> tuple[dict
 def compare(best: pd.DataFrame, rows, reference: pd.DataFrame | None = None, table: int | None = None) -> pd.DataFrame:
     """Long format, one row per (model, method, column incl. avg): ours next to the paper (see CSV_COLUMNS).
 
-    delta = ours - paper; within = |delta| <= max(paper std, our std) (paper std NaN: ours only); NA where either
-    side is missing, and for avg (no std).
+    delta = ours - paper; within = |delta| <= max(paper std, our std) (paper std NaN: ours only; up to float error);
+    NA where either side is missing, and for avg (no std on either side).
     """
     ours = {(r.model, r.method, r.column): r for r in best.itertuples(index=False)}
     paper, paper_pct = paper_cells(reference, table)
@@ -202,7 +203,8 @@ def compare(best: pd.DataFrame, rows, reference: pd.DataFrame | None = None, tab
                             pct_encoder=hit.pct_encoder)
             cell["delta"] = cell["mean"] - p_mean
             noise = [s for s in (p_std, cell["std"]) if not math.isnan(s)]
-            cell["within"] = pd.NA if math.isnan(cell["delta"]) or not noise else abs(cell["delta"]) <= max(noise)
+            within = abs(cell["delta"]) <= max(noise, default=math.nan) + 1e-9  # 90.0 - 90.2 is 0.2000000000000028
+            cell["within"] = pd.NA if math.isnan(cell["delta"]) or not noise else within
             out.append(cell)
     df = pd.DataFrame(out, columns=CSV_COLUMNS)
     df["within"] = df["within"].astype("boolean")
@@ -315,7 +317,8 @@ def write_tables(name: str, table: pd.DataFrame, cells: pd.DataFrame, out_dir="r
     markdown = to_markdown(table, title, notes)
     (out / f"{name}.md").write_text(markdown, encoding="utf-8")
     (out / f"{name}.tex").write_text(to_latex(table, title), encoding="utf-8")
-    cells[CSV_COLUMNS].round(4).to_csv(out / f"{name}.csv", index=False)
+    scores = ["mean", "std", "paper_mean", "paper_std", "delta"]
+    cells[CSV_COLUMNS].round(dict.fromkeys(scores, 4)).to_csv(out / f"{name}.csv", index=False)
     return markdown
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import GLUE, MINILM, quick
+from conftest import MINILM, quick
 
 RUN = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
 

@@ -1,0 +1,34 @@
+# bitfit-exp: `make install`, `make test`, `make demo`, `make tables`. Run inside a virtual environment.
+PYTHON ?= python
+TORCH_VERSION ?= 2.13.0
+DATA_DIR ?= ../shared/data/glue
+RUNS_DIR ?= $(or $(BITFIT_RUNS_DIR),$(HOME)/bitfit-runs)
+OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+.PHONY: install test test-slow test-all lint demo tables
+
+# torch first, pinned: an unpinned torch pulls whatever build the index serves (a multi-GB CUDA one on Linux).
+# On a CUDA box with torch already installed, the installed build is kept.
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:
+	$(OFFLINE) $(PYTHON) -m pytest -q -m "not slow"
+
+test-slow:
+	$(OFFLINE) $(PYTHON) -m pytest -q -m slow || [ $$? -eq 5 ]  # exit 5: no slow test collected
+
+test-all:
+	$(OFFLINE) $(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check bitfit_exp tests scripts
+
+# A few minutes on a laptop CPU: real MiniLM weights, a slice of RTE, 3 seeds, 3 epochs.
+demo:
+	$(OFFLINE) bitfit-run task=rte method=bitfit model=minilm data.dir=$(DATA_DIR) seeds=[0,1,2] \
+		train.epochs=3 data.max_train_samples=400 data.max_eval_samples=277 data.padding=longest optim.lr=1e-3
+
+tables:
+	bitfit-tables --runs-dir $(RUNS_DIR) --table all --out results/tables
