@@ -78,7 +78,7 @@ def _task_configs(names) -> list[DictConfig]:
 def prefetch(cfg: DictConfig) -> None:
     """Save the model (weights + tokenizer) and every split of the tasks where offline runs can read them."""
     from bitfit_exp.data import load_splits, save_local
-    from bitfit_exp.models import load_model, load_tokenizer
+    from bitfit_exp.models import save_for_offline
 
     try:
         root = Path(cfg.data.dir).expanduser()
@@ -88,8 +88,7 @@ def prefetch(cfg: DictConfig) -> None:
             paths = save_local(task, splits, root)
             print(f"{task.name}: {', '.join(f'{p.stem} ({len(splits[p.stem])})' for p in paths)} -> {root / task.name}")
         target = Path(cfg.models_dir).expanduser() / cfg.model.name
-        load_tokenizer(cfg.model.name_or_path).save_pretrained(target)
-        load_model(cfg.model.name_or_path, num_labels=2).base_model.save_pretrained(target)
+        save_for_offline(cfg.model.name_or_path, target)
         print(f"model {cfg.model.name_or_path} -> {target}")
         print(f"offline: bitfit-run model={cfg.model.name} model.name_or_path={target} data.dir={root} ...")
     except UserError as e:

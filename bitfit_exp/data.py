@@ -50,7 +50,13 @@ def _load_local(task, root: Path):
         raise UserError(f"{folder} lacks {', '.join(m + '.parquet' for m in missing)}; fetch the task with "
                         f"`bitfit-prefetch task={task.name} data.dir={root}` on a machine with internet")
     files = {s: str(f) for s, f in files.items() if f.is_file()}
-    return dict(datasets.load_dataset("parquet", data_files=files))
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # "Generating split" bars for local files are noise in every job log
+    try:
+        return dict(datasets.load_dataset("parquet", data_files=files))
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def _load_hub(task, hub_name: str):

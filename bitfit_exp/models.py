@@ -62,3 +62,15 @@ def load_model(name_or_path: str, num_labels: int):
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
+
+
+def save_for_offline(name_or_path: str, target: Path) -> None:
+    """Copy a checkpoint (encoder weights, config, tokenizer) into `target`, for model.name_or_path=<target>."""
+    from transformers import AutoModel
+
+    path = resolve_model_path(name_or_path)
+    try:
+        AutoModel.from_pretrained(path).save_pretrained(target)
+    except OSError as e:
+        raise _hub_error(name_or_path, e) from None
+    load_tokenizer(name_or_path).save_pretrained(target)

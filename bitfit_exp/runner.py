@@ -95,6 +95,7 @@ def write_test_predictions(folder: Path, model, prepared: Prepared, cfg, device)
 
 def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device) -> dict:
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
