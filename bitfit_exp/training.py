@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bitfit_exp.data import Encoded, batches
+from bitfit_exp.errors import UserError
 from bitfit_exp.methods import Selection
 from bitfit_exp.metrics import compute_metrics
 from bitfit_exp.patch import load_trained_state, trained_state
@@ -29,7 +30,13 @@ def seed_everything(seed: int) -> None:
 def pick_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"train.device={spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device={spec} but CUDA is not available here; use train.device=auto or cpu")
+    return device
 
 
 def freeze(model: nn.Module, selection: Selection) -> list[nn.Parameter]:

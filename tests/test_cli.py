@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import MINILM, quick
+from conftest import GLUE, MINILM, quick
 
 RUN = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
 
@@ -77,6 +77,7 @@ def test_settings_never_share_a_folder(tmp_path, tiny_bert_dir, glue_dir):
     ("data.dir=/no/such/dir", "error: data.dir=/no/such/dir does not exist"),
     ("model.name_or_path=/no/such/model", "error: model.name_or_path=/no/such/model is not a model directory"),
     ("train.select=worst", "error: select='worst' is not valid; choose one of best, last"),
+    ("train.device=cuda", "error: train.device=cuda but CUDA is not available here"),
     ("data.dir=null", "error: cannot load nyu-mll/glue/rte from the Hugging Face hub"),
 ])
 def test_bad_input_gives_one_clear_line(override, message, tmp_path, tiny_bert_dir):
@@ -104,3 +105,12 @@ def test_unreachable_hub_fails_fast_without_offline_vars(tmp_path, tiny_bert_dir
     out = bitfit_run(*quick(tiny_bert_dir, tmp_path, "data.dir=null"), env=env)
     assert out.returncode == 2
     assert "hub is unreachable" in out.stderr and "error: cannot load nyu-mll/glue/rte" in out.stderr
+
+
+def test_data_dir_from_environment_and_bf16(tmp_path, tiny_bert_dir, glue_dir):
+    overrides = [o for o in quick(tiny_bert_dir, tmp_path, "train.bf16=true") if not o.startswith("data.dir=")]
+    out = bitfit_run(*overrides, env={"BITFIT_DATA_DIR": str(GLUE)})  # the default data.dir reads it
+    assert out.returncode == 0, out.stderr
+    (path,) = records(tmp_path)
+    rec = json.loads(path.read_text())
+    assert rec["config"]["data"]["dir"] == str(GLUE) and rec["config"]["train"]["bf16"] is True
