@@ -49,6 +49,7 @@ def run(cfg: DictConfig) -> float | None:
     """Train one setting for every seed; returns the mean main dev score (for Hydra sweepers)."""
     from bitfit_exp.hub import settle_offline_mode
     from bitfit_exp.methods import METHODS
+    from bitfit_exp.training import Stopped
 
     try:
         _check_choices(cfg)
@@ -61,7 +62,10 @@ def run(cfg: DictConfig) -> float | None:
         records = run_setting(cfg)
     except UserError as e:
         _fail(e)
-    return sum(score(r) for r in records) / len(records)
+    except Stopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        raise SystemExit(3) from None
+    return sum(score(r) for r in records) / len(records) if records else None
 
 
 def _task_configs(names) -> list[DictConfig]:

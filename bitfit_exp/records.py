@@ -24,11 +24,15 @@ RECORD = "record.json"
 # Config keys that do not change what a run computes (where it reads/writes, how it reports, which seeds).
 NON_RESULT_KEYS = {
     "data": {"dir", "hub_name"},
-    "train": {"device", "progress", "predict_test", "save_patch", "eval_batch_size"},
+    "train": {"device", "progress", "predict_test", "save_patch", "eval_batch_size", "checkpoint", "stop_after_epochs",
+              "claim_timeout_s"},
     "method": {"lr_grid", "default_lr"},
     "model": {"name"},
     "task": {"train_size"},
 }
+# Keys added after records existed whose null default reproduces the earlier behaviour: left out of the hash while
+# null, so settings run before the key existed keep their folder (and finished seeds are not redone).
+NULL_DEFAULT_KEYS = {"data": {"train_subset_seed"}}
 
 
 def result_config(cfg: dict) -> dict:
@@ -36,7 +40,8 @@ def result_config(cfg: dict) -> dict:
     out = {}
     for group in ("model", "task", "method", "optim", "train", "data"):
         values = dict(cfg.get(group) or {})
-        out[group] = {k: v for k, v in sorted(values.items()) if k not in NON_RESULT_KEYS.get(group, ())}
+        out[group] = {k: v for k, v in sorted(values.items()) if k not in NON_RESULT_KEYS.get(group, ())
+                      and not (v is None and k in NULL_DEFAULT_KEYS.get(group, ()))}
     return out
 
 
@@ -136,3 +141,84 @@ def environment(device) -> dict:
     else:
         env["device_name"] = platform.processor() or platform.machine()
     return env
+
+
+CLAIM = "claim.json"
+
+
+class Claim:
+    """An exclusive claim on one seed folder, so two jobs of the same sweep never train the same seed at once.
+
+    Created with O_EXCL; the holder refreshes its mtime (`beat`) while training. An existing claim is taken over
+    when it is stale: its job is this SLURM job (a requeue), its process is gone (same host), SLURM says its job
+    is no longer queued or running, or its heartbeat is older than `timeout_s`.
+    """
+
+    def __init__(self, folder: Path, timeout_s: float):
+        self.path, self.timeout_s, self.last = Path(folder) / CLAIM, timeout_s, 0.0
+
+    def _owner(self) -> dict:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                "since": time.time()}
+
+    def acquire(self) -> dict | None:
+        """Take the claim; returns None on success, else the live holder's details."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and not self._stale(holder):
+                    return holder
+                self.path.unlink(missing_ok=True)  # stale: the next O_EXCL create decides who takes it
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._owner(), f)
+            self.last = time.time()
+            return None
+        return self._holder() or {"host": "?", "pid": "?"}
+
+    def _holder(self) -> dict | None:
+        try:
+            return {**json.loads(self.path.read_text()), "mtime": self.path.stat().st_mtime}
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _stale(self, holder: dict) -> bool:
+        job = holder.get("slurm_job_id")
+        if job and job == os.environ.get("SLURM_JOB_ID"):
+            return True
+        if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+            return True
+        if job and _slurm_job_gone(job):
+            return True
+        return time.time() - holder["mtime"] > self.timeout_s
+
+    def beat(self, every_s: float = 30.0) -> None:
+        if time.time() - self.last > every_s:
+            self.path.touch()
+            self.last = time.time()
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _slurm_job_gone(job_id: str) -> bool:
+    """True when squeue answers and no longer lists the job; False when unsure (no squeue, error)."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%T", "-j", str(job_id)], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if out.returncode != 0:
+        return "Invalid job id" in out.stderr
+    return out.stdout.strip() in ("", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED", "NODE_FAIL")

@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from bitfit_exp.data import encode, load_splits
+from bitfit_exp.data import encode, load_splits, subset_rows
 from bitfit_exp.methods import encoder_parameters, head_parameter_names, select
 from bitfit_exp.models import load_model, load_tokenizer
 from bitfit_exp.patch import save_patch
 from bitfit_exp.records import (
     RECORD,
     SCHEMA,
+    Claim,
     environment,
     finished,
     read_record,
@@ -31,6 +32,7 @@ from bitfit_exp.records import (
 from bitfit_exp.training import pick_device, predict, seed_everything, train_seed
 
 METHOD_META = {"name", "default_lr", "lr_grid"}
+CHECKPOINT = "checkpoint.pt"
 
 
 def log(msg: str) -> None:
@@ -45,10 +47,13 @@ class Prepared:
         self.pad_id = self.tokenizer.pad_token_id or 0
         raw = load_splits(cfg.task, cfg.data)
         length, d = cfg.data.max_length, cfg.data
-        self.train = encode(raw["train"], cfg.task, self.tokenizer, length, d.max_train_samples)
+        # data.train_subset_seed null: the first max_train_samples rows; an int: the first rows of a seeded permutation
+        rows = subset_rows(len(raw["train"]), d.max_train_samples, d.get("train_subset_seed"))
+        self.train = encode(raw["train"].select(rows), cfg.task, self.tokenizer, length)
         probe_n = len(self.train) if d.train_eval_samples is None else min(d.train_eval_samples, len(self.train))
         probe_rows = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(0))[:probe_n].sort()
-        self.train_probe = encode(raw["train"].select(probe_rows.values.tolist()), cfg.task, self.tokenizer, length)
+        self.train_probe = encode(raw["train"].select([rows[i] for i in probe_rows.values.tolist()]), cfg.task,
+                                  self.tokenizer, length)
         self.dev = {s: encode(raw[s], cfg.task, self.tokenizer, length, d.max_eval_samples) for s in cfg.task.eval_splits}
         self.test = {s: encode(raw[s], cfg.task, self.tokenizer, length, d.max_eval_samples)
                      for s in cfg.task.test_splits if s in raw}
@@ -93,7 +98,7 @@ def write_test_predictions(folder: Path, model, prepared: Prepared, cfg, device)
     return written
 
 
-def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device) -> dict:
+def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat=lambda: None) -> dict:
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
@@ -104,8 +109,9 @@ def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device) -> dict:
     selection = select(cfg.method.name, model, torch.Generator().manual_seed(seed), **options)
     initial = {n: p.detach().cpu().clone() for n, p in model.named_parameters()
                if n in selection.params and selection.params[n] is None and n.endswith(".bias")}
+    checkpoint = folder / CHECKPOINT if cfg.train.checkpoint else None
     result = train_seed(model, selection, prepared.train, prepared.train_probe, prepared.dev, cfg, seed, device,
-                        prepared.pad_id)
+                        prepared.pad_id, checkpoint, heartbeat)
     artifacts = {}
     save = cfg.train.save_patch
     if save is True or (save == "auto" and cfg.method.name != "full"):
@@ -128,6 +134,7 @@ def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device) -> dict:
         "best": by_epoch[result.best_epoch],
         "last": result.epochs[-1],
         "chosen_epoch": result.chosen_epoch,
+        "resumed_after_epoch": result.resumed_after,
         "sizes": {"train": len(prepared.train), "train_probe": len(prepared.train_probe),
                   **{s: len(d) for s, d in prepared.dev.items()}},
         "timings": {**result.timings, "total_s": time.perf_counter() - t0, "started_at": started,
@@ -170,18 +177,37 @@ def run_setting(cfg) -> list[dict]:
         if seed not in todo:
             records[seed] = read_record(path)
             continue
-        moved = set_aside(path)
-        if moved:
-            log(f"seed {seed}: previous record kept as {moved.name}")
-        record = run_seed(cfg, seed, prepared, path.parent, device)
-        write_json_atomic(path, record)
+        claim = Claim(path.parent, cfg.train.claim_timeout_s)
+        holder = claim.acquire()
+        if holder is not None:
+            log(f"seed {seed}: being trained by another job ({holder.get('host')}, pid {holder.get('pid')}, "
+                f"SLURM job {holder.get('slurm_job_id')}); skipped")
+            continue
+        try:
+            if finished(path) and not cfg.overwrite:  # another job finished it while we waited
+                records[seed] = read_record(path)
+                continue
+            moved = set_aside(path)
+            if moved:
+                log(f"seed {seed}: previous record kept as {moved.name}")
+                (path.parent / CHECKPOINT).unlink(missing_ok=True)
+            record = run_seed(cfg, seed, prepared, path.parent, device, claim.beat)
+            write_json_atomic(path, record)
+            (path.parent / CHECKPOINT).unlink(missing_ok=True)
+        finally:
+            claim.release()
         records[seed] = record
+        if record["resumed_after_epoch"]:
+            log(f"seed {seed}: resumed from the checkpoint after epoch {record['resumed_after_epoch']}")
         main = record["main"]
         log(f"seed {seed}: {main['metric']} {100 * score(record):.2f} at epoch {record['chosen_epoch']}"
             f"/{len(record['epochs'])} (last {100 * score(record, 'last'):.2f}; train "
             f"{100 * record[main['select']]['train'][main['metric']]:.2f}) "
             f"trainable {record['params']['trainable']:,} ({record['params']['pct_encoder']:.3f}% of encoder) "
             f"{record['timings']['total_s']:.1f}s on {record['env']['device']}")
+    if not records:
+        log(f"{key['model']} {key['task']} {key['method']} lr={key['lr']:g}: no finished seed yet")
+        return []
     values = [score(r) for r in records.values()]
     mean, std = mean_std(values)
     main = next(iter(records.values()))["main"]

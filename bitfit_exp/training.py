@@ -6,7 +6,9 @@
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,11 +110,45 @@ class SeedResult:
     chosen_epoch: int
     chosen_state: dict[str, torch.Tensor]
     timings: dict[str, float]
+    resumed_after: int | None = None  # the epoch of the checkpoint this run continued from
+
+
+class Stopped(Exception):
+    """Training stopped at an epoch boundary (train.stop_after_epochs); the checkpoint lets a rerun resume."""
+
+
+def rng_states(order_rng: torch.Generator) -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+              "order": order_rng.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict, order_rng: torch.Generator) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    order_rng.set_state(states["order"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    """Everything needed to continue after this epoch exactly as if never stopped; atomic like the records."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded, dev: dict[str, Encoded],
-               cfg, seed: int, device, pad_id: int) -> SeedResult:
-    """Train `model` (already on `device`) for cfg.train.epochs; evaluate dev splits and a train probe each epoch."""
+               cfg, seed: int, device, pad_id: int, checkpoint: Path | None = None,
+               heartbeat: Callable[[], None] = lambda: None) -> SeedResult:
+    """Train `model` (already on `device`) for cfg.train.epochs; evaluate dev splits and a train probe each epoch.
+
+    With `checkpoint`, the state after each epoch is saved there and a run that finds one resumes from it: trained
+    parameters, optimizer and schedule, RNG states and data order, so the result equals an uninterrupted run.
+    """
     trained = freeze(model, selection)
     optimizer = make_optimizer(model, selection, cfg.optim)
     masks = Masks.build(model, selection, device)
@@ -124,8 +160,18 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
     main_split, main_metric = next(iter(cfg.task.eval_splits)), cfg.task.metric
     show = {"auto": None, True: False, False: True}[cfg.train.progress]
 
-    epochs, best, best_state, train_s, eval_s = [], None, None, 0.0, 0.0
-    for epoch in range(1, cfg.train.epochs + 1):
+    epochs, best, best_state, train_s, eval_s, first = [], None, None, 0.0, 0.0, 1
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        load_trained_state(model, selection, state["trained"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        set_rng_states(state["rng"], order_rng)
+        epochs, best, best_state = state["epochs"], state["best"], state["best_state"]
+        train_s, eval_s, first = state["train_s"], state["eval_s"], state["epoch"] + 1
+    stop_at = first - 1 + cfg.train.stop_after_epochs if cfg.train.stop_after_epochs else None
+
+    for epoch in range(first, cfg.train.epochs + 1):
         model.train()
         t0, losses = time.perf_counter(), []
         order = torch.randperm(len(train), generator=order_rng).tolist()
@@ -143,6 +189,7 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
+            heartbeat()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t1 = time.perf_counter()
@@ -161,10 +208,18 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
             best = (epoch, score)
             if cfg.train.select == "best":
                 best_state = trained_state(model, selection)
+        if checkpoint is not None and epoch < cfg.train.epochs:
+            save_checkpoint(checkpoint, epoch=epoch, trained=trained_state(model, selection),
+                            optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
+                            rng=rng_states(order_rng), epochs=epochs, best=best, best_state=best_state,
+                            train_s=train_s, eval_s=eval_s)
+        heartbeat()
+        if stop_at is not None and epoch == stop_at and epoch < cfg.train.epochs:
+            raise Stopped(f"seed {seed}: stopped after epoch {epoch} (train.stop_after_epochs); rerun to resume")
 
     chosen_epoch = best[0] if cfg.train.select == "best" else cfg.train.epochs
     chosen_state = best_state if cfg.train.select == "best" else trained_state(model, selection)
     load_trained_state(model, selection, chosen_state)
     timings = {"train_s": train_s, "eval_s": eval_s,
                "train_samples_per_s": len(train) * cfg.train.epochs / train_s if train_s else None}
-    return SeedResult(epochs, best[0], chosen_epoch, chosen_state, timings)
+    return SeedResult(epochs, best[0], chosen_epoch, chosen_state, timings, first - 1 or None)
