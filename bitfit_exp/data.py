@@ -94,6 +94,19 @@ class Encoded:
         return len(self.input_ids)
 
 
+def subset_rows(n: int, limit: int | None = None, seed: int | None = None):
+    """Row indices of a training subset of a split with `n` rows: the first `limit` rows (seed None), or the first
+    `limit` of a permutation drawn with `seed`. Nested: with one seed, a smaller subset is a prefix of a larger one.
+
+    >>> list(subset_rows(10, 3)), subset_rows(10, 3, seed=0) == subset_rows(10, 5, seed=0)[:3]
+    ([0, 1, 2], True)
+    """
+    k = n if limit is None else min(limit, n)
+    if seed is None:
+        return range(k)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:k].tolist()
+
+
 def encode(dataset, task, tokenizer, max_length: int, limit: int | None = None) -> Encoded:
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
