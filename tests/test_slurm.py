@@ -1,0 +1,149 @@
+"""The SLURM path on a real one-node cluster (scripts/slurm-local.sh): sweeps through hydra-submitit-launcher,
+scancel and resubmission, preemption with requeue and exact resume, two submissions of one sweep at once."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import GLUE, REPO
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("slurmctld") is None or shutil.which("sbatch") is None,
+                       reason="SLURM not installed (apt-get install slurmctld slurmd slurm-client munge)"),
+]
+RUN = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "SLURM_LOCAL_DIR": str(state)}
+    up = subprocess.run(["bash", str(REPO / "scripts" / "slurm-local.sh"), "up"], capture_output=True, text=True,
+                        env=env, timeout=120)
+    if up.returncode != 0:
+        pytest.skip(f"could not start the local SLURM cluster: {up.stderr.strip()[-300:]}")
+    env.update(SLURM_CONF=str(state / "slurm.conf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    yield env
+    subprocess.run(["bash", str(REPO / "scripts" / "slurm-local.sh"), "down"], env=env, timeout=60)
+
+
+def overrides(model_dir, runs_dir, *extra):
+    return [f"model.name_or_path={model_dir}", f"data.dir={GLUE}", f"runs_dir={runs_dir}", "train.progress=false",
+            "data.max_eval_samples=16", "data.train_eval_samples=16", "data.max_length=32", *extra]
+
+
+SLURM = ["launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.gpus_per_node=0", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=20"]
+
+
+def squeue(env) -> list[tuple[str, str, str]]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], capture_output=True, text=True, env=env).stdout
+    return [tuple(line.split()) for line in out.splitlines() if line.strip()]
+
+
+def wait_for(predicate, timeout=300, every=0.3):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def job_logs(sweep_dir):
+    return "".join(p.read_text(errors="replace") for p in sweep_dir.glob("**/.submitit/**/*.out"))
+
+
+def records(runs_dir):
+    return {p: json.loads(p.read_text()) for p in runs_dir.glob("**/seed*/record.json")}
+
+
+def test_sweep_on_slurm_equals_the_local_sweep(cluster, tiny_bert_dir, tmp_path):
+    sweep = ["+experiment=smoke", "lr_index=0", "data.max_train_samples=24"]
+    on_slurm = subprocess.run([*RUN, *overrides(tiny_bert_dir, tmp_path / "slurm", *sweep, *SLURM),
+                               f"hydra.sweep.dir={tmp_path / 'sweep'}", "--multirun"], capture_output=True,
+                              text=True, env=cluster, timeout=900)
+    assert on_slurm.returncode == 0, on_slurm.stderr[-3000:]
+    local = subprocess.run([*RUN, *overrides(tiny_bert_dir, tmp_path / "local", *sweep), "--multirun"],
+                           capture_output=True,
+                           text=True, env=cluster, timeout=900)
+    assert local.returncode == 0, local.stderr[-3000:]
+    found = records(tmp_path / "slurm")
+    assert len(found) == 2 * 2 * 2 and all(r["env"]["slurm_job_id"] for r in found.values())
+    tables = []
+    for name in ("slurm", "local"):
+        out = tmp_path / f"tables-{name}"
+        subprocess.run([sys.executable, "-m", "bitfit_exp.tables", "--runs-dir", str(tmp_path / name), "--out",
+                        str(out), "--expected-seeds", "2"], check=True, capture_output=True, env=cluster)
+        tables.append(list(csv.DictReader((out / "ours.csv").read_text().splitlines())))
+    assert tables[0] == tables[1] and len(tables[0]) >= 4
+
+
+def test_scancel_then_resubmit_skips_finished_seeds(cluster, tiny_bert_dir, tmp_path):
+    args = overrides(tiny_bert_dir, tmp_path / "runs", "task=rte", "seeds=[0,1,2]", "train.epochs=3",
+                     "data.max_train_samples=200", *SLURM)
+    first = subprocess.Popen([*RUN, *args, f"hydra.sweep.dir={tmp_path / 'a'}", "--multirun"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=cluster)
+    assert wait_for(lambda: list((tmp_path / "runs").glob("**/seed0/record.json")), timeout=600)
+    for job, _, _ in squeue(cluster):
+        subprocess.run(["scancel", job], env=cluster, check=True)
+    assert wait_for(lambda: not squeue(cluster), timeout=120)
+    first.kill()  # without accounting (sacct) submitit cannot tell a cancelled job from a slow one: stop waiting
+    first.communicate(timeout=60)
+    before = records(tmp_path / "runs")  # every record on disk parses: none half-written
+    assert 1 <= len(before) < 3 and all(r["status"] == "finished" for r in before.values())
+
+    again = subprocess.run([*RUN, *args, f"hydra.sweep.dir={tmp_path / 'b'}", "--multirun"], capture_output=True, text=True,
+                           env=cluster, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = records(tmp_path / "runs")
+    assert sorted(r["seed"] for r in after.values()) == [0, 1, 2]
+    assert all(after[p] == r for p, r in before.items())  # finished seeds were skipped, not redone
+    assert f"3 seeds, {len(before)} already finished" in job_logs(tmp_path / "b")
+    assert not list((tmp_path / "runs").glob("**/claim.json"))
+
+
+def test_preemption_requeues_and_resumes_exactly(cluster, tiny_bert_dir, tmp_path):
+    args = overrides(tiny_bert_dir, tmp_path / "slurm", "task=rte", "seeds=[0]", "train.epochs=6",
+                     "data.max_train_samples=200", "optim.lr=0.01")
+    job = subprocess.Popen([*RUN, *args, *SLURM, f"hydra.sweep.dir={tmp_path / 'sweep'}", "--multirun"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster)
+    assert wait_for(lambda: list((tmp_path / "slurm").glob("**/seed0/checkpoint.pt")), timeout=600)
+    ((job_id, _, _),) = squeue(cluster)
+    # What SLURM sends before a time limit or on preemption (submitit asks for USR2 via --signal).
+    subprocess.run(["scancel", "--signal=USR2", job_id], env=cluster, check=True)
+    # A requeued job waits ~2 minutes (BeginTime); let it start now.
+    assert wait_for(lambda: any(s == "PENDING" for _, s, _ in squeue(cluster)), timeout=120)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=cluster, check=True)
+    _, err = job.communicate(timeout=900)
+    assert job.returncode == 0, err[-3000:]
+    (resumed,) = records(tmp_path / "slurm").values()
+    assert resumed["resumed_after_epoch"] >= 1 and "preempted" in job_logs(tmp_path / "sweep")
+
+    whole = subprocess.run([*RUN, *args, f"runs_dir={tmp_path / 'local'}"], capture_output=True, text=True,
+                           env=cluster, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    (reference,) = records(tmp_path / "local").values()
+    strip = [[{k: v for k, v in e.items() if not k.endswith("_s")} for e in r["epochs"]] for r in (resumed, reference)]
+    assert strip[0] == strip[1]
+
+
+def test_two_submissions_of_one_sweep_train_each_seed_once(cluster, tiny_bert_dir, tmp_path):
+    args = overrides(tiny_bert_dir, tmp_path / "runs", "task=rte", "seeds=[0,1,2,3]", "train.epochs=2",
+                     "data.max_train_samples=100", *SLURM)
+    subs = [subprocess.Popen([*RUN, *args, f"hydra.sweep.dir={tmp_path / name}", "--multirun"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=cluster) for name in ("a", "b")]
+    outs = [s.communicate(timeout=900) for s in subs]
+    assert all(s.returncode == 0 for s in subs), [e[-2000:] for _, e in outs]
+    logs = job_logs(tmp_path / "a") + job_logs(tmp_path / "b")
+    trained = sorted(line.split(":")[0] for line in logs.splitlines() if line.startswith("seed ") and " at epoch " in line)
+    assert trained == ["seed 0", "seed 1", "seed 2", "seed 3"]
+    found = records(tmp_path / "runs")
+    assert sorted(r["seed"] for r in found.values()) == [0, 1, 2, 3]
+    assert not list((tmp_path / "runs").glob("**/claim.json")) and not list((tmp_path / "runs").glob("**/.*.tmp"))
