@@ -5,7 +5,7 @@ DATA_DIR ?= ../shared/data/glue
 RUNS_DIR ?= $(or $(BITFIT_RUNS_DIR),$(HOME)/bitfit-runs)
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install test test-slow test-all lint demo tables
+.PHONY: install test test-slow test-all lint demo tables figures
 
 # torch first, pinned: an unpinned torch pulls whatever build the index serves (a multi-GB CUDA one on Linux).
 # On a CUDA box with torch already installed, the installed build is kept.
@@ -27,8 +27,12 @@ lint:
 
 # A few minutes on a laptop CPU: real MiniLM weights, a slice of RTE, 3 seeds, 3 epochs.
 demo:
-	$(OFFLINE) bitfit-run task=rte method=bitfit model=minilm data.dir=$(DATA_DIR) seeds=[0,1,2] \
-		train.epochs=3 data.max_train_samples=400 data.max_eval_samples=277 data.padding=longest optim.lr=1e-3
+	$(OFFLINE) bitfit-run task=rte method=bitfit model=minilm data.dir=$(DATA_DIR) seeds=[0,1,2] train.epochs=3 \
+		data.max_train_samples=400 data.max_eval_samples=277 data.train_eval_samples=200 data.padding=longest optim.lr=1e-3
 
 tables:
 	bitfit-tables --runs-dir $(RUNS_DIR) --table all --out results/tables
+
+# Figures (bias change, learning curves, generalization gap, data size) from the records under RUNS_DIR.
+figures:
+	bitfit-plot all --runs-dir $(RUNS_DIR) --out results/figures
