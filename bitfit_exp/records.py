@@ -24,7 +24,7 @@ RECORD = "record.json"
 # Config keys that do not change what a run computes (where it reads/writes, how it reports, which seeds).
 NON_RESULT_KEYS = {
     "data": {"dir", "hub_name"},
-    "train": {"device", "progress", "predict_test", "save_patch", "eval_batch_size", "checkpoint", "stop_after_epochs",
+    "train": {"device", "progress", "predict_test", "save_patch", "eval_batch_size", "checkpoint", "stop_after_epochs", "packed",
               "claim_timeout_s"},
     "method": {"lr_grid", "default_lr"},
     "model": {"name"},

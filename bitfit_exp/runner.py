@@ -14,9 +14,11 @@ import torch
 from omegaconf import OmegaConf
 
 from bitfit_exp.data import encode, load_splits, subset_rows
+from bitfit_exp.errors import UserError
 from bitfit_exp.methods import encoder_parameters, head_parameter_names, select
 from bitfit_exp.models import load_model, load_tokenizer
-from bitfit_exp.patch import save_patch
+from bitfit_exp.packed import PACKABLE, packable, train_packed
+from bitfit_exp.patch import load_trained_state, save_patch, trained_state
 from bitfit_exp.records import (
     RECORD,
     SCHEMA,
@@ -29,7 +31,7 @@ from bitfit_exp.records import (
     setting_key,
     write_json_atomic,
 )
-from bitfit_exp.training import pick_device, predict, seed_everything, train_seed
+from bitfit_exp.training import SeedResult, pick_device, predict, seed_everything, train_seed
 
 METHOD_META = {"name", "default_lr", "lr_grid"}
 CHECKPOINT = "checkpoint.pt"
@@ -98,9 +100,8 @@ def write_test_predictions(folder: Path, model, prepared: Prepared, cfg, device)
     return written
 
 
-def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat=lambda: None) -> dict:
-    started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
-    folder.mkdir(parents=True, exist_ok=True)
+def start_seed(cfg, seed: int, device):
+    """Seeded model load (the head's random init depends on the seed) and the method's parameter selection."""
     seed_everything(seed)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -109,9 +110,13 @@ def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat
     selection = select(cfg.method.name, model, torch.Generator().manual_seed(seed), **options)
     initial = {n: p.detach().cpu().clone() for n, p in model.named_parameters()
                if n in selection.params and selection.params[n] is None and n.endswith(".bias")}
-    checkpoint = folder / CHECKPOINT if cfg.train.checkpoint else None
-    result = train_seed(model, selection, prepared.train, prepared.train_probe, prepared.dev, cfg, seed, device,
-                        prepared.pad_id, checkpoint, heartbeat)
+    return model, selection, initial
+
+
+def finish_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, model, selection, initial,
+                result: SeedResult, t0: float, started: str, extra: dict | None = None) -> dict:
+    """Patch, test predictions and the run record, from a model that holds the chosen epoch's parameters."""
+    folder.mkdir(parents=True, exist_ok=True)
     artifacts = {}
     save = cfg.train.save_patch
     if save is True or (save == "auto" and cfg.method.name != "full"):
@@ -142,7 +147,18 @@ def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat
         "env": environment(device),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "artifacts": artifacts,
+        **(extra or {}),
     }
+
+
+def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat=lambda: None) -> dict:
+    started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    model, selection, initial = start_seed(cfg, seed, device)
+    checkpoint = folder / CHECKPOINT if cfg.train.checkpoint else None
+    result = train_seed(model, selection, prepared.train, prepared.train_probe, prepared.dev, cfg, seed, device,
+                        prepared.pad_id, checkpoint, heartbeat)
+    return finish_seed(cfg, seed, prepared, folder, device, model, selection, initial, result, t0, started)
 
 
 def score(record: dict, which: str | None = None) -> float:
@@ -155,6 +171,55 @@ def score(record: dict, which: str | None = None) -> float:
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def report(record: dict) -> None:
+    main = record["main"]
+    log(f"seed {record['seed']}: {main['metric']} {100 * score(record):.2f} at epoch {record['chosen_epoch']}"
+        f"/{len(record['epochs'])} (last {100 * score(record, 'last'):.2f}; train "
+        f"{100 * record[main['select']]['train'][main['metric']]:.2f}) "
+        f"trainable {record['params']['trainable']:,} ({record['params']['pct_encoder']:.3f}% of encoder) "
+        f"{record['timings']['total_s']:.1f}s on {record['env']['device']}")
+
+
+def run_packed(cfg, seeds: list[int], paths: dict, prepared: Prepared, device) -> dict[int, dict]:
+    """Train the claimable `seeds` of one bias-family setting in one packed job; write and return their records."""
+    claims = {}
+    for seed in seeds:
+        claim = Claim(paths[seed].parent, cfg.train.claim_timeout_s)
+        holder = claim.acquire()
+        if holder is None and not (finished(paths[seed]) and not cfg.overwrite):
+            claims[seed] = claim
+        elif holder is None:
+            claim.release()
+        else:
+            log(f"seed {seed}: being trained by another job ({holder.get('host')}, pid {holder.get('pid')}); skipped")
+    if not claims:
+        return {}
+    started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
+    try:
+        inits, initials = [], {}
+        for seed in claims:  # each setting starts from its own seeded head, as a one-by-one run would
+            model, selection, initials[seed] = start_seed(cfg, seed, torch.device("cpu"))
+            inits.append(trained_state(model, selection))
+        results = train_packed(model, selection, inits, list(claims), [cfg.optim.lr] * len(claims), prepared.train,
+                               prepared.train_probe, prepared.dev, cfg, device, prepared.pad_id)
+        log(f"packed x{len(claims)}: {results[0].timings['packed_train_samples_per_s']:.1f} training samples/s "
+            f"over all settings on {device}")
+        records = {}
+        for seed, result in zip(claims, results, strict=True):
+            model, selection, _ = start_seed(cfg, seed, device)
+            load_trained_state(model, selection, result.chosen_state)
+            record = finish_seed(cfg, seed, prepared, paths[seed].parent, device, model, selection, initials[seed],
+                                 result, t0, started, {"packed": {"settings": len(claims), "seeds": list(claims)}})
+            set_aside(paths[seed])
+            write_json_atomic(paths[seed], record)
+            records[seed] = record
+            report(record)
+        return records
+    finally:
+        for claim in claims.values():
+            claim.release()
 
 
 def run_setting(cfg) -> list[dict]:
@@ -172,8 +237,16 @@ def run_setting(cfg) -> list[dict]:
         OmegaConf.save(cfg, settings_file, resolve=True)
     prepared = Prepared(cfg) if todo else None
     records = {}
+    if cfg.train.packed and len(todo) > 1:
+        if not packable(cfg.method.name):
+            raise UserError(f"train.packed=true needs a bias-family method ({', '.join(sorted(PACKABLE))}); "
+                            f"{cfg.method.name} trains one seed at a time: set train.packed=false")
+        records.update(run_packed(cfg, todo, paths, prepared, device))
+        todo = [s for s in todo if s not in records]
     for seed in cfg.seeds:
         path = paths[seed]
+        if seed in records:
+            continue
         if seed not in todo:
             records[seed] = read_record(path)
             continue
@@ -199,12 +272,7 @@ def run_setting(cfg) -> list[dict]:
         records[seed] = record
         if record["resumed_after_epoch"]:
             log(f"seed {seed}: resumed from the checkpoint after epoch {record['resumed_after_epoch']}")
-        main = record["main"]
-        log(f"seed {seed}: {main['metric']} {100 * score(record):.2f} at epoch {record['chosen_epoch']}"
-            f"/{len(record['epochs'])} (last {100 * score(record, 'last'):.2f}; train "
-            f"{100 * record[main['select']]['train'][main['metric']]:.2f}) "
-            f"trainable {record['params']['trainable']:,} ({record['params']['pct_encoder']:.3f}% of encoder) "
-            f"{record['timings']['total_s']:.1f}s on {record['env']['device']}")
+        report(record)
     if not records:
         log(f"{key['model']} {key['task']} {key['method']} lr={key['lr']:g}: no finished seed yet")
         return []

@@ -22,7 +22,7 @@ def tiny_config(kind: str = "bert", **overrides):
     return cls(**{**args, **overrides})
 
 
-def save_tiny(folder: Path, kind: str) -> Path:
+def save_tiny(folder: Path, kind: str, **overrides) -> Path:
     """A random tiny checkpoint + MiniLM's tokenizer, loadable by model.name_or_path=<folder>."""
     import torch
     from transformers import AutoModel
@@ -30,7 +30,7 @@ def save_tiny(folder: Path, kind: str) -> Path:
     from bitfit_exp.models import load_tokenizer
 
     torch.manual_seed(0)
-    AutoModel.from_config(tiny_config(kind)).save_pretrained(folder)
+    AutoModel.from_config(tiny_config(kind, **overrides)).save_pretrained(folder)
     load_tokenizer(MINILM).save_pretrained(folder)
     return folder
 
