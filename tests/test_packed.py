@@ -78,3 +78,19 @@ def test_packed_run_through_the_cli(tmp_path, tiny_bert_dir, glue_dir):
     bad = subprocess.run([*run, *quick(tiny_bert_dir, tmp_path, "train.packed=true", "seeds=[0,1]",
                                        "method=rand_uniform")], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "error: train.packed=true needs a bias-family method" in bad.stderr
+
+
+def test_bench_script_runs_and_writes_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--shape", "tiny", "--device", "cpu",
+                          "--steps", "1", "--warmup", "0", "--packed", "2", "--json", str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert [(r["mode"], r["k"]) for r in rows][:3] == [("paper", 1), ("full", 1), ("packed", 2)] and len(rows) == 6
+    assert all(r["samples_per_s_per_setting"] > 0 and r["device"] == "CPU" for r in rows)
