@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from bitfit_exp.data import Encoded, batches
 from bitfit_exp.methods import Selection
 from bitfit_exp.metrics import compute_metrics
-from bitfit_exp.training import SeedResult, freeze
+from bitfit_exp.training import SeedResult, freeze, lr_schedule
 
 PACKABLE = {"bitfit", "bm2_bq", "bm2", "bq", "biases", "frozen"}
 
@@ -151,9 +151,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
         [{"params": list(params.values()), "lr": lr} for params, lr in zip(settings, lrs, strict=True)],
         eps=cfg.optim.eps, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
     bsz, n = cfg.train.batch_size, len(train)
-    steps_per_epoch = -(-n // bsz)
-    warmup = int(cfg.optim.warmup_ratio * steps_per_epoch * cfg.train.epochs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    schedule = lr_schedule(optimizer, -(-n // bsz), cfg)
     order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
     main_split, main_metric = next(iter(cfg.task.eval_splits)), cfg.task.metric
     show = {"auto": None, True: False, False: True}[cfg.train.progress]

@@ -113,6 +113,12 @@ class SeedResult:
     resumed_after: int | None = None  # the epoch of the checkpoint this run continued from
 
 
+def lr_schedule(optimizer, steps_per_epoch: int, cfg):
+    """Constant learning rate (the paper), after an optional linear warmup over optim.warmup_ratio of the steps."""
+    warmup = int(cfg.optim.warmup_ratio * steps_per_epoch * cfg.train.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+
+
 class Stopped(Exception):
     """Training stopped at an epoch boundary (train.stop_after_epochs); the checkpoint lets a rerun resume."""
 
@@ -153,8 +159,7 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
     optimizer = make_optimizer(model, selection, cfg.optim)
     masks = Masks.build(model, selection, device)
     steps_per_epoch = -(-len(train) // cfg.train.batch_size)
-    warmup = int(cfg.optim.warmup_ratio * steps_per_epoch * cfg.train.epochs)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    schedule = lr_schedule(optimizer, steps_per_epoch, cfg)
     order_rng = torch.Generator().manual_seed(seed)
     pad_to = cfg.data.max_length if cfg.data.padding == "max_length" else None
     main_split, main_metric = next(iter(cfg.task.eval_splits)), cfg.task.metric
