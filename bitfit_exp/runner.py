@@ -214,6 +214,7 @@ def run_packed(cfg, seeds: list[int], paths: dict, prepared: Prepared, device) -
                                  result, t0, started, {"packed": {"settings": len(claims), "seeds": list(claims)}})
             set_aside(paths[seed])
             write_json_atomic(paths[seed], record)
+            (paths[seed].parent / CHECKPOINT).unlink(missing_ok=True)  # left by an earlier one-by-one attempt
             records[seed] = record
             report(record)
         return records
