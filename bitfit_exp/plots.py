@@ -1,0 +1,427 @@
+"""`bitfit-plot`: the paper's figures from run records and bias patches. Every figure is written as <name>.png,
+<name>.pdf and <name>.csv (the plotted values).
+
+    bitfit-plot bias-change RUN_DIR... [--out DIR]      # Figure 1: change per bias component and layer (heatmap)
+    bitfit-plot curves SETTING_DIR... [--out DIR]       # train/dev metric and loss per epoch, mean ± std over seeds
+    bitfit-plot gap --runs-dir DIR [--out DIR]          # generalization gap: train - dev, Full-FT vs BitFit (+ .md)
+    bitfit-plot datasize --runs-dir DIR --task rte      # Figure 2: dev score against training-set size
+    bitfit-plot all --runs-dir DIR --out results/figures
+
+A RUN_DIR / SETTING_DIR is a setting folder (<runs_dir>/<model>/<task>/<method>/lr<lr>-<hash>, holding seed*/) or
+one seed folder. The numbers come from bitfit_exp.analysis; figures use matplotlib's Agg canvas (no display).
+"""
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from bitfit_exp import analysis
+from bitfit_exp.errors import UserError
+from bitfit_exp.records import RECORD, CorruptRecord, read_record
+from bitfit_exp.tables import HEADERS, METHODS, MODELS
+
+STYLE = {
+    "font.family": "serif", "font.serif": ["DejaVu Serif"], "mathtext.fontset": "dejavuserif",
+    "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
+    "legend.fontsize": 10, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
+    "savefig.dpi": 200, "savefig.bbox": "tight", "pdf.fonttype": 42,
+}
+COLORS = {"bitfit": "#1f77b4", "full": "#d62728"}  # BitFit blue, Full-FT red, everything else from the cycle
+SERIES_STYLE = {"train": "--", "dev": "-"}
+# The paper's notation (Appendix A.1), as mathtext for the heatmap rows
+MATH_LABELS = {"b_q": r"$\mathbf{b}_{q}$", "b_k": r"$\mathbf{b}_{k}$", "b_v": r"$\mathbf{b}_{v}$",
+               "b_m1": r"$\mathbf{b}_{m1}$", "b_LN1": r"$\mathbf{b}_{LN1}$", "b_m2": r"$\mathbf{b}_{m2}$",
+               "b_m3": r"$\mathbf{b}_{m3}$", "b_LN2": r"$\mathbf{b}_{LN2}$"}
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "matthews": "Matthews corr.", "spearman": "Spearman corr.",
+                "pearson": "Pearson corr.", "loss": "loss"}
+
+
+def new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def model_name(model: str) -> str:
+    return MODELS.get(model, model)
+
+
+def method_name(method: str) -> str:
+    return METHODS.get(method, method)
+
+
+def task_name(task: str) -> str:
+    return HEADERS.get(task, task.upper())
+
+
+def metric_name(metric: str | None) -> str:
+    return METRIC_NAMES.get(metric, metric or "score")
+
+
+def setting_label(info: dict) -> str:
+    lr = "" if info.get("lr") is None or math.isnan(info["lr"]) else f", lr {info['lr']:g}"
+    n = info.get("n_train")
+    size = f", {n:,} train ex." if n else ""
+    return f"{model_name(info['model'])}, {task_name(info['task'])}, {method_name(info['method'])}{lr}{size}"
+
+
+def file_stem(kind: str, info: dict, run_dir=None) -> str:
+    parts = [kind, info["model"], info["task"], info["method"]]
+    if info.get("lr") is not None and not math.isnan(info["lr"]):
+        parts.append(f"lr{info['lr']:g}")
+    if info.get("hash"):
+        parts.append(info["hash"])
+    if info.get("seed_folder") and run_dir is not None:
+        parts.append(Path(run_dir).name)
+    return "_".join(str(p).replace("/", "-").replace(":", "-") for p in parts)
+
+
+def save(fig: Figure, data: pd.DataFrame, out_dir, name: str, index: bool = False) -> list[Path]:
+    """Write <out_dir>/<name>.png, .pdf and .csv (the plotted values); return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf", out / f"{name}.csv"]
+    with matplotlib.rc_context(STYLE):
+        fig.savefig(paths[0])
+        fig.savefig(paths[1])
+    data.to_csv(paths[2], index=index, float_format="%.6g")
+    return paths
+
+
+# -----------------------------------------------------------------------------
+# figures
+
+
+def plot_bias_change(table: pd.DataFrame, title: str, annotate: bool | None = None):
+    """Figure 1: rows b_q (top) ... b_LN2, columns layers 1..L and Avg; colour = mean |b0 - bF|.
+
+    Returns (fig, ax, image); image.get_array() holds exactly table.values (NaN masked)."""
+    values = table.to_numpy(dtype=float)
+    n_rows, n_cols = values.shape
+    annotate = n_cols <= 14 if annotate is None else annotate
+    with matplotlib.rc_context(STYLE):
+        fig = new_figure(max(5.0, 0.62 * n_cols + 2.6), 0.42 * n_rows + 1.6)
+        ax = fig.add_subplot()
+        cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#dddddd")
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto", vmin=0,
+                          vmax=np.nanmax(values) if np.isfinite(values).any() else 1)
+        ax.set_xticks(range(n_cols), [str(c) for c in table.columns])
+        ax.set_yticks(range(n_rows), [MATH_LABELS.get(str(r), str(r)) for r in table.index])
+        ax.tick_params(length=0)
+        for side in ax.spines.values():
+            side.set_visible(False)
+        if str(table.columns[-1]) == "Avg":
+            ax.axvline(n_cols - 1.5, color="white", linewidth=4)
+        ax.set_xlabel("Layer")
+        ax.set_ylabel("Bias component")
+        ax.set_title(title)
+        if annotate:
+            top = np.nanmax(values) if np.isfinite(values).any() and np.nanmax(values) > 0 else 1.0
+            decimals = max(0, 2 - math.floor(math.log10(top)))  # 3 significant digits for the largest cell
+            for i in range(n_rows):
+                for j in range(n_cols):
+                    v = values[i, j]
+                    if np.isfinite(v):
+                        ax.text(j, i, f"{v:.{decimals}f}", ha="center", va="center", fontsize=8,
+                                color="white" if v > 0.6 * top else "#202020")
+        bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+        bar.set_label(r"$\frac{1}{\dim(\mathbf{b})}\,\|\mathbf{b}_0 - \mathbf{b}_F\|_1$")
+    return fig, ax, image
+
+
+def _band(ax, x, mean, sd, color, style, label, alpha=0.18, marker="o"):
+    x, mean, sd = np.asarray(x, float), np.asarray(mean, float), np.asarray(sd, float)
+    line, = ax.plot(x, mean, linestyle=style, color=color, marker=marker, markersize=4, label=label)
+    if np.any(sd > 0):
+        ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=alpha, linewidth=0)
+    return line
+
+
+def plot_curves(per_seed: pd.DataFrame, summary: pd.DataFrame, title: str, metric: str | None = None):
+    """Left: the main metric on the train probe (dashed) and dev (solid) per epoch; right: mean training loss.
+
+    Bold lines are the mean over seeds with a ±1 std band; thin lines are the single seeds. Returns (fig, axes); the
+    bold lines carry label "<series> mean" and their data equal summary's mean column."""
+    with matplotlib.rc_context(STYLE):
+        fig = new_figure(10, 3.8)
+        axes = fig.subplots(1, 2)
+        score_series = [s for s in summary["series"].unique() if s != "train loss"]
+        palette = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+        panels = [(axes[0], score_series), (axes[1], ["train loss"])]
+        n_seeds = per_seed["seed"].nunique()
+        for ax, names in panels:
+            for k, series in enumerate(names):
+                color = palette[k % len(palette)]
+                style = SERIES_STYLE.get(series.split()[0], "-") if series != "train loss" else "-"
+                for _, one in per_seed[per_seed["series"] == series].groupby("seed"):
+                    ax.plot(one["epoch"], one["value"], color=color, linestyle=style, linewidth=0.8, alpha=0.35)
+                s = summary[summary["series"] == series].sort_values("epoch")
+                label = f"{series} mean" + (f" ± std ({n_seeds} seeds)" if n_seeds > 1 else "")
+                _band(ax, s["epoch"], s["mean"], s["std"], color, style, label).set_gid(f"{series} mean")
+            ax.set_xlabel("Epoch")
+            epochs = sorted(per_seed["epoch"].unique())
+            ax.set_xticks(epochs)
+            ax.legend(loc="best")
+            ax.grid(alpha=0.25)
+        axes[0].set_ylabel(f"{metric_name(metric)} (×100)")
+        axes[0].set_title("Train (probe) and dev score")
+        axes[1].set_ylabel("mean training loss")
+        axes[1].set_title("Training loss")
+        fig.suptitle(title)
+    return fig, axes
+
+
+def gap_frame(table: pd.DataFrame, show_model: bool = True, show_task: bool = True) -> pd.DataFrame:
+    """gap_summary's table with a readable group label (model, task, training data) per row."""
+    out = table.copy()
+    out["group"] = [_group_label(r, show_model, show_task) for r in out.itertuples(index=False)]
+    return out
+
+
+def _group_label(r, show_model: bool = True, show_task: bool = True) -> str:
+    parts = ([model_name(r.model)] if show_model else []) + ([task_name(r.task)] if show_task else [])
+    if r.n_train >= 0:
+        parts += [f"{r.n_train:,} train ex.", "first rows" if r.subset < 0 else f"subset seed {r.subset}"]
+    return "\n".join(parts)
+
+
+def plot_gap(table: pd.DataFrame, title: str | None = None):
+    """Grouped bars: per (model, task, training data) one bar per method, height gap_mean, error bar gap_std.
+
+    Returns (fig, ax, bars) where bars maps method -> its BarContainer (heights equal gap_mean)."""
+    models, tasks = table["model"].unique(), table["task"].unique()
+    if title is None:
+        common = [model_name(models[0])] if len(models) == 1 else []
+        common += [task_name(tasks[0])] if len(tasks) == 1 else []
+        title = "Generalization gap" + (f" ({', '.join(common)})" if common else "") + \
+            "\ntrain − dev score at the selected epoch, mean ± std over seeds"
+    frame = gap_frame(table, len(models) > 1, len(tasks) > 1)
+    groups = list(dict.fromkeys(frame["group"]))
+    methods = [m for m in ("full", "bitfit") if m in set(frame["method"])]
+    methods += sorted(set(frame["method"]) - set(methods))
+    width = 0.8 / max(1, len(methods))
+    palette = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    with matplotlib.rc_context(STYLE):
+        fig = new_figure(max(6.0, 1.5 * len(groups) + 2.5), 4.4)
+        ax = fig.add_subplot()
+        bars = {}
+        for k, method in enumerate(methods):
+            rows = frame[frame["method"] == method].set_index("group")
+            x = [i + (k - (len(methods) - 1) / 2) * width for i, g in enumerate(groups) if g in rows.index]
+            present = [g for g in groups if g in rows.index]
+            heights = rows.loc[present, "gap_mean"].to_numpy(float)
+            errors = rows.loc[present, "gap_std"].to_numpy(float)
+            bars[method] = ax.bar(x, heights, width, yerr=errors, capsize=3, label=method_name(method),
+                                  color=COLORS.get(method, palette[k % len(palette)]), alpha=0.9)
+            ax.bar_label(bars[method], labels=[f"{h:.1f}" for h in heights], padding=2, fontsize=9)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_ylabel("train − dev score (×100)")
+        ax.set_xlabel("Training data" if len(models) == 1 and len(tasks) == 1 else "")
+        ax.set_title(title)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.grid(axis="y", alpha=0.25)
+        ax.margins(y=0.12)
+    return fig, ax, bars
+
+
+def plot_datasize(table: pd.DataFrame, title: str, metric: str | None = None):
+    """Figure 2: dev score against training-set size (log x), one line per method (and lr), ±1 std band.
+
+    Returns (fig, ax, lines) where lines maps a label to its Line2D (data equal the table's n_train, mean)."""
+    lines = {}
+    keys = table[["method", "lr", "family"]].drop_duplicates()
+    order = {"full": 0, "bitfit": 1}
+    keys = keys.sort_values("method", key=lambda s: s.map(lambda m: order.get(m, 2)))
+    palette = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    per_method = keys.groupby("method")["lr"].transform("size")
+    with matplotlib.rc_context(STYLE):
+        fig = new_figure(7.5, 4.2)
+        ax = fig.add_subplot()
+        for k, (key, many) in enumerate(zip(keys.itertuples(index=False), per_method, strict=True)):
+            rows = table[(table["method"] == key.method) & (table["lr"] == key.lr) & (table["family"] == key.family)]
+            rows = rows.sort_values("n_train")
+            label = f"{method_name(key.method)} (lr {key.lr:g})" + (f" [{key.family}]" if many > 1 else "")
+            color = COLORS.get(key.method, palette[k % len(palette)]) if many == 1 else palette[k % len(palette)]
+            lines[label] = _band(ax, rows["n_train"], rows["mean"], rows["std"], color, "-", label)
+        ax.set_xscale("log")
+        sizes = sorted(table["n_train"].unique())
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("Training examples (nested subsets, log scale)")
+        ax.set_ylabel(f"dev {metric_name(metric)} (×100)")
+        ax.set_title(title)
+        low, high = (int(table["n"].min()), int(table["n"].max())) if len(table) else (0, 0)
+        runs = f"{low}" if low == high else f"{low}–{high}"
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title=f"mean ± std\n({runs} runs per point)",
+                  alignment="left")
+        ax.grid(alpha=0.25)
+    return fig, ax, lines
+
+
+# -----------------------------------------------------------------------------
+# commands
+
+
+def cmd_bias_change(run_dirs, out) -> list[Path]:
+    written = []
+    for run_dir in run_dirs:
+        table, info = analysis.bias_change_summary(run_dir)
+        seeds = f"{info['n_seeds']} seed{'s' if info['n_seeds'] > 1 else ''}"
+        title = f"Change in bias components: {setting_label(info)} ({seeds})"
+        fig, _, _ = plot_bias_change(table, _wrap(title))
+        written += save(fig, table, out, file_stem("bias_change", info, run_dir), index=True)
+    return written
+
+
+def cmd_curves(run_dirs, out) -> list[Path]:
+    written = []
+    for run_dir in run_dirs:
+        per_seed, summary, info = analysis.curves(run_dir)
+        n = per_seed["seed"].nunique()
+        title = f"Learning curves: {setting_label(info)} ({n} seed{'s' if n > 1 else ''}; selected: {info['select']})"
+        fig, _ = plot_curves(per_seed, summary, title, info.get("metric"))
+        # Bold lines: rows with seed "mean" (value = mean over seeds, std, n); thin lines: one row per seed.
+        data = pd.concat([summary.rename(columns={"mean": "value"}).assign(seed="mean"), per_seed],
+                         ignore_index=True)[["series", "metric", "seed", "epoch", "value", "std", "n"]]
+        written += save(fig, data, out, file_stem("curves", info, run_dir))
+    return written
+
+
+def gap_markdown(table: pd.DataFrame) -> str:
+    lines = ["| Model | Task | Train data | Method | lr | seeds | train | dev | train − dev |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in table.itertuples(index=False):
+        data = "all" if r.n_train < 0 else f"{r.n_train:,}" + (" (first rows)" if r.subset < 0 else
+                                                                 f" (subset seed {r.subset})")
+        lines.append(f"| {model_name(r.model)} | {task_name(r.task)} | {data} | {method_name(r.method)} | {r.lr:g} | "
+                     f"{r.n_seeds} | {r.train_mean:.1f}±{r.train_std:.1f} | {r.dev_mean:.1f}±{r.dev_std:.1f} | "
+                     f"{r.gap_mean:.1f}±{r.gap_std:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_gap(runs_dir, out, table: pd.DataFrame | None = None) -> list[Path]:
+    if table is None:
+        table, warnings = analysis.gap_table(runs_dir)
+        _warn(warnings)
+    if table.empty:
+        raise UserError(f"no finished run records with a train metric under {runs_dir}")
+    fig, _, _ = plot_gap(table)
+    written = save(fig, table, out, "generalization_gap")
+    md = Path(out) / "generalization_gap.md"
+    md.write_text("Generalization gap: main metric x100 at each record's selected epoch, mean±std over seeds; per "
+                  "row the lr with the best mean dev score.\n\n" + gap_markdown(table), encoding="utf-8")
+    return [*written, md]
+
+
+def cmd_datasize(runs_dir, task, out, table: pd.DataFrame | None = None) -> list[Path]:
+    if table is None:
+        table, warnings = analysis.datasize_table(runs_dir, task)
+        _warn(warnings)
+    table = table[table["task"] == task] if task else table
+    if table.empty:
+        raise UserError(f"no runs with data.train_subset_seed set for task {task} under {runs_dir}")
+    written = []
+    for model, rows in table.groupby("model"):
+        metric = _main_metric(runs_dir, model, task)
+        title = f"{model_name(model)}, {task_name(task)}: BitFit vs Full-FT by training-set size"
+        fig, _, _ = plot_datasize(rows, title, metric)
+        written += save(fig, rows, out, f"datasize_{model}_{task}")
+    return written
+
+
+def _main_metric(runs_dir, model, task) -> str | None:
+    for path in Path(runs_dir).expanduser().glob(f"{model}/{task}/*/*/seed*/{RECORD}"):
+        try:
+            return read_record(path)["main"]["metric"]
+        except (CorruptRecord, KeyError):
+            continue
+    return None
+
+
+def cmd_all(runs_dir, out) -> list[Path]:
+    """Everything the records allow: bias change per setting with patches, curves per setting, the gap table and a
+    data-size figure per task with seeded-subset runs."""
+    root = Path(runs_dir).expanduser()
+    settings = sorted({p.parent.parent for p in root.glob(f"**/seed*/{RECORD}")})
+    patched = sorted({p.parent.parent for p in root.glob(f"**/seed*/{analysis.PATCH}")})
+    written = []
+    if patched:
+        written += cmd_bias_change(patched, out)
+    if settings:
+        written += cmd_curves(settings, Path(out) / "curves")
+    runs, warnings = analysis.run_table(root)
+    _warn(warnings)
+    gaps = analysis.gap_summary(runs)
+    if not gaps.empty:
+        written += cmd_gap(root, out, gaps)
+    sizes = analysis.datasize_summary(runs)
+    for task, rows in sizes.groupby("task"):
+        if rows["n_train"].nunique() > 1:
+            written += cmd_datasize(root, task, out, rows)
+    if not written:
+        raise UserError(f"no run records or patches under {runs_dir}")
+    return written
+
+
+def _wrap(title: str, width: int = 70) -> str:
+    if len(title) <= width or ": " not in title:
+        return title
+    head, tail = title.split(": ", 1)
+    return f"{head}:\n{tail}"
+
+
+def _warn(warnings) -> None:
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bitfit-plot", description="The paper's figures from bitfit-run records.")
+    sub = p.add_subparsers(dest="command", required=True)
+    runs_default = os.environ.get("BITFIT_RUNS_DIR", "~/bitfit-runs")
+    b = sub.add_parser("bias-change", help="Figure 1: mean |b0 - bF| per bias component and layer (heatmap)")
+    b.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="setting folder (seed*/patch.safetensors) or seed "
+                   "folder")
+    c = sub.add_parser("curves", help="learning curves (train and dev metric, loss) per setting, mean ± std")
+    c.add_argument("run_dirs", nargs="+", metavar="SETTING_DIR", help="setting folder (seed*/record.json) or seed "
+                   "folder")
+    g = sub.add_parser("gap", help="generalization gap table and figure: train - dev per method")
+    d = sub.add_parser("datasize", help="Figure 2: dev score against training-set size (data.train_subset_seed runs)")
+    d.add_argument("--task", required=True)
+    a = sub.add_parser("all", help="every figure the records under --runs-dir allow")
+    for q in (g, d, a):
+        q.add_argument("--runs-dir", default=runs_default, help="root of the run records (default: "
+                       "$BITFIT_RUNS_DIR or ~/bitfit-runs)")
+    for q in (b, c, g, d, a):
+        q.add_argument("--out", default="results/figures", help="folder for <figure>.png/.pdf/.csv")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "bias-change":
+            written = cmd_bias_change(args.run_dirs, args.out)
+        elif args.command == "curves":
+            written = cmd_curves(args.run_dirs, args.out)
+        elif args.command == "gap":
+            written = cmd_gap(args.runs_dir, args.out)
+        elif args.command == "datasize":
+            written = cmd_datasize(args.runs_dir, args.task, args.out)
+        else:
+            written = cmd_all(args.runs_dir, args.out)
+    except (UserError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""bitfit-plot on synthetic patches and records with hand-known numbers: bias change (BERT and RoBERTa naming),
+learning curves, generalization gap, data-size curve; PNG/PDF/CSV written and the plotted values equal the CSV.
+Nested training subsets (data.train_subset_seed) on the local RTE copy."""
+
+import csv
+import hashlib
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import compose, quick, tiny_config
+from matplotlib.image import imread
+from omegaconf import OmegaConf
+
+from bitfit_exp import analysis, plots
+from bitfit_exp.data import subset_rows
+from bitfit_exp.methods import BIAS_COMPONENTS, bias_component, select
+from bitfit_exp.patch import save_patch, trained_state
+from bitfit_exp.records import setting_key, write_json_atomic
+from bitfit_exp.runner import Prepared, run_seed
+
+LABELS = ["b_q", "b_k", "b_v", "b_m1", "b_LN1", "b_m2", "b_m3", "b_LN2"]
+
+
+@pytest.fixture(autouse=True)
+def fast_figures(monkeypatch):
+    """Low-resolution PNGs and Type 3 PDF fonts: the same figures, several times faster to write."""
+    monkeypatch.setitem(plots.STYLE, "savefig.dpi", 60)
+    monkeypatch.setitem(plots.STYLE, "pdf.fonttype", 3)
+
+
+# -----------------------------------------------------------------------------
+# bias change (Figure 1)
+
+
+def delta(key: str, layer: int, scale: float) -> float:
+    """The known mean |change| of component `key` in `layer` (0-based): zero for b_k, as in the paper."""
+    return 0.0 if key == "k" else scale * (1 + list(BIAS_COMPONENTS).index(key)) * (layer + 1) / 100
+
+
+def write_patch(folder, kind: str, scale: float, seed: int = 0):
+    """A bitfit patch of a tiny random model whose per-layer biases moved by ±delta (alternating signs per entry,
+    so the mean absolute change is exactly delta)."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(kind, num_labels=2))
+    selection = select("bitfit", model)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()
+               if n in selection.params and n.endswith(".bias")}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            hit = bias_component(name)
+            if hit is not None:
+                signs = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(p.numel())])
+                p.add_(signs * delta(hit[1], hit[0], scale))
+            elif name in initial:  # embedding LayerNorm / pooler biases: trained, but not in Figure 1
+                p.add_(5.0)
+    path = folder / f"seed{seed}" / "patch.safetensors"
+    save_patch(path, model, selection, trained_state(model, selection), initial,
+               {"model": f"tiny_{kind}", "task": "rte", "method": "bitfit", "epoch": 1, "seed": seed})
+    return path, [n for n in initial if bias_component(n)]
+
+
+def expected_table(scale: float, n_layers: int = 2) -> pd.DataFrame:
+    rows = {label: [delta(k, layer, scale) for layer in range(n_layers)]
+            for label, k in zip(LABELS, BIAS_COMPONENTS, strict=True)}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=[str(i + 1) for i in range(n_layers)])
+    table["Avg"] = table.mean(axis=1)
+    return table
+
+
+def read_csv_table(path) -> pd.DataFrame:
+    return pd.read_csv(path, index_col="component")
+
+
+def check_png(path):
+    image = imread(path)
+    assert image.size > 0 and image.shape[0] > 100 and image.shape[1] > 100
+    assert path.with_suffix(".pdf").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind, prefix", [("bert", "bert.encoder.layer."), ("roberta", "roberta.encoder.layer.")])
+def test_bias_change_matches_known_perturbations(kind, prefix, tmp_path):
+    setting = tmp_path / "runs" / "tiny" / "rte" / "bitfit" / "lr0.001-abc"
+    _, names = write_patch(setting, kind, scale=1.0, seed=0)
+    write_patch(setting, kind, scale=3.0, seed=1)
+    assert names and all(n.startswith(prefix) for n in names)
+
+    out = tmp_path / "figs"
+    assert plots.main(["bias-change", str(setting), "--out", str(out)]) == 0
+    [png] = out.glob("bias_change_*.png")
+    check_png(png)
+    table = read_csv_table(png.with_suffix(".csv"))
+    expected = expected_table(scale=2.0)  # mean over seeds of scale 1 and 3
+    assert list(table.index) == LABELS and list(table.columns) == ["1", "2", "Avg"]
+    np.testing.assert_allclose(table.to_numpy(), expected.to_numpy(), rtol=1e-5, atol=1e-7)
+    assert table.loc["b_k"].eq(0).all()
+    assert table.loc["b_LN2", "2"] == pytest.approx(8 * 2 / 100 * 2.0, rel=1e-5)
+
+    # The plotted heatmap holds exactly the CSV numbers, rows b_q (top) ... b_LN2.
+    summary, info = analysis.bias_change_summary(setting)
+    assert info["n_seeds"] == 2 and info["method"] == "bitfit"
+    fig, ax, image = plots.plot_bias_change(summary, "t")
+    np.testing.assert_allclose(np.asarray(image.get_array()), table.to_numpy(), rtol=1e-5, atol=1e-7)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "Avg"]
+    assert len(ax.get_yticklabels()) == 8 and "q" in ax.get_yticklabels()[0].get_text()
+    assert "LN2" in ax.get_yticklabels()[-1].get_text()
+
+    # A seed folder on its own: that seed's numbers.
+    one, _ = analysis.bias_change_summary(setting / "seed1")
+    np.testing.assert_allclose(one.to_numpy(), expected_table(scale=3.0).to_numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_bias_change_without_patch_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "seed0").mkdir()
+    assert plots.main(["bias-change", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no patch.safetensors" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------
+# synthetic run records
+
+
+def make_record(method, lr, seed, dev, train=None, *, task="rte", model="minilm", n_train=800, subset=None,
+                epochs=None, max_train=None):
+    """A finished record whose selected (best) epoch scores `dev` / `train` (x100); `epochs` = [(dev, train, loss)]
+    overrides the per-epoch history (the best dev epoch is then the selected one)."""
+    data = {"max_train_samples": n_train if max_train is None else max_train, "train_subset_seed": subset}
+    config = {"model": {"name": model}, "task": {"name": task}, "method": {"name": method}, "optim": {"lr": lr},
+              "train": {"epochs": 3}, "data": data}
+    digest = hashlib.sha1(repr((model, task, method, lr, n_train, subset)).encode()).hexdigest()[:8]
+    history = epochs or [(dev - 5, None if train is None else train - 5, 0.7), (dev, train, 0.5)]
+    rows = [{"epoch": i + 1, "train_loss": loss, "dev": {"validation": {"accuracy": d / 100}},
+             "train": {} if t is None else {"accuracy": t / 100}, "train_s": 1.0, "eval_s": 0.1}
+            for i, (d, t, loss) in enumerate(history)]
+    best = max(rows, key=lambda r: r["dev"]["validation"]["accuracy"])
+    return {
+        "schema": 1, "status": "finished", "seed": seed,
+        "setting": {"model": model, "task": task, "method": method, "lr": lr, "hash": digest,
+                    "dir": f"{model}/{task}/{method}/lr{lr:g}-{digest}"},
+        "main": {"split": "validation", "metric": "accuracy", "select": "best"},
+        "columns": {"validation": task}, "params": {"pct_encoder": 100.0 if method == "full" else 0.1},
+        "epochs": rows, "best": best, "last": rows[-1], "chosen_epoch": best["epoch"],
+        "sizes": {"train": n_train, "train_probe": n_train, "validation": 277},
+        "config": config, "env": {"device": "cpu"}, "timings": {"finished_at": "2025-01-01T00:00:00+00:00"},
+    }
+
+
+def write(root, record):
+    folder = root / record["setting"]["dir"]
+    write_json_atomic(folder / f"seed{record['seed']}" / "record.json", record)
+    return folder
+
+
+# -----------------------------------------------------------------------------
+# learning curves
+
+
+def test_curves_mean_and_band_equal_the_records(tmp_path):
+    histories = {0: [(50, 60, 0.70), (60, 80, 0.50), (58, 90, 0.30)],
+                 1: [(54, 64, 0.66), (62, 84, 0.46), (60, 96, 0.20)]}
+    for seed, history in histories.items():
+        setting = write(tmp_path / "runs", make_record("full", 5e-5, seed, 0, epochs=history))
+    per_seed, summary, info = analysis.curves(setting)
+    assert info["chosen_epochs"] == {0: 2, 1: 2}
+    dev = summary[summary["series"] == "dev"].set_index("epoch")
+    assert list(dev["mean"]) == pytest.approx([52, 61, 59])
+    assert list(dev["std"]) == pytest.approx([math.sqrt(8), math.sqrt(2), math.sqrt(2)])
+    train = summary[summary["series"] == "train"].set_index("epoch")
+    assert list(train["mean"]) == pytest.approx([62, 82, 93])
+    loss = summary[summary["series"] == "train loss"].set_index("epoch")
+    assert list(loss["mean"]) == pytest.approx([0.68, 0.48, 0.25])
+
+    out = tmp_path / "figs"
+    assert plots.main(["curves", str(setting), "--out", str(out)]) == 0
+    [png] = out.glob("curves_minilm_rte_full_lr5e-05_*.png")
+    check_png(png)
+    written = pd.read_csv(png.with_suffix(".csv"))
+    means = written[written["seed"] == "mean"]
+    fig, axes = plots.plot_curves(per_seed, summary, "t", "accuracy")
+    for ax in axes:
+        for line in ax.get_lines():
+            if line.get_gid():  # the bold mean lines
+                series = line.get_gid().removesuffix(" mean")
+                want = means[means["series"] == series].sort_values("epoch")
+                assert list(line.get_xdata()) == list(want["epoch"])
+                assert list(line.get_ydata()) == pytest.approx(list(want["value"]))
+    assert {line.get_gid() for ax in axes for line in ax.get_lines()} >= {"dev mean", "train mean", "train loss mean"}
+    assert axes[0].get_xlabel() == "Epoch" and "accuracy" in axes[0].get_ylabel()
+
+
+# -----------------------------------------------------------------------------
+# generalization gap
+
+
+def test_gap_table_hand_computed(tmp_path):
+    runs = tmp_path / "runs"
+    # Full-FT: lr 2e-5 has the better dev mean (71 vs 61) and is the one reported; gaps 29 and 28.
+    for seed, (dev, train) in enumerate([(60, 90), (62, 94)]):
+        write(runs, make_record("full", 1e-5, seed, dev, train))
+    for seed, (dev, train) in enumerate([(70, 99), (72, 100)]):
+        write(runs, make_record("full", 2e-5, seed, dev, train))
+    # BitFit: one lr; gaps 5 and 4.
+    for seed, (dev, train) in enumerate([(65, 70), (67, 71)]):
+        write(runs, make_record("bitfit", 1e-3, seed, dev, train))
+    table, warnings = analysis.gap_table(runs)
+    assert not warnings
+    rows = table.set_index("method")
+    assert rows.loc["full", "lr"] == 2e-5 and rows.loc["full", "n_lrs"] == 2
+    assert rows.loc["full", ["train_mean", "dev_mean", "gap_mean"]].tolist() == pytest.approx([99.5, 71, 28.5])
+    assert rows.loc["full", "gap_std"] == pytest.approx(math.sqrt(0.5))
+    assert rows.loc["bitfit", ["train_mean", "dev_mean", "gap_mean"]].tolist() == pytest.approx([70.5, 66, 4.5])
+    assert rows.loc["bitfit", "gap_std"] == pytest.approx(math.sqrt(0.5))
+    assert set(table["n_seeds"]) == {2} and set(table["n_train"]) == {800}
+
+    out = tmp_path / "figs"
+    assert plots.main(["gap", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    check_png(out / "generalization_gap.png")
+    written = pd.read_csv(out / "generalization_gap.csv").set_index("method")
+    assert written.loc["full", "gap_mean"] == pytest.approx(28.5)
+    assert written.loc["bitfit", "gap_mean"] == pytest.approx(4.5)
+    markdown = (out / "generalization_gap.md").read_text()
+    assert "| MiniLM-L6 | RTE | 800 (first rows) | Full-FT | 2e-05 | 2 | 99.5±0.7 | 71.0±1.4 | 28.5±0.7 |" in markdown
+    fig, ax, bars = plots.plot_gap(table)
+    assert [b.get_height() for b in bars["full"]] == pytest.approx([28.5])
+    assert [b.get_height() for b in bars["bitfit"]] == pytest.approx([4.5])
+    assert "train − dev" in ax.get_ylabel()
+
+
+def test_gap_skips_records_without_a_train_metric(tmp_path):
+    write(tmp_path, make_record("bitfit", 1e-3, 0, 60, None))
+    table, _ = analysis.gap_table(tmp_path)
+    assert table.empty
+
+
+# -----------------------------------------------------------------------------
+# data size (Figure 2)
+
+
+def test_datasize_curve_hand_computed(tmp_path):
+    runs = tmp_path / "runs"
+    scores = {("full", 100): (50, 54), ("full", 300): (56, 58), ("full", 800): (62, 66),
+              ("bitfit", 100): (55, 55), ("bitfit", 300): (58, 60), ("bitfit", 800): (60, 62)}
+    lrs = {"full": 5e-5, "bitfit": 1e-3}
+    for (method, n), pair in scores.items():
+        for seed, dev in enumerate(pair):
+            write(runs, make_record(method, lrs[method], seed, dev, dev + 10, n_train=n, subset=0))
+    # Not part of the curve: first-rows runs (no subset seed) and another task.
+    write(runs, make_record("full", 5e-5, 0, 99, 99, n_train=800))
+    write(runs, make_record("full", 5e-5, 0, 99, 99, n_train=800, subset=0, task="mrpc"))
+
+    table, _ = analysis.datasize_table(runs, "rte")
+    assert len(table) == 6 and table.groupby("method")["family"].nunique().eq(1).all()
+    full = table[table["method"] == "full"].set_index("n_train")
+    assert list(full["mean"]) == pytest.approx([52, 57, 64])
+    assert list(full["std"]) == pytest.approx([math.sqrt(8), math.sqrt(2), math.sqrt(8)])
+    bitfit = table[table["method"] == "bitfit"].set_index("n_train")
+    assert list(bitfit["mean"]) == pytest.approx([55, 59, 61]) and bitfit.loc[100, "std"] == 0
+
+    out = tmp_path / "figs"
+    assert plots.main(["datasize", "--runs-dir", str(runs), "--task", "rte", "--out", str(out)]) == 0
+    check_png(out / "datasize_minilm_rte.png")
+    written = pd.read_csv(out / "datasize_minilm_rte.csv")
+    fig, ax, lines = plots.plot_datasize(table, "t", "accuracy")
+    assert set(lines) == {"Full-FT (lr 5e-05)", "BitFit (lr 0.001)"}
+    for label, line in lines.items():
+        method = "full" if label.startswith("Full") else "bitfit"
+        want = written[written["method"] == method].sort_values("n_train")
+        assert list(line.get_xdata()) == list(want["n_train"])
+        assert list(line.get_ydata()) == pytest.approx(list(want["mean"]))
+    assert ax.get_xscale() == "log" and "Training examples" in ax.get_xlabel()
+
+
+def test_all_writes_every_figure_the_records_allow(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write(runs, make_record("full", 5e-5, seed, 60 + seed, 80 + seed))
+        for n in (100, 300):
+            setting = write(runs, make_record("bitfit", 1e-3, seed, 50 + n / 100, 70, n_train=n, subset=0))
+    write_patch(setting, "bert", scale=1.0, seed=0)
+    out = tmp_path / "figs"
+    assert plots.main(["all", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    for name in ("generalization_gap", "datasize_minilm_rte"):
+        for ext in ("png", "pdf", "csv"):
+            assert (out / f"{name}.{ext}").stat().st_size > 0
+    assert len(list((out / "curves").glob("*.png"))) == 3 == len(list((out / "curves").glob("*.csv")))
+    assert len(list(out.glob("bias_change_*.png"))) == 1
+    with open(out / "generalization_gap.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3  # full on 800 first rows, bitfit on subsets of 100 and 300
+    assert plots.main(["all", "--runs-dir", str(tmp_path / "empty"), "--out", str(out)]) == 2
+
+
+# -----------------------------------------------------------------------------
+# nested training subsets
+
+
+def test_subset_rows_are_nested_and_null_keeps_the_first_rows():
+    assert subset_rows(2490, 100) == range(100)
+    assert subset_rows(50, None) == range(50)
+    small, large = subset_rows(2490, 100, seed=7), subset_rows(2490, 500, seed=7)
+    assert small == large[:100] and len(set(large)) == 500
+    assert small != subset_rows(2490, 100, seed=8)
+    assert sorted(subset_rows(30, None, seed=1)) == list(range(30))
+
+
+def test_prepared_train_subsets_are_nested_across_sizes(tiny_bert_dir, glue_dir, tmp_path):
+    def prepared(*extra):
+        cfg = compose(*quick(tiny_bert_dir, tmp_path, *extra))
+        return cfg, Prepared(cfg)
+
+    _, first = prepared("data.max_train_samples=100")
+    assert first.train.idx.tolist() == list(range(100))  # null: the first rows, as before
+    cfg, p100 = prepared("data.max_train_samples=100", "data.train_subset_seed=3", "data.train_eval_samples=40")
+    _, p500 = prepared("data.max_train_samples=500", "data.train_subset_seed=3")
+    small, large = p100.train.idx.tolist(), p500.train.idx.tolist()
+    assert len(small) == 100 and len(large) == 500
+    assert set(small) <= set(large) and small == large[:100]
+    assert small != list(range(100)) and small != sorted(small)  # a permutation's rows, in its order
+    assert set(p100.train_probe.idx.tolist()) <= set(small) and len(p100.train_probe) == 40
+
+    # The seed is in the record's config and in the setting hash; null leaves earlier hashes as they were.
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["data"]["train_subset_seed"] == 3
+    plain = OmegaConf.to_container(compose(*quick(tiny_bert_dir, tmp_path, "data.max_train_samples=100")),
+                                   resolve=True)
+    without_key = {**plain, "data": {k: v for k, v in plain["data"].items() if k != "train_subset_seed"}}
+    assert setting_key(plain)["hash"] == setting_key(without_key)["hash"] != setting_key(resolved)["hash"]
+    record = run_seed(cfg, 0, p100, tmp_path / "seed0", torch.device("cpu"))
+    assert record["config"]["data"]["train_subset_seed"] == 3 and record["sizes"]["train"] == 100
+
+
+def test_datasize_experiment_expands_to_sizes_and_methods():
+    from bitfit_exp.plan import plan
+
+    jobs = plan(["+experiment=datasize"])
+    assert len(jobs) == 10
+    keys = {(j["key"]["method"], j["key"]["lr"]) for j in jobs}
+    assert keys == {("full", 5e-5), ("bitfit", 1e-3)}
+    cfg = compose("+experiment=datasize", "method=bitfit", "data.max_train_samples=100")
+    assert cfg.data.train_subset_seed == 0 and cfg.model.name == "minilm" and cfg.task.name == "rte"
