@@ -86,26 +86,31 @@ def test_sweep_on_slurm_equals_the_local_sweep(cluster, tiny_bert_dir, tmp_path)
 
 
 def test_scancel_then_resubmit_skips_finished_seeds(cluster, tiny_bert_dir, tmp_path):
-    args = overrides(tiny_bert_dir, tmp_path / "runs", "task=rte", "seeds=[0,1,2]", "train.epochs=3",
-                     "data.max_train_samples=200", *SLURM)
+    # All of RTE at 128 tokens: several seconds per seed even for the tiny model, so the kill lands mid-seed.
+    args = overrides(tiny_bert_dir, tmp_path / "runs", "task=rte", "seeds=[0,1,2]", "train.epochs=6",
+                     "data.max_length=128", *SLURM)
     first = subprocess.Popen([*RUN, *args, f"hydra.sweep.dir={tmp_path / 'a'}", "--multirun"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=cluster)
-    assert wait_for(lambda: list((tmp_path / "runs").glob("**/seed0/record.json")), timeout=600)
+    # Kill the job in the middle of seed 1 (seed 0 finished, seed 1 has an epoch checkpoint): no cleanup runs.
+    assert wait_for(lambda: list((tmp_path / "runs").glob("**/seed1/checkpoint.pt")), timeout=600)
     for job, _, _ in squeue(cluster):
-        subprocess.run(["scancel", job], env=cluster, check=True)
+        subprocess.run(["scancel", "--signal=KILL", "--full", job], env=cluster, check=True)
+        subprocess.run(["scancel", job], env=cluster)
     assert wait_for(lambda: not squeue(cluster), timeout=120)
     first.kill()  # without accounting (sacct) submitit cannot tell a cancelled job from a slow one: stop waiting
     first.communicate(timeout=60)
     before = records(tmp_path / "runs")  # every record on disk parses: none half-written
-    assert 1 <= len(before) < 3 and all(r["status"] == "finished" for r in before.values())
+    assert [r["seed"] for r in before.values()] == [0] and before[next(iter(before))]["status"] == "finished"
+    assert list((tmp_path / "runs").glob("**/seed1/claim.json"))  # left behind by the killed job
 
-    again = subprocess.run([*RUN, *args, f"hydra.sweep.dir={tmp_path / 'b'}", "--multirun"], capture_output=True, text=True,
-                           env=cluster, timeout=900)
+    again = subprocess.run([*RUN, *args, f"hydra.sweep.dir={tmp_path / 'b'}", "--multirun"], capture_output=True,
+                           text=True, env=cluster, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     after = records(tmp_path / "runs")
     assert sorted(r["seed"] for r in after.values()) == [0, 1, 2]
-    assert all(after[p] == r for p, r in before.items())  # finished seeds were skipped, not redone
-    assert f"3 seeds, {len(before)} already finished" in job_logs(tmp_path / "b")
+    assert all(after[p] == r for p, r in before.items())  # the finished seed was skipped, not redone
+    logs = job_logs(tmp_path / "b")
+    assert "3 seeds, 1 already finished" in logs and "seed 1: resumed from the checkpoint after epoch" in logs
     assert not list((tmp_path / "runs").glob("**/claim.json"))
 
 
