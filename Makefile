@@ -25,7 +25,7 @@ test-all:
 lint:
 	$(PYTHON) -m ruff check bitfit_exp tests scripts
 
-# Real MiniLM weights, a 400-example slice of RTE, 3 seeds x 3 epochs: several minutes on a 2-core CPU.
+# Real MiniLM weights, a 400-example slice of RTE, 3 seeds x 3 epochs: about 5 minutes on a 2-core CPU.
 demo:
 	$(OFFLINE) bitfit-run task=rte method=bitfit model=minilm data.dir=$(DATA_DIR) seeds=[0,1,2] train.epochs=3 \
 		data.max_train_samples=400 data.max_eval_samples=277 data.train_eval_samples=200 data.padding=longest optim.lr=1e-3
