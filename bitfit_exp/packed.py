@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from bitfit_exp.data import Encoded, batches
 from bitfit_exp.methods import Selection
 from bitfit_exp.metrics import compute_metrics
-from bitfit_exp.training import SeedResult, freeze, lr_schedule
+from bitfit_exp.training import SeedResult, freeze, lr_schedule, predict
 
 PACKABLE = {"bitfit", "bm2_bq", "bm2", "bq", "biases", "frozen"}
 
@@ -115,23 +115,9 @@ def packed_loss(logits, labels, k: int, regression: bool):
     return per_setting.sum(), per_setting.detach()
 
 
-def packed_predict(model, data: Encoded, cfg, device, pad_id: int, k: int) -> torch.Tensor:
-    """[k, len(data)] predictions: every setting scores the same examples."""
-    model.eval()
-    pad_to = cfg.data.max_length if cfg.data.padding == "max_length" else None
-    out = []
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
-        for batch in batches(data, range(len(data)), cfg.train.eval_batch_size, pad_id, pad_to):
-            batch.pop("labels")
-            inputs = {key: v.to(device).repeat(k, 1) for key, v in batch.items()}
-            logits = model(**inputs).logits.float().view(k, -1, cfg.task.num_labels)
-            out.append(logits.squeeze(-1) if cfg.task.num_labels == 1 else logits.argmax(-1))
-    return torch.cat(out, dim=1).cpu()
-
-
 def packed_evaluate(model, data: Encoded, cfg, device, pad_id, k) -> list[dict[str, float]]:
-    preds = packed_predict(model, data, cfg, device, pad_id, k)
-    return [compute_metrics(cfg.task.metrics, p.numpy(), data.labels) for p in preds]
+    preds = predict(model, data, cfg, device, pad_id, k)
+    return [compute_metrics(cfg.task.metrics, p, data.labels) for p in preds]
 
 
 def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor]], seeds: list[int],

@@ -86,17 +86,20 @@ class Masks:
                     p.sub_(p * m * (lr * weight_decay))
 
 
-def predict(model: nn.Module, data: Encoded, cfg, device, pad_id: int) -> np.ndarray:
-    """Class ids (or scores for regression) for every example of `data`, in order."""
+def predict(model: nn.Module, data: Encoded, cfg, device, pad_id: int, k: int = 1) -> np.ndarray:
+    """Class ids (or scores for regression) for every example of `data`, in order. A packed model of `k` settings
+    scores every example once per setting and gets a [k, len(data)] array back."""
     model.eval()
     pad_to = cfg.data.max_length if cfg.data.padding == "max_length" else None
     out = []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
         for batch in batches(data, range(len(data)), cfg.train.eval_batch_size, pad_id, pad_to):
             batch.pop("labels")
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+            inputs = {key: v.to(device).repeat(k, 1) for key, v in batch.items()}
+            logits = model(**inputs).logits.float().view(k, -1, cfg.task.num_labels)
             out.append(logits.squeeze(-1) if cfg.task.num_labels == 1 else logits.argmax(-1))
-    return torch.cat(out).cpu().numpy()
+    preds = torch.cat(out, dim=1).cpu().numpy()
+    return preds[0] if k == 1 else preds
 
 
 def evaluate(model, data: Encoded, cfg, device, pad_id) -> dict[str, float]:
