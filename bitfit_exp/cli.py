@@ -36,8 +36,10 @@ def _needs_hub(cfg) -> bool:
 
 
 def _check_choices(cfg) -> None:
-    valid = {"select": ("best", "last"), "padding": ("max_length", "longest")}
-    for key, value in (("select", cfg.train.select), ("padding", cfg.data.padding)):
+    valid = {"select": ("best", "last"), "padding": ("max_length", "longest"),
+             "packed_dropout": ("per_setting", "shared")}
+    for key, value in (("select", cfg.train.select), ("padding", cfg.data.padding),
+                       ("packed_dropout", cfg.train.packed_dropout)):
         if value not in valid[key]:
             raise UserError(f"{key}={value!r} is not valid; choose one of {', '.join(valid[key])}")
     if not cfg.seeds:
@@ -46,7 +48,7 @@ def _check_choices(cfg) -> None:
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def run(cfg: DictConfig) -> float | None:
-    """Train one setting for every seed; returns the mean main dev score (for Hydra sweepers)."""
+    """Train one setting (or its lr grid) for every seed; returns the best mean main dev score (for Hydra sweepers)."""
     from bitfit_exp.hub import settle_offline_mode
     from bitfit_exp.methods import METHODS
     from bitfit_exp.training import Stopped
@@ -57,15 +59,16 @@ def run(cfg: DictConfig) -> float | None:
             raise UserError(f"unknown method {cfg.method.name!r}; valid: {', '.join(sorted(METHODS))}")
         if _needs_hub(cfg):
             settle_offline_mode()
-        from bitfit_exp.runner import run_setting, score
+        from bitfit_exp.runner import mean_std, run_job, score
 
-        records = run_setting(cfg)
+        settings = run_job(cfg)
     except UserError as e:
         _fail(e)
     except Stopped as e:
         print(f"stopped: {e}", file=sys.stderr)
         raise SystemExit(3) from None
-    return sum(score(r) for r in records) / len(records) if records else None
+    means = [mean_std([score(r) for r in records])[0] for records in settings if records]
+    return max(means) if means else None
 
 
 def _task_configs(names) -> list[DictConfig]:

@@ -92,14 +92,21 @@ def with_head(model: nn.Module, names) -> Selection:
 
 MethodFn = Callable[..., Selection]
 METHODS: dict[str, MethodFn] = {}
+PACKABLE: set[str] = set()  # methods that train whole bias vectors and the head only: packed training applies
 
 
-def register(name: str):
+def register(name: str, packable: bool = False):
     def wrap(fn: MethodFn) -> MethodFn:
         METHODS[name] = fn
+        if packable:
+            PACKABLE.add(name)
         return fn
 
     return wrap
+
+
+def packable(method: str) -> bool:
+    return method in PACKABLE
 
 
 def select(name: str, model: nn.Module, generator: torch.Generator | None = None, **options) -> Selection:
@@ -121,32 +128,32 @@ def full(model, **_):
     return Selection({n: None for n, _ in model.named_parameters()})
 
 
-@register("bitfit")
+@register("bitfit", packable=True)
 def bitfit(model, **_):
     return with_head(model, all_bias_names(model))
 
 
-@register("bm2_bq")
+@register("bm2_bq", packable=True)
 def bm2_bq(model, **_):
     return with_head(model, component_names(model, ["m2", "q"]))
 
 
-@register("bm2")
+@register("bm2", packable=True)
 def bm2(model, **_):
     return with_head(model, component_names(model, ["m2"]))
 
 
-@register("bq")
+@register("bq", packable=True)
 def bq(model, **_):
     return with_head(model, component_names(model, ["q"]))
 
 
-@register("biases")
+@register("biases", packable=True)
 def biases(model, components=(), **_):
     return with_head(model, component_names(model, components))
 
 
-@register("frozen")
+@register("frozen", packable=True)
 def frozen(model, **_):
     return with_head(model, [])
 

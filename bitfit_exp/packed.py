@@ -1,37 +1,103 @@
 """Packed training: K bias-only settings (seeds, learning rates) in one forward/backward over one frozen backbone.
 
 Bias-family methods never change a weight matrix, so K settings can share the frozen weights and run as one batch
-of K*B rows: each setting keeps its own biases, head, AdamW state, learning rate, gradient clipping and data order.
-Linear and LayerNorm modules with trained parameters are swapped for packed versions that hold K copies of what
-trains and add setting k's bias to rows [k*B, (k+1)*B). Losses are summed over settings (each the mean over its own
-rows), so every setting gets exactly its own gradient.
+of K*B rows: each setting keeps its own biases, head, AdamW state, learning rate, gradient clipping, data order and
+dropout stream. Linear and LayerNorm modules with trained parameters are swapped for packed versions that hold K
+copies of what trains and add setting k's bias to rows [k*B, (k+1)*B). Losses are summed over settings (each the
+mean over its own rows), so every setting gets exactly its own gradient.
 
-What differs from K separate runs: dropout masks are drawn for the packed batch (same distribution, another random
-stream) and matrix products run on other shapes, so results agree to floating-point tolerance with dropout off and
-within seed noise with it on (tests/test_packed.py).
+Dropout (train.packed_dropout): `per_setting` (default) draws setting k's masks from its own generator, seeded from
+its seed, so a setting's result does not depend on which other settings share its pack (packed alone or with 19
+others: the same record, to float tolerance) and each setting resumes from its own checkpoint. `shared` keeps the
+model's fused attention kernels and draws one mask stream for the whole packed batch: faster, but a setting's masks
+then depend on its place in the pack. Either way the masks differ from a one-by-one run's (another random stream,
+same distribution); with dropout off, packed and one-by-one runs agree to float tolerance (tests/test_packed.py).
 
->>> from bitfit_exp.packed import packable
->>> packable("bitfit"), packable("full")
-(True, False)
+>>> from bitfit_exp.packed import dropout_seed
+>>> dropout_seed(0) != 0  # a stream apart from the data order's
+True
 """
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from bitfit_exp.data import Encoded, batches
 from bitfit_exp.methods import Selection
 from bitfit_exp.metrics import compute_metrics
-from bitfit_exp.training import SeedResult, freeze, lr_schedule, predict
+from bitfit_exp.training import (
+    SeedResult,
+    Stopped,
+    freeze,
+    lr_schedule,
+    predict,
+    read_checkpoint,
+    save_checkpoint,
+)
 
-PACKABLE = {"bitfit", "bm2_bq", "bm2", "bq", "biases", "frozen"}
+ATTENTION = "bitfit_per_setting"
 
 
-def packable(method: str) -> bool:
-    return method in PACKABLE
+def dropout_seed(seed: int) -> int:
+    """A setting's dropout stream: derived from its seed, apart from the data-order stream seeded with the seed."""
+    return (seed * 1_000_003 + 0x5EED) % 2**63
+
+
+class DropoutStreams:
+    """One generator per setting on the model's device: rows [k*B, (k+1)*B) get masks from generator k only."""
+
+    def __init__(self, seeds: list[int], device):
+        self.generators = [torch.Generator(device).manual_seed(dropout_seed(s)) for s in seeds]
+
+    def keep(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        scale = torch.empty_like(x)
+        for rows, g in zip(scale.view(len(self.generators), -1), self.generators, strict=True):
+            rows.bernoulli_(1 - p, generator=g)
+        return scale.div_(1 - p)
+
+    def states(self) -> list[torch.Tensor]:
+        return [g.get_state() for g in self.generators]
+
+    def set_states(self, states: list[torch.Tensor]) -> None:
+        for g, state in zip(self.generators, states, strict=True):
+            g.set_state(state)
+
+
+class SettingDropout(nn.Module):
+    """nn.Dropout over a packed batch whose masks come from each setting's own stream."""
+
+    def __init__(self, p: float, streams: DropoutStreams):
+        super().__init__()
+        self.p, self.streams = p, streams
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        return x * self.streams.keep(x, self.p)
+
+
+def per_setting_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention whose probability dropout is the module's SettingDropout; without dropout (eval), plain SDPA."""
+    if not dropout or not isinstance(module.dropout, SettingDropout):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (scaling or query.size(-1) ** -0.5)
+    if attention_mask is not None:  # sdpa_mask: True = attend
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    weights = module.dropout(scores.softmax(-1))
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register(ATTENTION, per_setting_attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
 class PackedLinear(nn.Module):
@@ -71,9 +137,11 @@ class PackedLayerNorm(nn.Module):
         return rows.reshape(y.shape)
 
 
-def pack(model: nn.Module, selection: Selection, k: int) -> list[dict[str, nn.Parameter]]:
+def pack(model: nn.Module, selection: Selection, k: int,
+         streams: DropoutStreams | None = None) -> list[dict[str, nn.Parameter]]:
     """Swap the modules that own trained parameters for packed ones, in place; returns, per setting, its trained
-    parameters under their unpacked names (`bert.encoder.layer.0.attention.self.query.bias`, ...)."""
+    parameters under their unpacked names (`bert.encoder.layer.0.attention.self.query.bias`, ...). With `streams`,
+    every dropout (attention probabilities included) draws each setting's masks from that setting's stream."""
     if selection.masks:
         raise ValueError("packed training needs whole trained tensors; masked methods (rand_*) train one by one")
     trained = set(selection.params)
@@ -97,6 +165,12 @@ def pack(model: nn.Module, selection: Selection, k: int) -> list[dict[str, nn.Pa
                 settings[i][owned["weight"]] = packed.weights[i]
             if "bias" in hit:
                 settings[i][owned["bias"]] = packed.biases[i]
+    if streams is not None:
+        for name, module in list(model.named_modules()):
+            if isinstance(module, nn.Dropout):
+                parent, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, attr, SettingDropout(module.p, streams))
+        model.set_attn_implementation(ATTENTION)
     for p in model.parameters():
         p.requires_grad_(False)
     for params in settings:
@@ -116,18 +190,45 @@ def packed_loss(logits, labels, k: int, regression: bool):
 
 
 def packed_evaluate(model, data: Encoded, cfg, device, pad_id, k) -> list[dict[str, float]]:
-    preds = predict(model, data, cfg, device, pad_id, k)
+    preds = predict(model, data, cfg, device, pad_id, k).reshape(k, len(data))
     return [compute_metrics(cfg.task.metrics, p, data.labels) for p in preds]
+
+
+def adam_state(optimizer, params: dict[str, nn.Parameter]) -> dict[str, dict]:
+    return {name: {key: v.detach().cpu().clone() for key, v in optimizer.state[p].items()}
+            for name, p in params.items() if p in optimizer.state}
+
+
+def set_adam_state(optimizer, params: dict[str, nn.Parameter], saved: dict[str, dict]) -> None:
+    for name, p in params.items():
+        if name in saved:  # AdamW keeps `step` on the CPU unless fused/capturable
+            optimizer.state[p] = {key: v if key == "step" else v.to(p.device) for key, v in saved[name].items()}
+
+
+def seek(schedule, step: int) -> None:
+    """Put a LambdaLR schedule where it is after `step` steps, as if it had been stepped that often."""
+    schedule.last_epoch = step
+    for group, base, fn in zip(schedule.optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas, strict=True):
+        group["lr"] = base * fn(step)
+    schedule._last_lr = [group["lr"] for group in schedule.optimizer.param_groups]
 
 
 def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor]], seeds: list[int],
                  lrs: list[float], train: Encoded, train_probe: Encoded, dev: dict[str, Encoded], cfg, device,
-                 pad_id: int) -> list[SeedResult]:
+                 pad_id: int, checkpoints: list[Path | None] | None = None,
+                 heartbeat: Callable[[], None] = lambda: None) -> list[SeedResult]:
     """Train len(seeds) settings of one bias-family method at once; `inits[k]` holds setting k's initial trained
-    values (its seeded head), `lrs[k]` its learning rate. Returns one SeedResult per setting, as `train_seed`."""
+    values (its seeded head), `lrs[k]` its learning rate. Returns one SeedResult per setting, as `train_seed`.
+
+    With `checkpoints`, setting k's state after each epoch is saved to checkpoints[k] (its own seed folder), and
+    settings that have one resume from it; all settings of one call must be at the same epoch (the runner groups
+    them). With per-setting dropout a setting resumes exactly, whichever settings share the new pack.
+    """
     k = len(seeds)
+    checkpoints = checkpoints or [None] * k
     freeze(model, selection)
-    settings = pack(model, selection, k)
+    streams = DropoutStreams(seeds, device) if cfg.train.packed_dropout == "per_setting" else None
+    settings = pack(model, selection, k, streams)
     with torch.no_grad():
         for params, init in zip(settings, inits, strict=True):
             for name, p in params.items():
@@ -137,16 +238,35 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
         [{"params": list(params.values()), "lr": lr} for params, lr in zip(settings, lrs, strict=True)],
         eps=cfg.optim.eps, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
     bsz, n = cfg.train.batch_size, len(train)
-    schedule = lr_schedule(optimizer, -(-n // bsz), cfg)
+    steps_per_epoch = -(-n // bsz)
+    schedule = lr_schedule(optimizer, steps_per_epoch, cfg)
     order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
     main_split, main_metric = next(iter(cfg.task.eval_splits)), cfg.task.metric
     show = {"auto": None, True: False, False: True}[cfg.train.progress]
     regression = cfg.task.num_labels == 1
 
-    epochs = [[] for _ in range(k)]
-    best, best_state = [None] * k, [None] * k
-    train_s = eval_s = 0.0
-    for epoch in range(1, cfg.train.epochs + 1):
+    epochs, best, best_state = [[] for _ in range(k)], [None] * k, [None] * k
+    train_s, eval_s, first = [0.0] * k, [0.0] * k, 1
+    saved = [read_checkpoint(c, "packed") if c is not None else None for c in checkpoints]
+    if any(saved):
+        done = {s["epoch"] if s else 0 for s in saved}
+        if len(done) != 1:
+            raise ValueError(f"settings of one pack must resume from the same epoch, got {sorted(done)}")
+        first = done.pop() + 1
+        for i, state in enumerate(saved):
+            with torch.no_grad():
+                for name, p in settings[i].items():
+                    p.copy_(state["trained"][name])
+            set_adam_state(optimizer, settings[i], state["adam"])
+            order_rngs[i].set_state(state["order"])
+            epochs[i], best[i], best_state[i] = state["epochs"], state["best"], state["best_state"]
+            train_s[i], eval_s[i] = state["train_s"], state["eval_s"]
+        if streams is not None:
+            streams.set_states([state["dropout"] for state in saved])
+        seek(schedule, (first - 1) * steps_per_epoch)
+    stop_at = first - 1 + cfg.train.stop_after_epochs if cfg.train.stop_after_epochs else None
+
+    for epoch in range(first, cfg.train.epochs + 1):
         model.train()
         t0, losses = time.perf_counter(), []
         orders = [torch.randperm(n, generator=g).tolist() for g in order_rngs]
@@ -169,15 +289,16 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(per_setting)
+            heartbeat()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t1 = time.perf_counter()
         dev_scores = {split: packed_evaluate(model, data, cfg, device, pad_id, k) for split, data in dev.items()}
         train_scores = packed_evaluate(model, train_probe, cfg, device, pad_id, k)
         t2 = time.perf_counter()
-        train_s, eval_s = train_s + t1 - t0, eval_s + t2 - t1
         mean_loss = torch.stack(losses).float().mean(0)
         for i in range(k):
+            train_s[i], eval_s[i] = train_s[i] + t1 - t0, eval_s[i] + t2 - t1
             row = {"epoch": epoch, "train_loss": float(mean_loss[i]),
                    "dev": {split: scores[i] for split, scores in dev_scores.items()}, "train": train_scores[i],
                    "train_s": t1 - t0, "eval_s": t2 - t1}
@@ -187,13 +308,26 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
                 best[i] = (epoch, score)
                 if cfg.train.select == "best":
                     best_state[i] = {name: p.detach().cpu().clone() for name, p in settings[i].items()}
+        if epoch < cfg.train.epochs:
+            dropout_states = streams.states() if streams is not None else [None] * k
+            for i, path in enumerate(checkpoints):
+                if path is not None:
+                    save_checkpoint(path, mode="packed", epoch=epoch, seed=seeds[i], lr=lrs[i],
+                                    trained={name: p.detach().cpu().clone() for name, p in settings[i].items()},
+                                    adam=adam_state(optimizer, settings[i]), order=order_rngs[i].get_state(),
+                                    dropout=dropout_states[i], epochs=epochs[i], best=best[i],
+                                    best_state=best_state[i], train_s=train_s[i], eval_s=eval_s[i])
+        heartbeat()
+        if stop_at is not None and epoch == stop_at and epoch < cfg.train.epochs:
+            raise Stopped(f"packed x{k}: stopped after epoch {epoch} (train.stop_after_epochs); rerun to resume")
 
     results = []
     for i in range(k):
         last = {name: p.detach().cpu().clone() for name, p in settings[i].items()}
         chosen = best_state[i] if cfg.train.select == "best" else last
-        timings = {"train_s": train_s, "eval_s": eval_s, "train_samples_per_s": n * cfg.train.epochs / train_s,
-                   "packed_train_samples_per_s": k * n * cfg.train.epochs / train_s}
+        timings = {"train_s": train_s[i], "eval_s": eval_s[i],
+                   "train_samples_per_s": n * cfg.train.epochs / train_s[i],
+                   "packed_train_samples_per_s": k * n * cfg.train.epochs / train_s[i]}
         results.append(SeedResult(epochs[i], best[i][0], best[i][0] if cfg.train.select == "best" else
-                                  cfg.train.epochs, chosen, timings))
+                                  cfg.train.epochs, chosen, timings, first - 1 or None))
     return results

@@ -19,47 +19,67 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from bitfit_exp.cli import conf_dir
-from bitfit_exp.records import RECORD, CorruptRecord, finished, read_record, seed_dir, setting_key
+from bitfit_exp.methods import packable
+from bitfit_exp.records import (
+    RECORD,
+    CorruptRecord,
+    finished,
+    job_settings,
+    read_record,
+    seed_dir,
+    setting_key,
+)
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
     """The override lists of every job of the sweep (config's hydra.sweeper.params, command line winning)."""
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=[o for o in overrides if "," not in o], return_hydra_config=True)
+        cfg = compose("config", overrides=fixed, return_hydra_config=True)
     params = {k: f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()}
     for o in overrides:
         params[o.split("=", 1)[0]] = o
-    parsed = OverridesParser.create().parse_overrides(list(params.values()))
+    parsed = parser.parse_overrides(list(params.values()))
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def throughput(runs_dir: Path) -> dict:
-    """(model, method) and (model,) -> (median train samples/s, median eval seconds per train second)."""
+    """(model, method, packed) and (model, packed) -> (median train samples/s per setting, median eval seconds per
+    train second), from existing records; `packed` separates packed runs, whose settings train concurrently."""
     speeds, evals = defaultdict(list), defaultdict(list)
     for path in runs_dir.glob(f"**/seed*/{RECORD}"):
         try:
             r = read_record(path)
         except CorruptRecord:
             continue
-        t = r.get("timings", {})
+        t, packed = r.get("timings", {}), "packed" in r
         if t.get("train_samples_per_s"):
-            for key in ((r["setting"]["model"], r["setting"]["method"]), (r["setting"]["model"],)):
+            for key in ((r["setting"]["model"], r["setting"]["method"], packed), (r["setting"]["model"], packed)):
                 speeds[key].append(t["train_samples_per_s"])
                 evals[key].append(t["eval_s"] / t["train_s"])
     return {k: (statistics.median(v), statistics.median(evals[k])) for k, v in speeds.items()}
 
 
 def plan(overrides: list[str]) -> list[dict]:
+    """One entry per job: its settings' keys, seeds finished / in all, and the training samples still to run
+    (`samples`: what one process works through; a packed job trains its settings side by side)."""
     jobs, expanded = [], expand(overrides)
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         for job in expanded:
             cfg = compose("config", overrides=job)
-            key = setting_key(OmegaConf.to_container(cfg, resolve=True))
             root = Path(cfg.runs_dir).expanduser()
-            done = [s for s in cfg.seeds if finished(seed_dir(root, key, s) / RECORD)]
             size = min(cfg.task.train_size, cfg.data.max_train_samples or cfg.task.train_size)
-            jobs.append({"key": key, "seeds": len(cfg.seeds), "done": len(done), "runs_dir": root,
-                         "samples": size * cfg.train.epochs * (len(cfg.seeds) - len(done))})
+            packed = bool(cfg.train.packed) and packable(cfg.method.name)
+            keys, done, missing = [], 0, 0
+            for setting in job_settings(cfg):
+                key = setting_key(OmegaConf.to_container(setting, resolve=True))
+                keys.append(key)
+                finished_here = sum(finished(seed_dir(root, key, s) / RECORD) for s in cfg.seeds)
+                done, missing = done + finished_here, missing + len(cfg.seeds) - finished_here
+            samples = size * cfg.train.epochs * (min(missing, 1) if packed else missing)
+            jobs.append({"key": keys[0], "keys": keys, "seeds": len(cfg.seeds) * len(keys), "done": done,
+                         "runs_dir": root, "packed": packed, "samples": samples})
     return jobs
 
 
@@ -71,13 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'#':>4}  {'model':<14}{'task':<6}{'method':<13}{'lr':>8}  seeds  {'est. h':>7}")
     for i, job in enumerate(jobs):
         k = job["key"]
-        rate = speed.get((k["model"], k["method"])) or speed.get((k["model"],))
+        rate = speed.get((k["model"], k["method"], job["packed"])) or speed.get((k["model"], job["packed"]))
         hours = job["samples"] / rate[0] * (1 + rate[1]) / 3600 if rate and job["samples"] else None
         total += hours or 0.0
         unknown += hours is None and job["samples"] > 0
         est = "-" if not job["samples"] else f"{hours:7.2f}" if hours is not None else "      ?"
-        print(f"{i:>4}  {k['model']:<14}{k['task']:<6}{k['method']:<13}{k['lr']:>8g}  {job['done']}/{job['seeds']}"
-              f"    {est:>7}")
+        lr = f"{k['lr']:g}" if len(job["keys"]) == 1 else f"{len(job['keys'])} lrs"
+        print(f"{i:>4}  {k['model']:<14}{k['task']:<6}{k['method']:<13}{lr:>8}  {job['done']}/{job['seeds']}"
+              f"    {est:>7}" + ("  packed" if job["packed"] else ""))
     complete = sum(j["done"] == j["seeds"] for j in jobs)
     print(f"{len(jobs)} jobs: {complete} complete, {len(jobs) - complete} to run; estimated {total:.1f} GPU-hours"
-          + (f" (+ {unknown} jobs with no measured throughput for their model)" if unknown else ""))
+          + (f" (+ {unknown} jobs with no measured throughput for their model and mode)" if unknown else ""))

@@ -10,6 +10,7 @@ The hash covers every config value that changes results, so two settings never s
 'minilm/rte/bitfit/lr0.001-002a149c'
 """
 
+import copy
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ RECORD = "record.json"
 NON_RESULT_KEYS = {
     "data": {"dir", "hub_name"},
     "train": {"device", "progress", "predict_test", "save_patch", "eval_batch_size", "checkpoint", "stop_after_epochs", "packed",
-              "claim_timeout_s"},
+              "packed_dropout", "pack_lrs", "claim_timeout_s"},
     "method": {"lr_grid", "default_lr"},
     "model": {"name"},
     "task": {"train_size"},
@@ -57,6 +58,18 @@ def setting_key(cfg: dict) -> dict:
         "hash": digest,
         "dir": f"{cfg['model']['name']}/{cfg['task']['name']}/{cfg['method']['name']}/lr{float(lr):g}-{digest}",
     }
+
+
+def job_settings(cfg) -> list:
+    """The settings one job trains: cfg's own, or with train.pack_lrs one per learning rate of method.lr_grid."""
+    if not cfg.train.pack_lrs:
+        return [cfg]
+    settings = []
+    for lr in cfg.method.lr_grid:
+        setting = copy.deepcopy(cfg)
+        setting.optim.lr = float(lr)
+        settings.append(setting)
+    return settings
 
 
 def seed_dir(runs_dir, key: dict, seed: int) -> Path:

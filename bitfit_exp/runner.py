@@ -1,23 +1,25 @@
-"""Run one setting (model x task x method x lr) for every seed, skipping seeds whose record says finished.
+"""Run one job: a setting (model x task x method x lr), or with train.pack_lrs its whole lr grid, for every seed,
+skipping seeds whose record says finished.
 
->>> from bitfit_exp.runner import run_setting   # used by `bitfit-run`; see README.md for the command line
+>>> from bitfit_exp.runner import run_job   # used by `bitfit-run`; see README.md for the command line
 """
 
 import csv
 import statistics
 import sys
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bitfit_exp.data import encode, load_splits, subset_rows
-from bitfit_exp.errors import UserError
-from bitfit_exp.methods import encoder_parameters, head_parameter_names, select
+from bitfit_exp.methods import PACKABLE, encoder_parameters, head_parameter_names, packable, select
 from bitfit_exp.models import load_model, load_tokenizer
-from bitfit_exp.packed import PACKABLE, packable, train_packed
+from bitfit_exp.packed import train_packed
 from bitfit_exp.patch import load_trained_state, save_patch, trained_state
 from bitfit_exp.records import (
     RECORD,
@@ -25,13 +27,14 @@ from bitfit_exp.records import (
     Claim,
     environment,
     finished,
+    job_settings,
     read_record,
     seed_dir,
     set_aside,
     setting_key,
     write_json_atomic,
 )
-from bitfit_exp.training import SeedResult, pick_device, predict, seed_everything, train_seed
+from bitfit_exp.training import SeedResult, pick_device, predict, read_checkpoint, seed_everything, train_seed
 
 METHOD_META = {"name", "default_lr", "lr_grid"}
 CHECKPOINT = "checkpoint.pt"
@@ -182,105 +185,157 @@ def report(record: dict) -> None:
         f"{record['timings']['total_s']:.1f}s on {record['env']['device']}")
 
 
-def run_packed(cfg, seeds: list[int], paths: dict, prepared: Prepared, device) -> dict[int, dict]:
-    """Train the claimable `seeds` of one bias-family setting in one packed job; write and return their records."""
+@dataclass(frozen=True, eq=False)  # identity hash: members are dict keys
+class Member:
+    """One seed of one setting of a job: where its record goes and the config (learning rate) it trains with."""
+
+    cfg: DictConfig
+    seed: int
+    path: Path
+
+
+def packed_epoch(path: Path) -> int:
+    """The epoch a packed checkpoint in this seed folder has reached (0: none, or one the packed trainer can't use)."""
+    state = read_checkpoint(path, "packed", quiet=True)
+    return state["epoch"] if state else 0
+
+
+def run_packed(members: list[Member], prepared: Prepared, device) -> dict[Member, dict]:
+    """Train the claimable `members` (seeds x learning rates of one bias-family setting) in packs over one frozen
+    backbone; write and return their records. Members whose checkpoints stand at different epochs go in different
+    packs, so each resumes where it stopped."""
     claims = {}
-    for seed in seeds:
-        claim = Claim(paths[seed].parent, cfg.train.claim_timeout_s)
+    for m in members:
+        claim = Claim(m.path.parent, m.cfg.train.claim_timeout_s)
         holder = claim.acquire()
-        if holder is None and not (finished(paths[seed]) and not cfg.overwrite):
-            claims[seed] = claim
+        if holder is None and not (finished(m.path) and not m.cfg.overwrite):
+            claims[m] = claim
         elif holder is None:
             claim.release()
         else:
-            log(f"seed {seed}: being trained by another job ({holder.get('host')}, pid {holder.get('pid')}); skipped")
-    if not claims:
-        return {}
-    started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
+            log(f"seed {m.seed} lr={m.cfg.optim.lr:g}: being trained by another job ({holder.get('host')}, "
+                f"pid {holder.get('pid')}); skipped")
+    records = {}
     try:
-        inits, initials = [], {}
-        for seed in claims:  # each setting starts from its own seeded head, as a one-by-one run would
-            model, selection, initials[seed] = start_seed(cfg, seed, torch.device("cpu"))
-            inits.append(trained_state(model, selection))
-        results = train_packed(model, selection, inits, list(claims), [cfg.optim.lr] * len(claims), prepared.train,
-                               prepared.train_probe, prepared.dev, cfg, device, prepared.pad_id)
-        log(f"packed x{len(claims)}: {results[0].timings['packed_train_samples_per_s']:.1f} training samples/s "
-            f"over all settings on {device}")
-        records = {}
-        for seed, result in zip(claims, results, strict=True):
-            model, selection, _ = start_seed(cfg, seed, device)
-            load_trained_state(model, selection, result.chosen_state)
-            record = finish_seed(cfg, seed, prepared, paths[seed].parent, device, model, selection, initials[seed],
-                                 result, t0, started, {"packed": {"settings": len(claims), "seeds": list(claims)}})
-            set_aside(paths[seed])
-            write_json_atomic(paths[seed], record)
-            (paths[seed].parent / CHECKPOINT).unlink(missing_ok=True)  # left by an earlier one-by-one attempt
-            records[seed] = record
-            report(record)
+        groups = defaultdict(list)
+        for m in claims:
+            groups[packed_epoch(m.path.parent / CHECKPOINT) if m.cfg.train.checkpoint else 0].append(m)
+        for _, group in sorted(groups.items(), reverse=True):
+            records.update(train_pack(group, prepared, device, lambda: [c.beat() for c in claims.values()]))
         return records
     finally:
         for claim in claims.values():
             claim.release()
 
 
-def run_setting(cfg) -> list[dict]:
-    """Train every seed in cfg.seeds that is not finished yet; return all records of the setting."""
+def train_pack(group: list[Member], prepared: Prepared, device, heartbeat) -> dict[Member, dict]:
+    cfg = group[0].cfg
+    started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
+    inits, initials = [], {}
+    for m in group:  # each setting starts from its own seeded head, as a one-by-one run would
+        model, selection, initials[m] = start_seed(m.cfg, m.seed, torch.device("cpu"))
+        inits.append(trained_state(model, selection))
+    for m in group:
+        moved = set_aside(m.path)
+        if moved:
+            log(f"seed {m.seed} lr={m.cfg.optim.lr:g}: previous record kept as {moved.name}")
+    checkpoints = [m.path.parent / CHECKPOINT if cfg.train.checkpoint else None for m in group]
+    results = train_packed(model, selection, inits, [m.seed for m in group], [m.cfg.optim.lr for m in group],
+                           prepared.train, prepared.train_probe, prepared.dev, cfg, device, prepared.pad_id,
+                           checkpoints, heartbeat)
+    resumed = f", resumed after epoch {results[0].resumed_after}" if results[0].resumed_after else ""
+    log(f"packed x{len(group)}: {results[0].timings['packed_train_samples_per_s']:.1f} training samples/s "
+        f"over all settings on {device}{resumed}")
+    packed = {"settings": len(group), "seeds": [m.seed for m in group], "lrs": [m.cfg.optim.lr for m in group],
+              "dropout": cfg.train.packed_dropout}
+    records = {}
+    for m, result in zip(group, results, strict=True):
+        model, selection, _ = start_seed(m.cfg, m.seed, device)
+        load_trained_state(model, selection, result.chosen_state)
+        record = finish_seed(m.cfg, m.seed, prepared, m.path.parent, device, model, selection, initials[m], result,
+                             t0, started, {"packed": packed})
+        write_json_atomic(m.path, record)
+        (m.path.parent / CHECKPOINT).unlink(missing_ok=True)
+        records[m] = record
+        report(record)
+    return records
+
+
+def run_one(m: Member, prepared: Prepared, device) -> dict | None:
+    """Train one seed alone under its claim; None when another job holds it."""
+    claim = Claim(m.path.parent, m.cfg.train.claim_timeout_s)
+    holder = claim.acquire()
+    if holder is not None:
+        log(f"seed {m.seed}: being trained by another job ({holder.get('host')}, pid {holder.get('pid')}, "
+            f"SLURM job {holder.get('slurm_job_id')}); skipped")
+        return None
+    try:
+        if finished(m.path) and not m.cfg.overwrite:  # another job finished it while we waited
+            return read_record(m.path)
+        moved = set_aside(m.path)
+        if moved:
+            log(f"seed {m.seed}: previous record kept as {moved.name}")
+            (m.path.parent / CHECKPOINT).unlink(missing_ok=True)
+        record = run_seed(m.cfg, m.seed, prepared, m.path.parent, device, claim.beat)
+        write_json_atomic(m.path, record)
+        (m.path.parent / CHECKPOINT).unlink(missing_ok=True)
+    finally:
+        claim.release()
+    if record["resumed_after_epoch"]:
+        log(f"seed {m.seed}: resumed from the checkpoint after epoch {record['resumed_after_epoch']}")
+    report(record)
+    return record
+
+
+def describe(cfg) -> str:
     key = setting_key(OmegaConf.to_container(cfg, resolve=True))
+    return f"{key['model']} {key['task']} {key['method']} lr={key['lr']:g}"
+
+
+def run_job(cfg) -> list[list[dict]]:
+    """Train every unfinished seed of the job's settings (one, or the lr grid with train.pack_lrs); returns, per
+    setting, all its finished records."""
     device = pick_device(cfg.train.device)
     root = Path(cfg.runs_dir).expanduser()
-    paths = {seed: seed_dir(root, key, seed) / RECORD for seed in cfg.seeds}
-    todo = [s for s, p in paths.items() if cfg.overwrite or not finished(p)]
-    log(f"{key['model']} {key['task']} {key['method']} lr={key['lr']:g}: {len(cfg.seeds)} seeds, "
-        f"{len(cfg.seeds) - len(todo)} already finished -> {root / key['dir']}")
-    (root / key["dir"]).mkdir(parents=True, exist_ok=True)
-    settings_file = root / key["dir"] / "config.yaml"
-    if not settings_file.exists():
-        OmegaConf.save(cfg, settings_file, resolve=True)
-    prepared = Prepared(cfg) if todo else None
+    settings, members = job_settings(cfg), []
+    for setting in settings:
+        key = setting_key(OmegaConf.to_container(setting, resolve=True))
+        (root / key["dir"]).mkdir(parents=True, exist_ok=True)
+        if not (root / key["dir"] / "config.yaml").exists():
+            OmegaConf.save(setting, root / key["dir"] / "config.yaml", resolve=True)
+        mine = [Member(setting, seed, seed_dir(root, key, seed) / RECORD) for seed in cfg.seeds]
+        members += mine
+        todo = sum(cfg.overwrite or not finished(m.path) for m in mine)
+        log(f"{describe(setting)}: {len(cfg.seeds)} seeds, {len(cfg.seeds) - todo} already finished -> "
+            f"{root / key['dir']}")
+    todo = [m for m in members if cfg.overwrite or not finished(m.path)]
+    prepared = Prepared(cfg) if todo else None  # the learning rate does not change the data
     records = {}
-    if cfg.train.packed and len(todo) > 1:
-        if not packable(cfg.method.name):
-            raise UserError(f"train.packed=true needs a bias-family method ({', '.join(sorted(PACKABLE))}); "
-                            f"{cfg.method.name} trains one seed at a time: set train.packed=false")
-        records.update(run_packed(cfg, todo, paths, prepared, device))
-        todo = [s for s in todo if s not in records]
-    for seed in cfg.seeds:
-        path = paths[seed]
-        if seed in records:
+    if cfg.train.packed and todo:  # even a lone setting: its dropout stream must not depend on being alone
+        if packable(cfg.method.name):
+            records.update(run_packed(todo, prepared, device))
+        else:
+            log(f"note: {cfg.method.name} cannot be packed (packed training covers "
+                f"{', '.join(sorted(PACKABLE))}); training one seed at a time")
+    for m in members:
+        if m in records:
             continue
-        if seed not in todo:
-            records[seed] = read_record(path)
+        if m not in todo:
+            records[m] = read_record(m.path)
             continue
-        claim = Claim(path.parent, cfg.train.claim_timeout_s)
-        holder = claim.acquire()
-        if holder is not None:
-            log(f"seed {seed}: being trained by another job ({holder.get('host')}, pid {holder.get('pid')}, "
-                f"SLURM job {holder.get('slurm_job_id')}); skipped")
+        record = run_one(m, prepared, device)
+        if record is not None:
+            records[m] = record
+    out = []
+    for setting in settings:
+        mine = [records[m] for m in members if m.cfg is setting and m in records]
+        out.append(mine)
+        if not mine:
+            log(f"{describe(setting)}: no finished seed yet")
             continue
-        try:
-            if finished(path) and not cfg.overwrite:  # another job finished it while we waited
-                records[seed] = read_record(path)
-                continue
-            moved = set_aside(path)
-            if moved:
-                log(f"seed {seed}: previous record kept as {moved.name}")
-                (path.parent / CHECKPOINT).unlink(missing_ok=True)
-            record = run_seed(cfg, seed, prepared, path.parent, device, claim.beat)
-            write_json_atomic(path, record)
-            (path.parent / CHECKPOINT).unlink(missing_ok=True)
-        finally:
-            claim.release()
-        records[seed] = record
-        if record["resumed_after_epoch"]:
-            log(f"seed {seed}: resumed from the checkpoint after epoch {record['resumed_after_epoch']}")
-        report(record)
-    if not records:
-        log(f"{key['model']} {key['task']} {key['method']} lr={key['lr']:g}: no finished seed yet")
-        return []
-    values = [score(r) for r in records.values()]
-    mean, std = mean_std(values)
-    main = next(iter(records.values()))["main"]
-    log(f"{key['model']} {key['task']} {key['method']} lr={key['lr']:g}: {main['metric']} ({main['split']}, "
-        f"{main['select']} epoch) {100 * mean:.2f}±{100 * std:.2f} over {len(values)} seeds")
+        mean, std = mean_std([score(r) for r in mine])
+        main = mine[0]["main"]
+        log(f"{describe(setting)}: {main['metric']} ({main['split']}, {main['select']} epoch) "
+            f"{100 * mean:.2f}±{100 * std:.2f} over {len(mine)} seeds")
     sys.stdout.flush()
-    return list(records.values())
+    return out

@@ -150,6 +150,28 @@ def save_checkpoint(path: Path, **state) -> None:
     tmp.replace(path)
 
 
+def read_checkpoint(path: Path, mode: str, quiet: bool = False) -> dict | None:
+    """The state saved at `path` by a trainer of this `mode` ("single" or "packed"), else None (start over).
+
+    The two trainers draw dropout from different streams, so neither continues the other's checkpoint.
+    """
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a file cut short by a crash while saving is not worth a failed job
+        if not quiet:
+            print(f"warning: unreadable checkpoint {path} ({type(e).__name__}); starting this seed over",
+                  flush=True)
+        return None
+    if state.get("mode", "single") != mode:
+        if not quiet:
+            print(f"note: {path} was written by the {state.get('mode', 'single')} trainer; starting this seed "
+                  f"over with the {mode} one", flush=True)
+        return None
+    return state
+
+
 def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded, dev: dict[str, Encoded],
                cfg, seed: int, device, pad_id: int, checkpoint: Path | None = None,
                heartbeat: Callable[[], None] = lambda: None) -> SeedResult:
@@ -169,8 +191,8 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
     show = {"auto": None, True: False, False: True}[cfg.train.progress]
 
     epochs, best, best_state, train_s, eval_s, first = [], None, None, 0.0, 0.0, 1
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(checkpoint, "single") if checkpoint is not None else None
+    if state is not None:
         load_trained_state(model, selection, state["trained"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -217,7 +239,7 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
             if cfg.train.select == "best":
                 best_state = trained_state(model, selection)
         if checkpoint is not None and epoch < cfg.train.epochs:
-            save_checkpoint(checkpoint, epoch=epoch, trained=trained_state(model, selection),
+            save_checkpoint(checkpoint, mode="single", epoch=epoch, trained=trained_state(model, selection),
                             optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
                             rng=rng_states(order_rng), epochs=epochs, best=best, best_state=best_state,
                             train_s=train_s, eval_s=eval_s)

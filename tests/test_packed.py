@@ -58,26 +58,122 @@ def test_pack_refuses_what_it_cannot_share(tiny_bert_dir, tmp_path):
         pack(model, selection, 2)
 
 
-def test_packed_run_through_the_cli(tmp_path, tiny_bert_dir, glue_dir):
-    import json
+def packed_runs(prepared, cfg, seeds, lrs):
+    inits = []
+    for seed in seeds:
+        model, selection, _ = start_seed(cfg, seed, torch.device("cpu"))
+        inits.append({n: p.detach().clone() for n, p in model.named_parameters() if n in selection.params})
+    beats = []
+    results = train_packed(model, selection, inits, seeds, lrs, prepared.train, prepared.train_probe, prepared.dev,
+                           cfg, torch.device("cpu"), prepared.pad_id, heartbeat=lambda: beats.append(1))
+    assert len(beats) > cfg.train.epochs * len(prepared.train) // cfg.train.batch_size  # claims kept alive
+    return results
+
+
+def assert_same_training(a, b, rtol=1e-5):
+    assert [r["train_loss"] for r in b.epochs] == pytest.approx([r["train_loss"] for r in a.epochs], rel=rtol)
+    assert [r["dev"] for r in b.epochs] == [r["dev"] for r in a.epochs]
+    for name in a.chosen_state:
+        torch.testing.assert_close(b.chosen_state[name], a.chosen_state[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_a_setting_trains_the_same_in_any_pack(kind, tiny_bert_dir, tiny_roberta_dir, tmp_path, glue_dir):
+    # Dropout on (0.1, attention probabilities included): each setting's masks come from its own stream, so
+    # training it in a pack of three equals training it alone. One shared stream would not (checked below).
+    model_dir = {"bert": tiny_bert_dir, "roberta": tiny_roberta_dir}[kind]
+    cfg = compose(*quick(model_dir, tmp_path, "data.padding=longest", "train.epochs=2", "train.select=last",
+                         "train.grad_clip=0.05"))
+    prepared = Prepared(cfg)
+    together = packed_runs(prepared, cfg, SEEDS, LRS)
+    for i, (seed, lr) in enumerate(zip(SEEDS, LRS, strict=True)):
+        assert_same_training(packed_runs(prepared, cfg, [seed], [lr])[0], together[i])
+    cfg.train.packed_dropout = "shared"
+    shared = packed_runs(prepared, cfg, SEEDS, LRS)
+    alone = packed_runs(prepared, cfg, [SEEDS[1]], [LRS[1]])[0]
+    assert shared[1].epochs[0]["train_loss"] != pytest.approx(alone.epochs[0]["train_loss"], rel=1e-5)
+
+
+def test_dropout_streams_are_per_setting_and_restorable():
+    from bitfit_exp.packed import DropoutStreams
+
+    x = torch.ones(3 * 4, 5, 6)
+    three = DropoutStreams([7, 8, 9], "cpu").keep(x, 0.5).view(3, 4, 5, 6)
+    alone = DropoutStreams([8], "cpu")
+    assert torch.equal(alone.keep(x[:4], 0.5), three[1]) and not torch.equal(three[0], three[1])
+    assert set(three.unique().tolist()) == {0.0, 2.0}  # kept entries are scaled by 1/(1-p)
+    state = alone.states()
+    first = alone.keep(x[:4], 0.5)
+    alone.set_states(state)
+    assert torch.equal(alone.keep(x[:4], 0.5), first)
+
+
+def run_cli(*args):
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    run = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
-    out = subprocess.run([*run, *quick(tiny_bert_dir, tmp_path, "train.packed=true", "seeds=[0,1,2]")],
-                         capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([sys.executable, "-c", "from bitfit_exp.cli import run; run()", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def read_records(folder):
+    import json
+
+    return {(r["config"]["optim"]["lr"], r["seed"]): r
+            for r in (json.loads(p.read_text()) for p in folder.glob("**/record.json"))}
+
+
+def test_packed_lr_grid_job_stops_and_resumes_in_another_pack(tmp_path, tiny_bert_dir, glue_dir):
+    args = ["train.packed=true", "train.pack_lrs=true", "seeds=[0,1]", "train.epochs=3", "train.select=last"]
+    whole = run_cli(*quick(tiny_bert_dir, tmp_path / "whole", *args))
+    assert whole.returncode == 0, whole.stderr
+    assert "packed x8:" in whole.stdout and whole.stdout.count("over 2 seeds") == 4  # bitfit's grid has 4 lrs
+    records = read_records(tmp_path / "whole")
+    assert sorted(records) == [(lr, s) for lr in (1e-4, 4e-4, 7e-4, 1e-3) for s in (0, 1)]
+    for (lr, seed), r in records.items():
+        assert r["setting"]["lr"] == lr and f"/lr{lr:g}-" in r["setting"]["dir"]
+        assert r["packed"]["settings"] == 8 and r["packed"]["dropout"] == "per_setting"
+    assert len({r["epochs"][-1]["train_loss"] for r in records.values()}) == 8
+    assert not list((tmp_path / "whole").glob("**/claim.json")) and not list((tmp_path / "whole").glob("**/*.pt"))
+
+    cut = tmp_path / "cut"
+    stopped = run_cli(*quick(tiny_bert_dir, cut, *args, "train.stop_after_epochs=1"))
+    assert stopped.returncode == 3 and "stopped after epoch 1" in stopped.stderr
+    assert len(list(cut.glob("**/seed*/checkpoint.pt"))) == 8 and not list(cut.glob("**/record.json"))
+    # Seed 1 of every lr resumes in a pack of 4, then seed 0 of every lr in another pack of 4.
+    part = run_cli(*quick(tiny_bert_dir, cut, *args[:2], "seeds=[1]", *args[3:]))
+    assert part.returncode == 0, part.stderr
+    assert "packed x4:" in part.stdout and "resumed after epoch 1" in part.stdout
+    rest = run_cli(*quick(tiny_bert_dir, cut, *args))
+    assert rest.returncode == 0 and rest.stdout.count("1 already finished") == 4
+    resumed = read_records(cut)
+    assert resumed.keys() == records.keys()
+    for key, r in records.items():
+        assert resumed[key]["resumed_after_epoch"] == 1 and resumed[key]["packed"]["settings"] == 4
+        assert [e["train_loss"] for e in resumed[key]["epochs"]] == pytest.approx(
+            [e["train_loss"] for e in r["epochs"]], rel=1e-5)
+        assert [e["dev"] for e in resumed[key]["epochs"]] == [e["dev"] for e in r["epochs"]]
+
+
+def test_packed_falls_back_to_one_by_one_for_other_methods(tmp_path, tiny_bert_dir, glue_dir):
+    out = run_cli(*quick(tiny_bert_dir, tmp_path, "train.packed=true", "seeds=[0,1]", "method=rand_uniform",
+                         "train.epochs=1"))
     assert out.returncode == 0, out.stderr
-    assert "packed x3:" in out.stdout and "over 3 seeds" in out.stdout
-    records = sorted((json.loads(p.read_text()) for p in tmp_path.glob("**/record.json")), key=lambda r: r["seed"])
-    assert [r["seed"] for r in records] == [0, 1, 2]
-    assert all(r["packed"] == {"settings": 3, "seeds": [0, 1, 2]} for r in records)
-    assert len({r["epochs"][-1]["train_loss"] for r in records}) == 3  # three different settings, not one
-    assert not list(tmp_path.glob("**/claim.json"))
-    bad = subprocess.run([*run, *quick(tiny_bert_dir, tmp_path, "train.packed=true", "seeds=[0,1]",
-                                       "method=rand_uniform")], capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "error: train.packed=true needs a bias-family method" in bad.stderr
+    assert "note: rand_uniform cannot be packed" in out.stdout and "over 2 seeds" in out.stdout
+    assert all("packed" not in r for r in read_records(tmp_path).values())
+
+
+def test_checkpoints_of_the_other_trainer_or_cut_short_start_over(tmp_path, capsys):
+    from bitfit_exp.training import read_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, mode="single", epoch=2)
+    assert read_checkpoint(path, "single")["epoch"] == 2 and read_checkpoint(path, "packed") is None
+    assert "written by the single trainer; starting this seed over" in capsys.readouterr().out
+    path.write_bytes(path.read_bytes()[:20])
+    assert read_checkpoint(path, "single") is None and "unreadable checkpoint" in capsys.readouterr().out
 
 
 def test_bench_script_runs_and_writes_json(tmp_path):
