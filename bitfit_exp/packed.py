@@ -36,6 +36,7 @@ from bitfit_exp.metrics import compute_metrics
 from bitfit_exp.training import (
     SeedResult,
     Stopped,
+    compiled,
     freeze,
     lr_schedule,
     predict,
@@ -234,6 +235,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
             for name, p in params.items():
                 p.copy_(init[name])
     model.to(device)
+    forward = compiled(model, cfg.train.compile)
     optimizer = torch.optim.AdamW(
         [{"params": list(params.values()), "lr": lr} for params, lr in zip(settings, lrs, strict=True)],
         eps=cfg.optim.eps, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
@@ -279,7 +281,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
             batch = {key: torch.cat([p[key] for p in parts]).to(device) for key in parts[0]}
             labels = batch.pop("labels")
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
-                logits = model(**batch).logits.float()
+                logits = forward(**batch).logits.float()
             loss, per_setting = packed_loss(logits, labels, k, regression)
             loss.backward()
             if cfg.train.grad_clip:

@@ -26,7 +26,7 @@ RECORD = "record.json"
 NON_RESULT_KEYS = {
     "data": {"dir", "hub_name"},
     "train": {"device", "progress", "predict_test", "save_patch", "eval_batch_size", "checkpoint", "stop_after_epochs", "packed",
-              "packed_dropout", "pack_lrs", "claim_timeout_s"},
+              "packed_dropout", "pack_lrs", "compile", "claim_timeout_s"},
     "method": {"lr_grid", "default_lr"},
     "model": {"name"},
     "task": {"train_size"},

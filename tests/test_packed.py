@@ -132,7 +132,7 @@ def test_packed_lr_grid_job_stops_and_resumes_in_another_pack(tmp_path, tiny_ber
     assert "packed x8:" in whole.stdout and whole.stdout.count("over 2 seeds") == 4  # bitfit's grid has 4 lrs
     records = read_records(tmp_path / "whole")
     assert sorted(records) == [(lr, s) for lr in (1e-4, 4e-4, 7e-4, 1e-3) for s in (0, 1)]
-    for (lr, seed), r in records.items():
+    for (lr, _), r in records.items():
         assert r["setting"]["lr"] == lr and f"/lr{lr:g}-" in r["setting"]["dir"]
         assert r["packed"]["settings"] == 8 and r["packed"]["dropout"] == "per_setting"
     assert len({r["epochs"][-1]["train_loss"] for r in records.values()}) == 8
@@ -188,5 +188,29 @@ def test_bench_script_runs_and_writes_json(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = json.loads((tmp_path / "b.json").read_text())
-    assert [(r["mode"], r["k"]) for r in rows][:3] == [("paper", 1), ("full", 1), ("packed", 2)] and len(rows) == 6
+    assert [(r["mode"], r["k"]) for r in rows][:3] == [("paper", 1), ("full", 1), ("packed", 2)]
+    assert len(rows) == 2 + 2 * 2 * 2  # baselines + dynamic padding x bf16 x packed dropout
     assert all(r["samples_per_s_per_setting"] > 0 and r["device"] == "CPU" for r in rows)
+    assert all(r["fwd_input_grad_tflops"] > 0 and r["pct_bf16_peak"] is None for r in rows)
+
+
+def test_bench_flop_count_and_peaks():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # BERT-base, one row of 128 tokens: 2 FLOPs per encoder weight per token (85.0M weights in its linear layers)
+    # plus QK^T and AV, doubled for the input gradient: 44.7 GFLOP.
+    from transformers import BertConfig, BertModel
+
+    encoder = BertModel(BertConfig(**bench.SHAPES["bert_base"])).encoder
+    weights = sum(m.weight.numel() for m in encoder.modules() if isinstance(m, torch.nn.Linear))
+    assert weights == 84_934_656
+    expected = 2 * (2 * weights * 128 + 12 * 2 * 2 * 128 * 128 * 768)
+    assert bench.fwd_input_grad_flops("bert_base", 1, 128) == expected == pytest.approx(44.69e9, rel=1e-3)
+    assert bench.fwd_input_grad_flops("bert_base", 8, 64) < bench.fwd_input_grad_flops("bert_base", 8, 128) / 2
+    assert bench.bf16_peak("NVIDIA H100 80GB HBM3") == 989.4 and bench.bf16_peak("NVIDIA H100 PCIe") == 756.0
+    assert bench.bf16_peak("NVIDIA H200") == 989.4 and bench.bf16_peak("Tesla T4") is None

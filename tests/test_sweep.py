@@ -23,7 +23,8 @@ def cli(entry: str, *args: str):
 
 
 @pytest.mark.parametrize("experiment, jobs", [("table1", 64), ("table2", 128), ("table2_roberta", 16),
-                                              ("table3", 256), ("minilm_glue", 16), ("smoke", 8)])
+                                              ("table3", 256), ("minilm_glue", 16), ("smoke", 8),
+                                              ("[table3,packed]", 64), ("[minilm_glue,packed]", 8)])
 def test_experiments_expand_to_the_table_jobs(experiment, jobs):
     expanded = expand([f"+experiment={experiment}"])
     assert len(expanded) == jobs
@@ -38,6 +39,17 @@ def test_experiment_learning_rates(tmp_path):
     roberta = {k["method"]: k["lr"] for k in (j["key"] for j in plan(["+experiment=table2_roberta", "task=rte"]))}
     assert roberta == {"full": 1e-5, "bitfit": 1e-4}
     assert {k["model"] for k in keys} == {"bert_base"}
+
+
+def test_packed_sweep_jobs_cover_each_methods_lr_grid(tmp_path):
+    jobs = {j["key"]["method"]: j for j in plan(["+experiment=[table3,packed]", f"runs_dir={tmp_path}", "task=rte"])}
+    assert len(jobs) == 8
+    assert [k["lr"] for k in jobs["bitfit"]["keys"]] == [1e-4, 4e-4, 7e-4, 1e-3]
+    assert [k["lr"] for k in jobs["full"]["keys"]] == [1e-5, 2e-5, 3e-5, 5e-5]
+    assert {m for m, j in jobs.items() if j["packed"]} == {"bitfit", "bm2_bq", "bm2", "bq", "frozen"}
+    assert all(j["seeds"] == 20 and j["done"] == 0 for j in jobs.values())
+    # A packed job works through its train set once per epoch for all 20 settings; a one-by-one job 20 times.
+    assert jobs["full"]["samples"] == 20 * jobs["bitfit"]["samples"] == 20 * 2490 * 20  # RTE: 20 epochs
 
 
 def test_mini_sweep_local_launcher_then_tables(tmp_path, tiny_bert_dir, glue_dir):
