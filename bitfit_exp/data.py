@@ -10,11 +10,12 @@
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from bitfit_exp.errors import UserError
 
@@ -89,9 +90,24 @@ class Encoded:
     token_type_ids: list[list[int]] | None
     labels: np.ndarray
     idx: np.ndarray
+    _padded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def padded(self, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The split as tensors, built once: ids and token types [N, longest] padded with pad_id / 0, and lengths."""
+        if pad_id not in self._padded:
+            lengths = torch.tensor([len(x) for x in self.input_ids], dtype=torch.long)
+            width = int(lengths.max()) if len(lengths) else 0
+            ids = torch.full((len(self), width), pad_id, dtype=torch.long)
+            types = None if self.token_type_ids is None else torch.zeros((len(self), width), dtype=torch.long)
+            for r, row in enumerate(self.input_ids):
+                ids[r, :len(row)] = torch.tensor(row)
+                if types is not None:
+                    types[r, :len(row)] = torch.tensor(self.token_type_ids[r])
+            self._padded[pad_id] = ids, types, lengths
+        return self._padded[pad_id]
 
 
 def subset_rows(n: int, limit: int | None = None, seed: int | None = None):
@@ -116,22 +132,22 @@ def encode(dataset, task, tokenizer, max_length: int, limit: int | None = None) 
     return Encoded(out["input_ids"], out.get("token_type_ids"), labels, np.asarray(columns["idx"]))
 
 
+def gather(data: Encoded, rows, pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """One padded batch of `rows`: to `pad_to` (paper: max_length) or to the longest of these rows."""
+    ids, types, lengths = data.padded(pad_id)
+    index = torch.as_tensor(list(rows), dtype=torch.long)
+    width = pad_to or int(lengths[index].max())
+    extra = max(0, width - ids.shape[1])  # pad_to beyond the split's longest row
+    batch = {"input_ids": F.pad(ids[index, :width], (0, extra), value=pad_id),
+             "attention_mask": (torch.arange(width) < lengths[index, None]).long(),
+             "labels": torch.from_numpy(data.labels[index.numpy()])}
+    if types is not None:
+        batch["token_type_ids"] = F.pad(types[index, :width], (0, extra))
+    return batch
+
+
 def batches(data: Encoded, order, batch_size: int, pad_id: int, pad_to: int | None = None):
     """Yield padded tensor batches over `order`; pad to `pad_to` (paper: max_length) or to the batch's longest."""
     order = list(order)
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = pad_to or max(len(data.input_ids[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        types = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            n = len(data.input_ids[i])
-            ids[r, :n] = torch.tensor(data.input_ids[i])
-            mask[r, :n] = 1
-            if data.token_type_ids is not None:
-                types[r, :n] = torch.tensor(data.token_type_ids[i])
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.from_numpy(data.labels[rows])}
-        if data.token_type_ids is not None:
-            batch["token_type_ids"] = types
-        yield batch
+        yield gather(data, order[start:start + batch_size], pad_id, pad_to)

@@ -285,3 +285,25 @@ def test_main_end_to_end(tmp_path, capsys):
     last = (out / "one" / "table1.csv").read_text()
     assert "bert_large,bitfit,rte,,,,,73.2,3.7,,," in last
     assert main(["--runs-dir", str(tmp_path / "empty")]) == 1
+
+
+def test_compare_runs_two_ways_by_hand(tmp_path, capsys):
+    from bitfit_exp.compare import compare_runs, main
+
+    a, b = tmp_path / "one_by_one", tmp_path / "packed"
+    write_seeds(a, "minilm", "mrpc", "bitfit", 1e-3, [80.0, 82.0, 84.0])
+    write_seeds(b, "minilm", "mrpc", "bitfit", 1e-3, [83.0, 85.0, 87.0])   # +3: outside std 2
+    write_seeds(a, "minilm", "rte", "bitfit", 1e-3, [60.0, 64.0])
+    write_seeds(b, "minilm", "rte", "bitfit", 1e-3, [61.0, 65.0])          # +1: within std 2.83
+    write_seeds(a, "minilm", "cola", "bitfit", 1e-3, [50.0, 51.0])         # only under A: not compared
+    cells, warnings = compare_runs(a, b)
+    assert not warnings and sorted(cells["task"]) == ["mrpc", "rte"]
+    mrpc = cells[cells.task == "mrpc"].iloc[0]
+    assert (mrpc.mean_a, mrpc.std_a, mrpc.mean_b, mrpc.delta) == (82.0, 2.0, 85.0, 3.0)
+    assert not mrpc.within_noise and mrpc.welch_p == pytest.approx(0.1401, abs=1e-3)  # t = 3/sqrt(8/3), df 4
+    rte = cells[cells.task == "rte"].iloc[0]
+    assert rte.std_a == pytest.approx(math.sqrt(8)) and rte.delta == 1.0 and rte.within_noise
+    assert main([str(a), str(b), "--csv", str(tmp_path / "c.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "| 82.00±2.00 (n=3) | 85.00±2.00 (n=3) | +3.00 ✗ |" in out and "1/2 settings within seed noise" in out
+    assert main([str(a), str(tmp_path / "empty")]) == 2
