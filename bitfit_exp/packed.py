@@ -18,6 +18,7 @@ same distribution); with dropout off, packed and one-by-one runs agree to float 
 True
 """
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -102,51 +103,70 @@ AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
 class PackedLinear(nn.Module):
-    """nn.Linear with a frozen shared weight (or K trained weights) and K trained biases (or a frozen one)."""
+    """nn.Linear with a frozen shared weight (or K trained weights, [K, out, in]) and K trained biases ([K, out])."""
 
     def __init__(self, linear: nn.Linear, k: int, train_weight: bool, train_bias: bool):
         super().__init__()
         self.k, self.out_features = k, linear.out_features
         self.register_buffer("weight", linear.weight.detach(), persistent=False)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach(), persistent=False)
-        self.weights = nn.ParameterList([linear.weight.detach().clone() for _ in range(k)] if train_weight else [])
-        self.biases = nn.ParameterList([linear.bias.detach().clone() for _ in range(k)] if train_bias else [])
+        self.weights = nn.Parameter(linear.weight.detach().expand(k, -1, -1).clone()) if train_weight else None
+        self.biases = nn.Parameter(linear.bias.detach().expand(k, -1).clone()) if train_bias else None
 
     def forward(self, x):
         rows = x.reshape(self.k, -1, x.shape[-1])
-        if len(self.weights):
-            y = torch.bmm(rows, torch.stack(list(self.weights)).transpose(1, 2))
+        if self.weights is not None:
+            y = torch.bmm(rows, self.weights.transpose(1, 2).to(rows.dtype))
         else:
-            y = F.linear(rows, self.weight, None if len(self.biases) else self.bias)
-        if len(self.biases):
-            y = y + torch.stack(list(self.biases))[:, None, :]
+            y = F.linear(rows, self.weight, None if self.biases is not None else self.bias)
+        if self.biases is not None:
+            y = y + self.biases[:, None, :].to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
 class PackedLayerNorm(nn.Module):
-    """nn.LayerNorm with a frozen shared gain and K trained biases."""
+    """nn.LayerNorm with a frozen shared gain and K trained biases ([K, features])."""
 
     def __init__(self, norm: nn.LayerNorm, k: int):
         super().__init__()
         self.k, self.shape, self.eps = k, norm.normalized_shape, norm.eps
         self.register_buffer("weight", norm.weight.detach(), persistent=False)
-        self.biases = nn.ParameterList([norm.bias.detach().clone() for _ in range(k)])
+        self.biases = nn.Parameter(norm.bias.detach().expand(k, -1).clone())
 
     def forward(self, x):
         y = F.layer_norm(x, self.shape, self.weight, None, self.eps)
-        rows = y.reshape(self.k, -1, y.shape[-1]) + torch.stack(list(self.biases))[:, None, :]
+        rows = y.reshape(self.k, -1, y.shape[-1]) + self.biases[:, None, :].to(y.dtype)
         return rows.reshape(y.shape)
 
 
-def pack(model: nn.Module, selection: Selection, k: int,
-         streams: DropoutStreams | None = None) -> list[dict[str, nn.Parameter]]:
-    """Swap the modules that own trained parameters for packed ones, in place; returns, per setting, its trained
-    parameters under their unpacked names (`bert.encoder.layer.0.attention.self.query.bias`, ...). With `streams`,
-    every dropout (attention probabilities included) draws each setting's masks from that setting's stream."""
+class PackedParams:
+    """The trained tensors of a packed model: one [K, *shape] parameter per trained tensor of the plain model, so
+    every update touches all K settings in one kernel. `state(k)` / `load(k, values)` move one setting's values
+    under the plain model's names (`bert.encoder.layer.0.attention.self.query.bias`, ...)."""
+
+    def __init__(self, k: int):
+        self.k, self.names, self.tensors = k, [], []
+
+    def add(self, name: str, tensor: nn.Parameter) -> None:
+        self.names.append(name)
+        self.tensors.append(tensor)
+
+    def state(self, k: int) -> dict[str, torch.Tensor]:
+        return {n: t[k].detach().cpu().clone() for n, t in zip(self.names, self.tensors, strict=True)}
+
+    def load(self, k: int, values: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, t in zip(self.names, self.tensors, strict=True):
+                t[k].copy_(values[n])
+
+
+def pack(model: nn.Module, selection: Selection, k: int, streams: DropoutStreams | None = None) -> PackedParams:
+    """Swap the modules that own trained parameters for packed ones, in place, and return the packed parameters.
+    With `streams`, every dropout (attention probabilities included) draws each setting's masks from its stream."""
     if selection.masks:
         raise ValueError("packed training needs whole trained tensors; masked methods (rand_*) train one by one")
     trained = set(selection.params)
-    settings: list[dict[str, nn.Parameter]] = [{} for _ in range(k)]
+    params = PackedParams(k)
     for name, module in list(model.named_modules()):
         owned = {p: f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)}
         hit = {p for p, full in owned.items() if full in trained}
@@ -161,11 +181,10 @@ def pack(model: nn.Module, selection: Selection, k: int,
                              f"and LayerNorm layers and linear heads; train this method one setting at a time")
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, packed)
-        for i in range(k):
-            if "weight" in hit:
-                settings[i][owned["weight"]] = packed.weights[i]
-            if "bias" in hit:
-                settings[i][owned["bias"]] = packed.biases[i]
+        if "weight" in hit:
+            params.add(owned["weight"], packed.weights)
+        if "bias" in hit:
+            params.add(owned["bias"], packed.biases)
     if streams is not None:
         for name, module in list(model.named_modules()):
             if isinstance(module, nn.Dropout):
@@ -174,10 +193,78 @@ def pack(model: nn.Module, selection: Selection, k: int,
         model.set_attn_implementation(ATTENTION)
     for p in model.parameters():
         p.requires_grad_(False)
-    for params in settings:
-        for p in params.values():
-            p.requires_grad_(True)
-    return settings
+    for p in params.tensors:
+        p.requires_grad_(True)
+    return params
+
+
+class PackedAdamW(torch.optim.Optimizer):
+    """torch.optim.AdamW's update for K settings at once, each with its own learning rate (`lrs`, [K]) and its own
+    gradient-norm clipping, on [K, ...] parameters: a handful of kernels per step whatever K is.
+
+    The group's `lr` is a schedule factor (LambdaLR scales it), so setting k steps with lrs[k] * lr.
+    """
+
+    def __init__(self, params: list[nn.Parameter], lrs, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 max_grad_norm: float | None = None):
+        super().__init__(params, {"lr": 1.0, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        self.lrs = torch.as_tensor(lrs, dtype=torch.float32)
+        self.max_grad_norm = max_grad_norm
+        self.k = len(self.lrs)
+
+    def _flat(self, tensors) -> torch.Tensor:
+        return torch.cat([t.reshape(self.k, -1) for t in tensors], dim=1)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        group = self.param_groups[0]
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return None
+        b1, b2 = group["betas"]
+        grad = self._flat([p.grad for p in params])
+        if self.max_grad_norm:  # clip_grad_norm_ per setting: coefficient max_norm / (norm + 1e-6), at most 1
+            norms = grad.norm(dim=1, keepdim=True)
+            grad.mul_((self.max_grad_norm / (norms + 1e-6)).clamp_(max=1.0))
+        state = self.state[params[0]]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(grad)
+            state["exp_avg_sq"] = torch.zeros_like(grad)
+        state["step"] += 1
+        t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        lr = self.lrs.to(grad.device)[:, None] * group["lr"]
+        value = self._flat(params)
+        if group["weight_decay"]:
+            value.mul_(1 - lr * group["weight_decay"])
+        m.lerp_(grad, 1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(group["eps"])
+        value.sub_(m.div(denom).mul_(lr / (1 - b1**t)))
+        torch._foreach_copy_(params, [part.view_as(p) for part, p in
+                                      zip(value.split([p[0].numel() for p in params], dim=1), params, strict=True)])
+        return None
+
+    def setting_state(self, k: int) -> dict:
+        state = self.state[self.param_groups[0]["params"][0]]
+        if not state:
+            return {}
+        return {"step": state["step"], "exp_avg": state["exp_avg"][k].cpu().clone(),
+                "exp_avg_sq": state["exp_avg_sq"][k].cpu().clone()}
+
+    def load_setting_state(self, k: int, saved: dict, device) -> None:
+        if not saved:
+            return
+        first = self.param_groups[0]["params"][0]
+        state = self.state[first]
+        if not state:
+            width = sum(p[0].numel() for p in self.param_groups[0]["params"])
+            state.update(step=saved["step"], exp_avg=torch.zeros(self.k, width, device=device),
+                         exp_avg_sq=torch.zeros(self.k, width, device=device))
+        if state["step"] != saved["step"]:
+            raise ValueError("settings of one pack must resume from the same optimizer step")
+        state["exp_avg"][k].copy_(saved["exp_avg"])
+        state["exp_avg_sq"][k].copy_(saved["exp_avg_sq"])
 
 
 def packed_loss(logits, labels, k: int, regression: bool):
@@ -193,17 +280,6 @@ def packed_loss(logits, labels, k: int, regression: bool):
 def packed_evaluate(model, data: Encoded, cfg, device, pad_id, k) -> list[dict[str, float]]:
     preds = predict(model, data, cfg, device, pad_id, k).reshape(k, len(data))
     return [compute_metrics(cfg.task.metrics, p, data.labels) for p in preds]
-
-
-def adam_state(optimizer, params: dict[str, nn.Parameter]) -> dict[str, dict]:
-    return {name: {key: v.detach().cpu().clone() for key, v in optimizer.state[p].items()}
-            for name, p in params.items() if p in optimizer.state}
-
-
-def set_adam_state(optimizer, params: dict[str, nn.Parameter], saved: dict[str, dict]) -> None:
-    for name, p in params.items():
-        if name in saved:  # AdamW keeps `step` on the CPU unless fused/capturable
-            optimizer.state[p] = {key: v if key == "step" else v.to(p.device) for key, v in saved[name].items()}
 
 
 def seek(schedule, step: int) -> None:
@@ -229,16 +305,13 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
     checkpoints = checkpoints or [None] * k
     freeze(model, selection)
     streams = DropoutStreams(seeds, device) if cfg.train.packed_dropout == "per_setting" else None
-    settings = pack(model, selection, k, streams)
-    with torch.no_grad():
-        for params, init in zip(settings, inits, strict=True):
-            for name, p in params.items():
-                p.copy_(init[name])
+    params = pack(model, selection, k, streams)
+    for i, init in enumerate(inits):
+        params.load(i, init)
     model.to(device)
     forward = compiled(model, cfg.train.compile)
-    optimizer = torch.optim.AdamW(
-        [{"params": list(params.values()), "lr": lr} for params, lr in zip(settings, lrs, strict=True)],
-        eps=cfg.optim.eps, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+    optimizer = PackedAdamW(params.tensors, lrs, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                            weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.train.grad_clip)
     bsz, n = cfg.train.batch_size, len(train)
     steps_per_epoch = -(-n // bsz)
     schedule = lr_schedule(optimizer, steps_per_epoch, cfg)
@@ -257,10 +330,8 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
             raise ValueError(f"settings of one pack must resume from the same epoch, got {sorted(done)}")
         first = done.pop() + 1
         for i, state in enumerate(saved):
-            with torch.no_grad():
-                for name, p in settings[i].items():
-                    p.copy_(state["trained"][name])
-            set_adam_state(optimizer, settings[i], state["adam"])
+            params.load(i, state["trained"])
+            optimizer.load_setting_state(i, state["adam"], device)
             order_rngs[i].set_state(state["order"])
             epochs[i], best[i], best_state[i] = state["epochs"], state["best"], state["best_state"]
             train_s[i], eval_s[i] = state["train_s"], state["eval_s"]
@@ -282,10 +353,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
                 logits = forward(**batch).logits.float()
             loss, per_setting = packed_loss(logits, labels, k, regression)
             loss.backward()
-            if cfg.train.grad_clip:
-                for group in optimizer.param_groups:  # per setting: a global norm would couple them
-                    torch.nn.utils.clip_grad_norm_(group["params"], cfg.train.grad_clip)
-            optimizer.step()
+            optimizer.step()  # clips each setting's gradient by its own norm: a global norm would couple them
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(per_setting)
@@ -307,14 +375,14 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
             if best[i] is None or score > best[i][1]:
                 best[i] = (epoch, score)
                 if cfg.train.select == "best":
-                    best_state[i] = {name: p.detach().cpu().clone() for name, p in settings[i].items()}
+                    best_state[i] = params.state(i)
         if epoch < cfg.train.epochs:
             dropout_states = streams.states() if streams is not None else [None] * k
             for i, path in enumerate(checkpoints):
                 if path is not None:
                     save_checkpoint(path, mode="packed", epoch=epoch, seed=seeds[i], lr=lrs[i],
-                                    trained={name: p.detach().cpu().clone() for name, p in settings[i].items()},
-                                    adam=adam_state(optimizer, settings[i]), order=order_rngs[i].get_state(),
+                                    trained=params.state(i), adam=optimizer.setting_state(i),
+                                    order=order_rngs[i].get_state(),
                                     dropout=dropout_states[i], epochs=epochs[i], best=best[i],
                                     best_state=best_state[i], train_s=train_s[i], eval_s=eval_s[i])
         heartbeat()
@@ -323,7 +391,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
 
     results = []
     for i in range(k):
-        last = {name: p.detach().cpu().clone() for name, p in settings[i].items()}
+        last = params.state(i)
         chosen = best_state[i] if cfg.train.select == "best" else last
         timings = {"train_s": train_s[i], "eval_s": eval_s[i],
                    "train_samples_per_s": n * cfg.train.epochs / train_s[i],

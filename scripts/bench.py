@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
 from bitfit_exp.methods import select
-from bitfit_exp.packed import DropoutStreams, pack, packed_loss
+from bitfit_exp.packed import DropoutStreams, PackedAdamW, pack, packed_loss
 from bitfit_exp.training import compiled, freeze
 
 SHAPES = {
@@ -63,12 +63,14 @@ def measure(shape: str, mode: str, k: int, dynamic: bool, bf16: bool, dropout: s
     selection = select("full" if mode == "full" else "bitfit", model)
     if mode == "packed":
         streams = DropoutStreams(list(range(k)), device) if dropout == "per_setting" else None
-        params = [list(s.values()) for s in pack(model, selection, k, streams)]
+        params = pack(model, selection, k, streams).tensors
+        model.to(device)
+        optimizer = PackedAdamW(params, [1e-4] * k, eps=1e-6, max_grad_norm=1.0)
     else:
-        params = [freeze(model, selection)]
+        params = freeze(model, selection)
+        optimizer = torch.optim.AdamW(params, lr=1e-4, eps=1e-6, weight_decay=0.0)
     model.to(device).train()
     forward = compiled(model, compile_mode)
-    optimizer = torch.optim.AdamW([{"params": p} for p in params], lr=1e-4, eps=1e-6, weight_decay=0.0)
     gen = torch.Generator().manual_seed(0)
     widths = []
 
@@ -79,8 +81,8 @@ def measure(shape: str, mode: str, k: int, dynamic: bool, bf16: bool, dropout: s
             logits = forward(**inputs).logits.float()
         loss = packed_loss(logits, labels, k, False)[0] if mode == "packed" else F.cross_entropy(logits, labels)
         loss.backward()
-        for group in optimizer.param_groups:
-            torch.nn.utils.clip_grad_norm_(group["params"], 1.0)
+        if mode != "packed":  # PackedAdamW clips each setting itself
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
