@@ -132,12 +132,24 @@ def encode(dataset, task, tokenizer, max_length: int, limit: int | None = None) 
     return Encoded(out["input_ids"], out.get("token_type_ids"), labels, np.asarray(columns["idx"]))
 
 
-def gather(data: Encoded, rows, pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """One padded batch of `rows`: to `pad_to` (paper: max_length) or to the longest of these rows."""
+def padding(data_cfg) -> dict:
+    """gather()'s padding arguments from the data config: to max_length (paper), or to the batch's longest row,
+    rounded up to a multiple of data.pad_multiple (fewer distinct shapes for torch.compile and tensor cores)."""
+    if data_cfg.padding == "max_length":
+        return {"pad_to": data_cfg.max_length}
+    return {"multiple": data_cfg.get("pad_multiple"), "cap": data_cfg.max_length}
+
+
+def gather(data: Encoded, rows, pad_id: int, pad_to: int | None = None, multiple: int | None = None,
+           cap: int | None = None) -> dict[str, torch.Tensor]:
+    """One padded batch of `rows`: to `pad_to`, or to the longest of these rows rounded up to `multiple` (at most
+    `cap`)."""
     ids, types, lengths = data.padded(pad_id)
     index = torch.as_tensor(list(rows), dtype=torch.long)
     width = pad_to or int(lengths[index].max())
-    extra = max(0, width - ids.shape[1])  # pad_to beyond the split's longest row
+    if multiple and not pad_to:
+        width = min(-(-width // multiple) * multiple, cap or width + multiple)
+    extra = max(0, width - ids.shape[1])  # wider than the split's longest row
     batch = {"input_ids": F.pad(ids[index, :width], (0, extra), value=pad_id),
              "attention_mask": (torch.arange(width) < lengths[index, None]).long(),
              "labels": torch.from_numpy(data.labels[index.numpy()])}
@@ -146,8 +158,8 @@ def gather(data: Encoded, rows, pad_id: int, pad_to: int | None = None) -> dict[
     return batch
 
 
-def batches(data: Encoded, order, batch_size: int, pad_id: int, pad_to: int | None = None):
-    """Yield padded tensor batches over `order`; pad to `pad_to` (paper: max_length) or to the batch's longest."""
+def batches(data: Encoded, order, batch_size: int, pad_id: int, **pad):
+    """Yield padded tensor batches over `order` (padding as in `gather`)."""
     order = list(order)
     for start in range(0, len(order), batch_size):
-        yield gather(data, order[start:start + batch_size], pad_id, pad_to)
+        yield gather(data, order[start:start + batch_size], pad_id, **pad)

@@ -31,7 +31,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from bitfit_exp.data import Encoded, gather
+from bitfit_exp.data import Encoded, gather, padding
 from bitfit_exp.methods import Selection
 from bitfit_exp.metrics import compute_metrics
 from bitfit_exp.training import (
@@ -319,7 +319,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
     main_split, main_metric = next(iter(cfg.task.eval_splits)), cfg.task.metric
     show = {"auto": None, True: False, False: True}[cfg.train.progress]
     regression = cfg.task.num_labels == 1
-    pad_to = cfg.data.max_length if cfg.data.padding == "max_length" else None
+    pad = padding(cfg.data)
 
     epochs, best, best_state = [[] for _ in range(k)], [None] * k, [None] * k
     train_s, eval_s, first = [0.0] * k, [0.0] * k, 1
@@ -347,7 +347,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
         for start in tqdm(range(0, n, bsz), desc=f"packed x{k} epoch {epoch}/{cfg.train.epochs}", leave=False,
                           disable=show):
             rows = [i for order in orders for i in order[start:start + bsz]]  # setting k: rows [k*B, (k+1)*B)
-            batch = {key: v.to(device, non_blocking=True) for key, v in gather(train, rows, pad_id, pad_to).items()}
+            batch = {key: v.to(device, non_blocking=True) for key, v in gather(train, rows, pad_id, **pad).items()}
             labels = batch.pop("labels")
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
                 logits = forward(**batch).logits.float()

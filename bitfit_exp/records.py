@@ -33,7 +33,7 @@ NON_RESULT_KEYS = {
 }
 # Keys added after records existed whose null default reproduces the earlier behaviour: left out of the hash while
 # null, so settings run before the key existed keep their folder (and finished seeds are not redone).
-NULL_DEFAULT_KEYS = {"data": {"train_subset_seed"}}
+NULL_DEFAULT_KEYS = {"data": {"train_subset_seed", "pad_multiple"}}
 
 
 def result_config(cfg: dict) -> dict:

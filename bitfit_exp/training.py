@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bitfit_exp.data import Encoded, batches
+from bitfit_exp.data import Encoded, batches, padding
 from bitfit_exp.errors import UserError
 from bitfit_exp.methods import Selection
 from bitfit_exp.metrics import compute_metrics
@@ -43,11 +43,16 @@ def pick_device(spec: str) -> torch.device:
 
 def compiled(model: nn.Module, mode) -> nn.Module:
     """`model` under torch.compile for the training steps (train.compile), sharing its parameters; itself when off.
-    reduce-overhead replays CUDA graphs, which cuts the per-kernel launch cost that dominates small batches."""
+    reduce-overhead replays CUDA graphs, which cuts the per-kernel launch cost that dominates small batches.
+
+    Static shapes: one graph per input width (the paper's fixed 128, or each width of data.pad_multiple with dynamic
+    padding). Symbolic shapes through the packed [K*B] reshapes made the second compile of a process take minutes.
+    """
     mode = str(mode).lower()
     if mode == "false":
         return model
-    return torch.compile(model, mode=None if mode in ("true", "default") else mode)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # widths x last batch
+    return torch.compile(model, mode=None if mode in ("true", "default") else mode, dynamic=False)
 
 
 def freeze(model: nn.Module, selection: Selection) -> list[nn.Parameter]:
@@ -99,10 +104,9 @@ def predict(model: nn.Module, data: Encoded, cfg, device, pad_id: int, k: int = 
     """Class ids (or scores for regression) for every example of `data`, in order. A packed model of `k` settings
     scores every example once per setting and gets a [k, len(data)] array back."""
     model.eval()
-    pad_to = cfg.data.max_length if cfg.data.padding == "max_length" else None
     out = []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
-        for batch in batches(data, range(len(data)), cfg.train.eval_batch_size, pad_id, pad_to):
+        for batch in batches(data, range(len(data)), cfg.train.eval_batch_size, pad_id, **padding(cfg.data)):
             batch.pop("labels")
             inputs = {key: v.to(device).repeat(k, 1) for key, v in batch.items()}
             logits = model(**inputs).logits.float().view(k, -1, cfg.task.num_labels)
@@ -196,7 +200,6 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
     steps_per_epoch = -(-len(train) // cfg.train.batch_size)
     schedule = lr_schedule(optimizer, steps_per_epoch, cfg)
     order_rng = torch.Generator().manual_seed(seed)
-    pad_to = cfg.data.max_length if cfg.data.padding == "max_length" else None
     main_split, main_metric = next(iter(cfg.task.eval_splits)), cfg.task.metric
     show = {"auto": None, True: False, False: True}[cfg.train.progress]
 
@@ -215,7 +218,7 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
         model.train()
         t0, losses = time.perf_counter(), []
         order = torch.randperm(len(train), generator=order_rng).tolist()
-        bar = tqdm(batches(train, order, cfg.train.batch_size, pad_id, pad_to), total=steps_per_epoch,
+        bar = tqdm(batches(train, order, cfg.train.batch_size, pad_id, **padding(cfg.data)), total=steps_per_epoch,
                    desc=f"seed {seed} epoch {epoch}/{cfg.train.epochs}", leave=False, disable=show)
         for batch in bar:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):

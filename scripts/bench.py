@@ -47,9 +47,11 @@ def fwd_input_grad_flops(shape: str, rows: int, width: int) -> float:
     return 2 * rows * per_row
 
 
-def batch(rows: int, length: int, dynamic: bool, device, gen):
+def batch(rows: int, length: int, dynamic: bool, device, gen, multiple: int | None = None):
     lengths = torch.randint(20, length + 1, (rows,), generator=gen) if dynamic else torch.full((rows,), length)
     width = int(lengths.max())
+    if multiple:
+        width = min(-(-width // multiple) * multiple, length)
     ids = torch.randint(1000, 28000, (rows, width), generator=gen)
     mask = (torch.arange(width)[None] < lengths[:, None]).long()
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, torch.randint(2, (rows,)).to(device)
@@ -75,7 +77,7 @@ def measure(shape: str, mode: str, k: int, dynamic: bool, bf16: bool, dropout: s
     widths = []
 
     def step():
-        inputs, labels = batch(k * args.batch_size, args.max_length, dynamic, device, gen)
+        inputs, labels = batch(k * args.batch_size, args.max_length, dynamic, device, gen, args.pad_multiple)
         widths.append(inputs["input_ids"].shape[1])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = forward(**inputs).logits.float()
@@ -120,6 +122,8 @@ def main() -> None:
                         "rows from an earlier call for the speed-up column)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--pad-multiple", type=int, help="round dynamic widths up to a multiple of this (as "
+                        "data.pad_multiple; use with --compile and --dynamic on)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of this GPU (default: by its name)")

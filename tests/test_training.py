@@ -119,3 +119,5 @@ def test_gather_pads_and_masks_each_row():
     assert b["token_type_ids"].tolist() == [[0, 0, 1, 1, 1, 0, 0], [0] * 7]
     assert b["attention_mask"].sum(1).tolist() == [5, 2]
     assert [x["input_ids"].shape for x in batches(data, [0, 1, 2], 2, 9)] == [(2, 3), (1, 5)]
+    assert gather(data, [1], pad_id=9, multiple=4, cap=128)["input_ids"].tolist() == [[101, 102, 9, 9]]
+    assert gather(data, [2], pad_id=9, multiple=4, cap=6)["input_ids"].shape == (1, 6)  # 8, capped
