@@ -229,6 +229,7 @@ def run_packed(members: list[Member], prepared: Prepared, device) -> dict[Member
 
 
 def train_pack(group: list[Member], prepared: Prepared, device, heartbeat) -> dict[Member, dict]:
+    """One packed training of `group` (claimed, all at the same checkpoint epoch), then one record per member."""
     cfg = group[0].cfg
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     inits, initials = [], {}
