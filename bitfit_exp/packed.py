@@ -88,7 +88,7 @@ class SettingDropout(nn.Module):
 
 def per_setting_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Attention whose probability dropout is the module's SettingDropout; without dropout (eval), plain SDPA."""
-    if not dropout or not isinstance(module.dropout, SettingDropout):
+    if not dropout or not isinstance(getattr(module, "dropout", None), SettingDropout):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     scores = torch.matmul(query, key.transpose(2, 3)) * (scaling or query.size(-1) ** -0.5)
