@@ -16,9 +16,11 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from bitfit_exp.cli import conf_dir
+from bitfit_exp.errors import UserError
 from bitfit_exp.methods import packable
 from bitfit_exp.records import (
     RECORD,
@@ -83,9 +85,22 @@ def plan(overrides: list[str]) -> list[dict]:
     return jobs
 
 
-def main(argv: list[str] | None = None) -> None:
+def one_line(message: str) -> str:
+    """Hydra's multi-line composition errors as one line: the problem, then the valid choices if it lists them."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[1].startswith("Available options"):
+        choices = lines[2:lines.index("Config search path:")] if "Config search path:" in lines else lines[2:]
+        return f"{lines[0]}; valid: {', '.join(choices)}"
+    return lines[0]
+
+
+def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--multirun", "-m")]
-    jobs = plan(overrides)
+    try:
+        jobs = plan(overrides)
+    except (UserError, HydraException) as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
     speed = throughput(jobs[0]["runs_dir"]) if jobs else {}
     total, unknown = 0.0, 0
     print(f"{'#':>4}  {'model':<14}{'task':<6}{'method':<13}{'lr':>8}  seeds  {'est. h':>7}")
@@ -102,3 +117,4 @@ def main(argv: list[str] | None = None) -> None:
     complete = sum(j["done"] == j["seeds"] for j in jobs)
     print(f"{len(jobs)} jobs: {complete} complete, {len(jobs) - complete} to run; estimated {total:.1f} GPU-hours"
           + (f" (+ {unknown} jobs with no measured throughput for their model and mode)" if unknown else ""))
+    return 0

@@ -20,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from bitfit_exp.errors import UserError
+
 SCHEMA = 1
 RECORD = "record.json"
 # Config keys that do not change what a run computes (where it reads/writes, how it reports, which seeds).
@@ -64,6 +66,9 @@ def job_settings(cfg) -> list:
     """The settings one job trains: cfg's own, or with train.pack_lrs one per learning rate of method.lr_grid."""
     if not cfg.train.pack_lrs:
         return [cfg]
+    if cfg.get("fixed_lr"):
+        raise UserError(f"this sweep fixes the learning rate ({cfg.optim.lr:g}); train.pack_lrs would train the whole "
+                        f"lr grid instead: use train.packed=true without train.pack_lrs")
     settings = []
     for lr in cfg.method.lr_grid:
         setting = copy.deepcopy(cfg)

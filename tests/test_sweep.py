@@ -52,6 +52,16 @@ def test_packed_sweep_jobs_cover_each_methods_lr_grid(tmp_path):
     assert jobs["full"]["samples"] == 20 * jobs["bitfit"]["samples"] == 20 * 2490 * 20  # RTE: 20 epochs
 
 
+def test_packing_the_lr_grid_of_a_fixed_lr_sweep_is_refused(tmp_path):
+    out = cli("plan", "+experiment=[table2_roberta,packed]", f"runs_dir={tmp_path}")
+    assert out.returncode == 2 and "error: this sweep fixes the learning rate" in out.stderr
+    assert "Traceback" not in out.stderr
+    unknown = cli("plan", "+experiment=table9")
+    assert unknown.returncode == 2 and "Could not find 'experiment/table9'; valid: datasize," in unknown.stderr
+    jobs = plan(["+experiment=table2_roberta", "train.packed=true", f"runs_dir={tmp_path}"])
+    assert len(jobs) == 16 and all(len(j["keys"]) == 1 for j in jobs)
+
+
 def test_mini_sweep_local_launcher_then_tables(tmp_path, tiny_bert_dir, glue_dir):
     runs, out = tmp_path / "runs", tmp_path / "tables"
     args = ["+experiment=smoke", f"data.dir={GLUE}", f"runs_dir={runs}", f"model.name_or_path={tiny_bert_dir}",
