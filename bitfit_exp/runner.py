@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bitfit_exp.data import encode, load_splits, subset_rows
+from bitfit_exp.errors import UserError
 from bitfit_exp.methods import PACKABLE, encoder_parameters, head_parameter_names, packable, select
 from bitfit_exp.models import load_model, load_tokenizer
 from bitfit_exp.packed import train_packed
@@ -241,9 +242,14 @@ def train_pack(group: list[Member], prepared: Prepared, device, heartbeat) -> di
         if moved:
             log(f"seed {m.seed} lr={m.cfg.optim.lr:g}: previous record kept as {moved.name}")
     checkpoints = [m.path.parent / CHECKPOINT if cfg.train.checkpoint else None for m in group]
-    results = train_packed(model, selection, inits, [m.seed for m in group], [m.cfg.optim.lr for m in group],
-                           prepared.train, prepared.train_probe, prepared.dev, cfg, device, prepared.pad_id,
-                           checkpoints, heartbeat)
+    try:
+        results = train_packed(model, selection, inits, [m.seed for m in group], [m.cfg.optim.lr for m in group],
+                               prepared.train, prepared.train_probe, prepared.dev, cfg, device, prepared.pad_id,
+                               checkpoints, heartbeat)
+    except torch.OutOfMemoryError:
+        raise UserError(f"packed x{len(group)} ({len(group)} x batch {cfg.train.batch_size} rows) does not fit in "
+                        f"{device} memory; pack fewer settings (train.pack_lrs=false, fewer seeds per job), "
+                        f"train.bf16=true or data.padding=longest; finished epochs are kept in the checkpoints") from None
     resumed = f", resumed after epoch {results[0].resumed_after}" if results[0].resumed_after else ""
     log(f"packed x{len(group)}: {results[0].timings['packed_train_samples_per_s']:.1f} training samples/s "
         f"over all settings on {device}{resumed}")

@@ -214,3 +214,17 @@ def test_bench_flop_count_and_peaks():
     assert bench.fwd_input_grad_flops("bert_base", 8, 64) < bench.fwd_input_grad_flops("bert_base", 8, 128) / 2
     assert bench.bf16_peak("NVIDIA H100 80GB HBM3") == 989.4 and bench.bf16_peak("NVIDIA H100 PCIe") == 756.0
     assert bench.bf16_peak("NVIDIA H200") == 989.4 and bench.bf16_peak("Tesla T4") is None
+
+
+def test_a_pack_too_big_for_the_device_is_one_clear_error(tmp_path, tiny_bert_dir, glue_dir, monkeypatch):
+    import bitfit_exp.runner as runner
+    from bitfit_exp.errors import UserError
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(runner, "train_packed", out_of_memory)
+    cfg = compose(*quick(tiny_bert_dir, tmp_path, "train.packed=true", "seeds=[0,1,2]"))
+    with pytest.raises(UserError, match=r"packed x3 \(3 x batch 8 rows\) does not fit in cpu memory; pack fewer"):
+        runner.run_job(cfg)
+    assert not list(tmp_path.glob("**/claim.json")) and not list(tmp_path.glob("**/record.json"))
