@@ -37,7 +37,8 @@ def _needs_hub(cfg) -> bool:
 
 def _check_choices(cfg) -> None:
     valid = {"select": ("best", "last"), "padding": ("max_length", "longest"),
-             "packed_dropout": ("per_setting", "shared"), "compile": ("false", "true", "default", "reduce-overhead", "max-autotune")}
+             "packed_dropout": ("per_setting", "shared"),
+             "compile": ("false", "true", "default", "reduce-overhead", "max-autotune")}
     for key, value in (("select", cfg.train.select), ("padding", cfg.data.padding),
                        ("packed_dropout", cfg.train.packed_dropout), ("compile", str(cfg.train.compile).lower())):
         if value not in valid[key]:
