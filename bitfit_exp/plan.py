@@ -2,12 +2,14 @@
 
     bitfit-plan +experiment=table3                 # 256 jobs: done / partial / to run, and hours left
     bitfit-plan +experiment=smoke data.dir=../shared/data/glue
+    bitfit-plan +experiment=table3 --todo          # ... and the commands that launch only the unfinished jobs
 
 Estimates use the training throughput (samples/s) measured in existing run records of the same model and
 method (else the same model), times the task's train size, epochs and missing seeds; evaluation time is scaled in
 from the same records.
 """
 
+import shlex
 import statistics
 import sys
 from collections import defaultdict
@@ -81,8 +83,26 @@ def plan(overrides: list[str]) -> list[dict]:
                 done, missing = done + finished_here, missing + len(cfg.seeds) - finished_here
             samples = size * cfg.train.epochs * (min(missing, 1) if packed else missing)
             jobs.append({"key": keys[0], "keys": keys, "seeds": len(cfg.seeds) * len(keys), "done": done,
-                         "runs_dir": root, "packed": packed, "samples": samples})
+                         "runs_dir": root, "packed": packed, "samples": samples, "overrides": job})
     return jobs
+
+
+def todo_commands(jobs: list[dict]) -> list[str]:
+    """`bitfit-run ... --multirun` commands that launch only the unfinished jobs: unfinished jobs that differ only in
+    the last swept key are merged into one sweep over its values, so resubmitting launches nothing that is done."""
+    values: dict[str, set] = {}
+    for job in jobs:
+        for o in job["overrides"]:
+            values.setdefault(o.split("=", 1)[0], set()).add(o)
+    swept = [k for k, v in values.items() if len(v) > 1]
+    groups: dict[tuple, list[str]] = {}
+    for job in (j for j in jobs if j["done"] < j["seeds"]):
+        by_key = {o.split("=", 1)[0]: o for o in job["overrides"]}
+        last = swept[-1] if swept else None
+        rest = tuple(o for k, o in by_key.items() if k != last)
+        groups.setdefault(rest, []).extend([by_key[last].split("=", 1)[1]] if last else [])
+    return [shlex.join(["bitfit-run", *rest, *([f"{swept[-1]}={','.join(v)}"] if swept else []), "--multirun"])
+            for rest, v in groups.items()]
 
 
 def one_line(message: str) -> str:
@@ -95,7 +115,8 @@ def one_line(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    overrides = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--multirun", "-m")]
+    args = sys.argv[1:] if argv is None else argv
+    overrides = [a for a in args if a not in ("--multirun", "-m", "--todo")]
     try:
         jobs = plan(overrides)
     except (UserError, HydraException) as e:
@@ -117,4 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     complete = sum(j["done"] == j["seeds"] for j in jobs)
     print(f"{len(jobs)} jobs: {complete} complete, {len(jobs) - complete} to run; estimated {total:.1f} GPU-hours"
           + (f" (+ {unknown} jobs with no measured throughput for their model and mode)" if unknown else ""))
+    if "--todo" in args:
+        print("\nto launch only the unfinished jobs:" if complete < len(jobs) else "\nnothing to launch")
+        for command in todo_commands(jobs):
+            print(command)
     return 0

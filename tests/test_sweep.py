@@ -4,6 +4,7 @@ launcher, then `bitfit-tables` over its records; `bitfit-prefetch` fills an offl
 import csv
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -77,6 +78,17 @@ def test_mini_sweep_local_launcher_then_tables(tmp_path, tiny_bert_dir, glue_dir
     assert len(jobs) == 8 and all(j["done"] == j["seeds"] == 2 for j in jobs)
     again = cli("run", *args)
     assert again.returncode == 0 and again.stdout.count("2 already finished") == 8 and "seed 0:" not in again.stdout
+
+    # Lose one setting's records: `bitfit-plan --todo` prints a command that launches that job alone.
+    (lost,) = {p.parent.parent for p in runs.glob("*/rte/bitfit/lr0.001-*/seed*/record.json")}
+    for record in lost.glob("seed*/record.json"):
+        record.unlink()
+    todo = cli("plan", *[a for a in args if a != "--multirun"], "--todo")
+    (command,) = [line for line in todo.stdout.splitlines() if line.startswith("bitfit-run ")]
+    assert "task=rte" in command and "method=bitfit" in command and command.endswith("lr_index=3 --multirun")
+    redo = cli("run", *shlex.split(command)[1:])
+    assert redo.returncode == 0 and redo.stdout.count("already finished") == 1 and "over 2 seeds" in redo.stdout
+    assert len(list(runs.glob("**/seed*/record.json"))) == 16
 
     tables = cli("tables", "--runs-dir", str(runs), "--out", str(out), "--table", "all", "--expected-seeds", "2")
     assert tables.returncode == 0, tables.stderr
