@@ -228,3 +228,21 @@ def test_a_pack_too_big_for_the_device_is_one_clear_error(tmp_path, tiny_bert_di
     with pytest.raises(UserError, match=r"packed x3 \(3 x batch 8 rows\) does not fit in cpu memory; pack fewer"):
         runner.run_job(cfg)
     assert not list(tmp_path.glob("**/claim.json")) and not list(tmp_path.glob("**/record.json"))
+
+
+def test_seek_puts_the_schedule_where_stepping_would():
+    from bitfit_exp.packed import PackedAdamW, seek
+    from bitfit_exp.training import lr_schedule
+
+    cfg = compose("optim.warmup_ratio=0.5", "train.epochs=2")  # 10 steps of warmup over 2 x 10 steps
+    stepped, sought = (PackedAdamW([torch.nn.Parameter(torch.zeros(3, 4))], [0.1, 0.2, 0.3]) for _ in range(2))
+    a, b = lr_schedule(stepped, 10, cfg), lr_schedule(sought, 10, cfg)
+    for _ in range(7):
+        stepped.step()
+        a.step()
+    seek(b, 7)
+    assert a.get_last_lr() == b.get_last_lr() == [pytest.approx(0.8)]
+    for optimizer, schedule in ((stepped, a), (sought, b)):
+        optimizer.step()
+        schedule.step()
+    assert a.get_last_lr() == b.get_last_lr() == [pytest.approx(0.9)]
