@@ -42,7 +42,7 @@ from bitfit_exp.training import (
     lr_schedule,
     predict,
     read_checkpoint,
-    save_checkpoint,
+    save_checkpoints,
 )
 
 ATTENTION = "bitfit_per_setting"
@@ -378,13 +378,12 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
                     best_state[i] = params.state(i)
         if epoch < cfg.train.epochs:
             dropout_states = streams.states() if streams is not None else [None] * k
-            for i, path in enumerate(checkpoints):
-                if path is not None:
-                    save_checkpoint(path, mode="packed", epoch=epoch, seed=seeds[i], lr=lrs[i],
-                                    trained=params.state(i), adam=optimizer.setting_state(i),
-                                    order=order_rngs[i].get_state(),
-                                    dropout=dropout_states[i], epochs=epochs[i], best=best[i],
-                                    best_state=best_state[i], train_s=train_s[i], eval_s=eval_s[i])
+            save_checkpoints({
+                path: dict(mode="packed", epoch=epoch, seed=seeds[i], lr=lrs[i], trained=params.state(i),
+                           adam=optimizer.setting_state(i), order=order_rngs[i].get_state(),
+                           dropout=dropout_states[i], epochs=epochs[i], best=best[i], best_state=best_state[i],
+                           train_s=train_s[i], eval_s=eval_s[i])
+                for i, path in enumerate(checkpoints) if path is not None})
         heartbeat()
         if stop_at is not None and epoch == stop_at and epoch < cfg.train.epochs:
             raise Stopped(f"packed x{k}: stopped after epoch {epoch} (train.stop_after_epochs); rerun to resume")

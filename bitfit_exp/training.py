@@ -158,9 +158,20 @@ def set_rng_states(states: dict, order_rng: torch.Generator) -> None:
 
 def save_checkpoint(path: Path, **state) -> None:
     """Everything needed to continue after this epoch exactly as if never stopped; atomic like the records."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    save_checkpoints({path: state})
+
+
+def save_checkpoints(states: dict[Path, dict]) -> None:
+    """Several checkpoints (the settings of one pack) written first and renamed into place together afterwards, so
+    a job killed while saving leaves them at one epoch and they resume as the same pack (bit for bit); only a kill
+    within the rename loop splits them, and then each still resumes from its own epoch."""
+    staged = []
+    for path, state in states.items():
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, tmp)
+        staged.append((tmp, path))
+    for tmp, path in staged:
+        tmp.replace(path)
 
 
 def read_checkpoint(path: Path, mode: str, quiet: bool = False) -> dict | None:
