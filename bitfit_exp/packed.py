@@ -41,7 +41,6 @@ from bitfit_exp.training import (
     freeze,
     lr_schedule,
     predict,
-    read_checkpoint,
     save_checkpoints,
 )
 
@@ -293,13 +292,15 @@ def seek(schedule, step: int) -> None:
 def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor]], seeds: list[int],
                  lrs: list[float], train: Encoded, train_probe: Encoded, dev: dict[str, Encoded], cfg, device,
                  pad_id: int, checkpoints: list[Path | None] | None = None,
-                 heartbeat: Callable[[], None] = lambda: None) -> list[SeedResult]:
+                 heartbeat: Callable[[], None] = lambda: None,
+                 resume: list[dict | None] | None = None) -> list[SeedResult]:
     """Train len(seeds) settings of one bias-family method at once; `inits[k]` holds setting k's initial trained
     values (its seeded head), `lrs[k]` its learning rate. Returns one SeedResult per setting, as `train_seed`.
 
-    With `checkpoints`, setting k's state after each epoch is saved to checkpoints[k] (its own seed folder), and
-    settings that have one resume from it; all settings of one call must be at the same epoch (the runner groups
-    them). With per-setting dropout a setting resumes exactly, whichever settings share the new pack.
+    With `checkpoints`, setting k's state after each epoch is saved to checkpoints[k] (its own seed folder).
+    `resume[k]`, a state read from such a checkpoint (`read_checkpoint(path, "packed")`), continues setting k from
+    it; all settings of one call must be at the same epoch (the runner groups them). With per-setting dropout a
+    setting resumes exactly, whichever settings share the new pack.
     """
     k = len(seeds)
     checkpoints = checkpoints or [None] * k
@@ -323,7 +324,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
 
     epochs, best, best_state = [[] for _ in range(k)], [None] * k, [None] * k
     train_s, eval_s, first = [0.0] * k, [0.0] * k, 1
-    saved = [read_checkpoint(c, "packed") if c is not None else None for c in checkpoints]
+    saved = resume or [None] * k
     if any(saved):
         done = {s["epoch"] if s else 0 for s in saved}
         if len(done) != 1:

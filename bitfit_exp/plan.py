@@ -94,14 +94,13 @@ def todo_commands(jobs: list[dict]) -> list[str]:
     for job in jobs:
         for o in job["overrides"]:
             values.setdefault(o.split("=", 1)[0], set()).add(o)
-    swept = [k for k, v in values.items() if len(v) > 1]
+    last = next((k for k in reversed(values) if len(values[k]) > 1), None)  # the last swept key
     groups: dict[tuple, list[str]] = {}
     for job in (j for j in jobs if j["done"] < j["seeds"]):
         by_key = {o.split("=", 1)[0]: o for o in job["overrides"]}
-        last = swept[-1] if swept else None
         rest = tuple(o for k, o in by_key.items() if k != last)
         groups.setdefault(rest, []).extend([by_key[last].split("=", 1)[1]] if last else [])
-    return [shlex.join(["bitfit-run", *rest, *([f"{swept[-1]}={','.join(v)}"] if swept else []), "--multirun"])
+    return [shlex.join(["bitfit-run", *rest, *([f"{last}={','.join(v)}"] if last else []), "--multirun"])
             for rest, v in groups.items()]
 
 

@@ -195,12 +195,6 @@ class Member:
     path: Path
 
 
-def packed_epoch(path: Path) -> int:
-    """The epoch a packed checkpoint in this seed folder has reached (0: none, or one the packed trainer can't use)."""
-    state = read_checkpoint(path, "packed", quiet=True)
-    return state["epoch"] if state else 0
-
-
 def run_packed(members: list[Member], prepared: Prepared, device) -> dict[Member, dict]:
     """Train the claimable `members` (seeds x learning rates of one bias-family setting) in packs over one frozen
     backbone; write and return their records. Members whose checkpoints stand at different epochs go in different
@@ -218,9 +212,10 @@ def run_packed(members: list[Member], prepared: Prepared, device) -> dict[Member
                 f"pid {holder.get('pid')}); skipped")
     records = {}
     try:
-        groups = defaultdict(list)
+        groups = defaultdict(dict)  # checkpoint epoch -> {member: its checkpoint (None: from the start)}
         for m in claims:
-            groups[packed_epoch(m.path.parent / CHECKPOINT) if m.cfg.train.checkpoint else 0].append(m)
+            state = read_checkpoint(m.path.parent / CHECKPOINT, "packed") if m.cfg.train.checkpoint else None
+            groups[state["epoch"] if state else 0][m] = state
         for _, group in sorted(groups.items(), reverse=True):
             records.update(train_pack(group, prepared, device, lambda: [c.beat() for c in claims.values()]))
         return records
@@ -229,8 +224,10 @@ def run_packed(members: list[Member], prepared: Prepared, device) -> dict[Member
             claim.release()
 
 
-def train_pack(group: list[Member], prepared: Prepared, device, heartbeat) -> dict[Member, dict]:
-    """One packed training of `group` (claimed, all at the same checkpoint epoch), then one record per member."""
+def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, heartbeat) -> dict[Member, dict]:
+    """One packed training of the claimed members in `resume` (all at the same checkpoint epoch; their checkpoints as
+    values), then one record per member."""
+    group = list(resume)
     cfg = group[0].cfg
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     inits, initials = [], {}
@@ -245,7 +242,7 @@ def train_pack(group: list[Member], prepared: Prepared, device, heartbeat) -> di
     try:
         results = train_packed(model, selection, inits, [m.seed for m in group], [m.cfg.optim.lr for m in group],
                                prepared.train, prepared.train_probe, prepared.dev, cfg, device, prepared.pad_id,
-                               checkpoints, heartbeat)
+                               checkpoints, heartbeat, list(resume.values()))
     except torch.OutOfMemoryError:
         raise UserError(f"packed x{len(group)} ({len(group)} x batch {cfg.train.batch_size} rows) does not fit in "
                         f"{device} memory; pack fewer settings (train.pack_lrs=false, fewer seeds per job), "

@@ -174,7 +174,7 @@ def save_checkpoints(states: dict[Path, dict]) -> None:
         tmp.replace(path)
 
 
-def read_checkpoint(path: Path, mode: str, quiet: bool = False) -> dict | None:
+def read_checkpoint(path: Path, mode: str) -> dict | None:
     """The state saved at `path` by a trainer of this `mode` ("single" or "packed"), else None (start over).
 
     The two trainers draw dropout from different streams, so neither continues the other's checkpoint.
@@ -184,14 +184,11 @@ def read_checkpoint(path: Path, mode: str, quiet: bool = False) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a file cut short by a crash while saving is not worth a failed job
-        if not quiet:
-            print(f"warning: unreadable checkpoint {path} ({type(e).__name__}); starting this seed over",
-                  flush=True)
+        print(f"warning: unreadable checkpoint {path} ({type(e).__name__}); starting this seed over", flush=True)
         return None
     if state.get("mode", "single") != mode:
-        if not quiet:
-            print(f"note: {path} was written by the {state.get('mode', 'single')} trainer; starting this seed "
-                  f"over with the {mode} one", flush=True)
+        print(f"note: {path} was written by the {state.get('mode', 'single')} trainer; starting this seed over "
+              f"with the {mode} one", flush=True)
         return None
     return state
 
