@@ -9,6 +9,7 @@ method (else the same model), times the task's train size, epochs and missing se
 from the same records.
 """
 
+import json
 import shlex
 import statistics
 import sys
@@ -23,14 +24,15 @@ from omegaconf import OmegaConf
 
 from bitfit_exp.cli import conf_dir
 from bitfit_exp.errors import UserError
+from bitfit_exp.fingerprint import of_config
 from bitfit_exp.methods import packable
 from bitfit_exp.records import (
     RECORD,
     CorruptRecord,
-    finished,
+    find_done,
+    identity,
     job_settings,
     read_record,
-    seed_dir,
     setting_key,
 )
 
@@ -65,10 +67,24 @@ def throughput(runs_dir: Path) -> dict:
     return {k: (statistics.median(v), statistics.median(evals[k])) for k, v in speeds.items()}
 
 
+def done_seeds(root: Path, cfg, config: dict, seeds, identities: dict) -> set[int]:
+    """The seeds of this setting with a done record (adoptable schema-1 ones included). The records tell which
+    checkpoint and data they read; only when they name several is this job's identity needed, and then the data and
+    checkpoint are loaded (once per model, task and data folder: `identities` remembers)."""
+    found = find_done(root, config, seeds)
+    variants = [k for k in found if k is not None]
+    if len(variants) > 1:
+        where = (cfg.model.name_or_path, cfg.task.name, str(cfg.data.dir), str(cfg.data.hub_name))
+        if where not in identities:
+            identities[where] = json.dumps(identity(of_config(cfg)), sort_keys=True)
+        variants = [identities[where]]
+    return set().union(found.get(None, set()), *(found.get(v, set()) for v in variants))
+
+
 def plan(overrides: list[str]) -> list[dict]:
     """One entry per job: its settings' keys, seeds finished / in all, and the training samples still to run
     (`samples`: what one process works through; a packed job trains its settings side by side)."""
-    jobs, expanded = [], expand(overrides)
+    jobs, expanded, identities = [], expand(overrides), {}
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         for job in expanded:
             cfg = compose("config", overrides=job)
@@ -76,11 +92,12 @@ def plan(overrides: list[str]) -> list[dict]:
             size = min(cfg.task.train_size, cfg.data.max_train_samples or cfg.task.train_size)
             packed = bool(cfg.train.packed) and packable(cfg.method.name)
             keys, done, missing = [], 0, 0
+            seeds = list(dict.fromkeys(cfg.seeds))
             for setting in job_settings(cfg):
-                key = setting_key(OmegaConf.to_container(setting, resolve=True))
-                keys.append(key)
-                finished_here = sum(finished(seed_dir(root, key, s) / RECORD) for s in cfg.seeds)
-                done, missing = done + finished_here, missing + len(cfg.seeds) - finished_here
+                config = OmegaConf.to_container(setting, resolve=True)
+                keys.append(setting_key(config, None))
+                finished_here = len(done_seeds(root, cfg, config, seeds, identities))
+                done, missing = done + finished_here, missing + len(seeds) - finished_here
             samples = size * cfg.train.epochs * (min(missing, 1) if packed else missing)
             jobs.append({"key": keys[0], "keys": keys, "seeds": len(cfg.seeds) * len(keys), "done": done,
                          "runs_dir": root, "packed": packed, "samples": samples, "overrides": job})

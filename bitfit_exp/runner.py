@@ -5,12 +5,14 @@ skipping seeds whose record says finished.
 """
 
 import csv
+import math
 import statistics
 import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -18,20 +20,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from bitfit_exp.data import encode, load_splits, subset_rows
 from bitfit_exp.errors import UserError
+from bitfit_exp.fingerprint import data_fingerprint, model_fingerprint
 from bitfit_exp.methods import PACKABLE, encoder_parameters, head_parameter_names, packable, select
 from bitfit_exp.models import load_model, load_tokenizer
 from bitfit_exp.packed import train_packed
 from bitfit_exp.patch import load_trained_state, save_patch, trained_state
 from bitfit_exp.records import (
     RECORD,
-    SCHEMA,
     Claim,
+    adopt_v1,
+    backup,
+    done,
     environment,
-    finished,
     job_settings,
     read_record,
+    seal,
     seed_dir,
-    set_aside,
     setting_key,
     write_json_atomic,
 )
@@ -46,26 +50,48 @@ def log(msg: str) -> None:
 
 
 class Prepared:
-    """Tokenized splits of one task, shared by all seeds of a setting."""
+    """A job's data and the identity of what it reads: the raw splits and the fingerprints of the checkpoint and the
+    data at once (they decide the setting's folder), the tokenized splits on first use (a job whose seeds are all
+    done never tokenizes)."""
 
     def __init__(self, cfg):
+        self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg.model.name_or_path)
         self.pad_id = self.tokenizer.pad_token_id or 0
-        raw = load_splits(cfg.task, cfg.data)
-        length, d = cfg.data.max_length, cfg.data
+        self.raw = load_splits(cfg.task, cfg.data)
+        self.fingerprints = {"model": model_fingerprint(cfg.model.name_or_path),
+                             "data": data_fingerprint(self.raw, ["train", *cfg.task.eval_splits])}
+
+    def _encode(self, dataset, limit=None):
+        return encode(dataset, self.cfg.task, self.tokenizer, self.cfg.data.max_length, limit)
+
+    @cached_property
+    def train_rows(self) -> list[int]:
         # data.train_subset_seed null: the first max_train_samples rows; an int: the first rows of a seeded permutation
-        rows = subset_rows(len(raw["train"]), d.max_train_samples, d.get("train_subset_seed"))
-        self.train = encode(raw["train"].select(rows), cfg.task, self.tokenizer, length)
-        probe_n = len(self.train) if d.train_eval_samples is None else min(d.train_eval_samples, len(self.train))
-        probe_rows = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(0))[:probe_n].sort()
-        self.train_probe = encode(raw["train"].select([rows[i] for i in probe_rows.values.tolist()]), cfg.task,
-                                  self.tokenizer, length)
-        self.dev = {s: encode(raw[s], cfg.task, self.tokenizer, length, d.max_eval_samples) for s in cfg.task.eval_splits}
-        self.test = {s: encode(raw[s], cfg.task, self.tokenizer, length, d.max_eval_samples)
-                     for s in cfg.task.test_splits if s in raw}
-        missing = [s for s in cfg.task.test_splits if s not in raw]
-        if missing and cfg.train.predict_test:
-            log(f"note: no {', '.join(missing)} split for {cfg.task.name}; skipping those test predictions")
+        d = self.cfg.data
+        return list(subset_rows(len(self.raw["train"]), d.max_train_samples, d.get("train_subset_seed")))
+
+    @cached_property
+    def train(self):
+        return self._encode(self.raw["train"].select(self.train_rows))
+
+    @cached_property
+    def train_probe(self):
+        n, limit = len(self.train_rows), self.cfg.data.train_eval_samples
+        probe = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:n if limit is None else min(limit, n)]
+        return self._encode(self.raw["train"].select([self.train_rows[i] for i in probe.sort().values.tolist()]))
+
+    @cached_property
+    def dev(self):
+        return {s: self._encode(self.raw[s], self.cfg.data.max_eval_samples) for s in self.cfg.task.eval_splits}
+
+    @cached_property
+    def test(self):
+        missing = [s for s in self.cfg.task.test_splits if s not in self.raw]
+        if missing and self.cfg.train.predict_test:
+            log(f"note: no {', '.join(missing)} split for {self.cfg.task.name}; skipping those test predictions")
+        return {s: self._encode(self.raw[s], self.cfg.data.max_eval_samples)
+                for s in self.cfg.task.test_splits if s in self.raw}
 
 
 def parameter_counts(model, selection) -> dict:
@@ -119,40 +145,54 @@ def start_seed(cfg, seed: int, device):
 
 def finish_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, model, selection, initial,
                 result: SeedResult, t0: float, started: str, extra: dict | None = None) -> dict:
-    """Patch, test predictions and the run record, from a model that holds the chosen epoch's parameters."""
+    """Patch, test predictions and the run record (sealed, not yet written), from a model that holds the chosen
+    epoch's parameters. A diverged seed (a non-finite loss or prediction) is recorded as such; it has a patch and
+    test predictions only when an epoch before the divergence was chosen."""
     folder.mkdir(parents=True, exist_ok=True)
     artifacts = {}
+    diverged = getattr(result, "diverged", None)
     save = cfg.train.save_patch
-    if save is True or (save == "auto" and cfg.method.name != "full"):
+    if result.chosen_state is not None and (save is True or (save == "auto" and cfg.method.name != "full")):
         save_patch(folder / "patch.safetensors", model, selection, result.chosen_state, initial,
                    {"model": cfg.model.name_or_path, "task": cfg.task.name, "method": cfg.method.name,
-                    "epoch": result.chosen_epoch, "seed": seed})
+                    "epoch": result.chosen_epoch, "seed": seed, "model_fingerprint": prepared.fingerprints["model"]})
         artifacts["patch"] = "patch.safetensors"
-    if cfg.train.predict_test and prepared.test:
+    if result.chosen_state is not None and cfg.train.predict_test and prepared.test:
         artifacts["test_predictions"] = write_test_predictions(folder, model, prepared, cfg, device)
     by_epoch = {row["epoch"]: row for row in result.epochs}
-    return {
-        "schema": SCHEMA,
-        "status": "finished",
-        "setting": setting_key(OmegaConf.to_container(cfg, resolve=True)),
+    record = {
+        "status": "diverged" if diverged else "finished",
         "seed": seed,
         "main": {"split": next(iter(cfg.task.eval_splits)), "metric": cfg.task.metric, "select": cfg.train.select},
         "columns": dict(cfg.task.eval_splits),
         "params": parameter_counts(model, selection),
         "epochs": result.epochs,
-        "best": by_epoch[result.best_epoch],
-        "last": result.epochs[-1],
+        "best": by_epoch.get(result.best_epoch),
+        "last": result.epochs[-1] if result.epochs else None,
         "chosen_epoch": result.chosen_epoch,
         "resumed_after_epoch": result.resumed_after,
+        **({"diverged": diverged} if diverged else {}),
         "sizes": {"train": len(prepared.train), "train_probe": len(prepared.train_probe),
                   **{s: len(d) for s, d in prepared.dev.items()}},
         "timings": {**result.timings, "total_s": time.perf_counter() - t0, "started_at": started,
                     "finished_at": datetime.now(UTC).isoformat(timespec="seconds")},
         "env": environment(device),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "fingerprints": prepared.fingerprints,
         "artifacts": artifacts,
         **(extra or {}),
     }
+    return seal(record)
+
+
+def save_record(path: Path, record: dict) -> None:
+    """Write a new record over the seed's old one (kept as record.json.replaced-<time>), then drop the checkpoint:
+    until this moment the old record stays counted, so a killed overwrite loses nothing."""
+    moved = backup(path)
+    write_json_atomic(path, record)
+    if moved:
+        log(f"seed {record['seed']}: previous record kept as {moved.name}")
+    (path.parent / CHECKPOINT).unlink(missing_ok=True)
 
 
 def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat=lambda: None) -> dict:
@@ -165,11 +205,12 @@ def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat
     return finish_seed(cfg, seed, prepared, folder, device, model, selection, initial, result, t0, started)
 
 
-def score(record: dict, which: str | None = None) -> float:
-    """The record's main dev metric at the chosen (or `which`) epoch, as a fraction."""
+def score(record: dict, which: str | None = None) -> float | None:
+    """The record's main dev metric at the chosen (or `which`) epoch, as a fraction; None for a diverged seed with
+    no finite epoch."""
     main = record["main"]
     row = record[which or main["select"]]
-    return row["dev"][main["split"]][main["metric"]]
+    return None if row is None else row["dev"][main["split"]][main["metric"]]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -177,22 +218,68 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _pct(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
 def report(record: dict) -> None:
     main = record["main"]
-    log(f"seed {record['seed']}: {main['metric']} {100 * score(record):.2f} at epoch {record['chosen_epoch']}"
-        f"/{len(record['epochs'])} (last {100 * score(record, 'last'):.2f}; train "
-        f"{100 * record[main['select']]['train'][main['metric']]:.2f}) "
+    if record["status"] == "diverged":
+        d = record["diverged"]
+        chosen = f"; epoch {record['chosen_epoch']} kept ({main['metric']} {_pct(score(record))})" \
+            if record["chosen_epoch"] else ""
+        log(f"seed {record['seed']}: DIVERGED at epoch {d.get('epoch')} ({d.get('reason')}){chosen}; recorded as "
+            f"diverged, not retrained")
+        return
+    train = (record[main["select"]].get("train") or {}).get(main["metric"])
+    log(f"seed {record['seed']}: {main['metric']} {_pct(score(record))} at epoch {record['chosen_epoch']}"
+        f"/{len(record['epochs'])} (last {_pct(score(record, 'last'))}; train {_pct(train)}) "
         f"trainable {record['params']['trainable']:,} ({record['params']['pct_encoder']:.3f}% of encoder) "
         f"{record['timings']['total_s']:.1f}s on {record['env']['device']}")
 
 
+def summary(records: list[dict]) -> str:
+    """One line over a setting's seeds: mean±std of the main dev metric over the finished ones, how many diverged,
+    and whether the best epoch was the last for most seeds (the dev curve may still be rising)."""
+    main = records[0]["main"]
+    scores = [score(r) for r in records if r["status"] == "finished" and score(r) is not None]
+    diverged = len(records) - len(scores)
+    text = f"{main['metric']} ({main['split']}, {main['select']} epoch) "
+    text += (f"{100 * mean_std(scores)[0]:.2f}±{100 * mean_std(scores)[1]:.2f} over {len(scores)} seeds"
+             if scores else "no finite result")
+    if diverged:
+        text += f"; {diverged} of {len(records)} seeds diverged"
+    at_last = sum(r["chosen_epoch"] == len(r["epochs"]) == r["config"]["train"]["epochs"] > 1
+                  for r in records if r["status"] == "finished")
+    if main["select"] == "best" and at_last * 2 > len(records):
+        text += (f"; the best epoch was the last for {at_last} of {len(records)} seeds: the dev score may still be "
+                 f"rising (more train.epochs?)")
+    return text
+
+
 @dataclass(frozen=True, eq=False)  # identity hash: members are dict keys
 class Member:
-    """One seed of one setting of a job: where its record goes and the config (learning rate) it trains with."""
+    """One seed of one setting of a job: where its record goes, the config (learning rate) it trains with, and with
+    overwrite=true the stamp of the record it was asked to replace."""
 
     cfg: DictConfig
     seed: int
     path: Path
+    replaces: tuple | None = None
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def to_train(m: Member) -> bool:
+    """Whether `m` still needs training: not done, or (overwrite=true) done by exactly the record that was there when
+    this job started; a record another job wrote since is fresh and stays."""
+    return not done(m.path) or (m.replaces is not None and _stamp(m.path) == m.replaces)
 
 
 def run_packed(members: list[Member], prepared: Prepared, device) -> dict[Member, dict]:
@@ -203,7 +290,7 @@ def run_packed(members: list[Member], prepared: Prepared, device) -> dict[Member
     for m in members:
         claim = Claim(m.path.parent, m.cfg.train.claim_timeout_s)
         holder = claim.acquire()
-        if holder is None and not (finished(m.path) and not m.cfg.overwrite):
+        if holder is None and to_train(m):
             claims[m] = claim
         elif holder is None:
             claim.release()
@@ -234,10 +321,6 @@ def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, he
     for m in group:  # each setting starts from its own seeded head, as a one-by-one run would
         model, selection, initials[m] = start_seed(m.cfg, m.seed, torch.device("cpu"))
         inits.append(trained_state(model, selection))
-    for m in group:
-        moved = set_aside(m.path)
-        if moved:
-            log(f"seed {m.seed} lr={m.cfg.optim.lr:g}: previous record kept as {moved.name}")
     checkpoints = [m.path.parent / CHECKPOINT if cfg.train.checkpoint else None for m in group]
     try:
         results = train_packed(model, selection, inits, [m.seed for m in group], [m.cfg.optim.lr for m in group],
@@ -255,11 +338,11 @@ def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, he
     records = {}
     for m, result in zip(group, results, strict=True):
         model, selection, _ = start_seed(m.cfg, m.seed, device)
-        load_trained_state(model, selection, result.chosen_state)
+        if result.chosen_state is not None:
+            load_trained_state(model, selection, result.chosen_state)
         record = finish_seed(m.cfg, m.seed, prepared, m.path.parent, device, model, selection, initials[m], result,
                              t0, started, {"packed": packed})
-        write_json_atomic(m.path, record)
-        (m.path.parent / CHECKPOINT).unlink(missing_ok=True)
+        save_record(m.path, record)
         records[m] = record
         report(record)
     return records
@@ -274,15 +357,10 @@ def run_one(m: Member, prepared: Prepared, device) -> dict | None:
             f"SLURM job {holder.get('slurm_job_id')}); skipped")
         return None
     try:
-        if finished(m.path) and not m.cfg.overwrite:  # another job finished it while we waited
+        if not to_train(m):  # another job finished it while we waited
             return read_record(m.path)
-        moved = set_aside(m.path)
-        if moved:
-            log(f"seed {m.seed}: previous record kept as {moved.name}")
-            (m.path.parent / CHECKPOINT).unlink(missing_ok=True)
         record = run_seed(m.cfg, m.seed, prepared, m.path.parent, device, claim.beat)
-        write_json_atomic(m.path, record)
-        (m.path.parent / CHECKPOINT).unlink(missing_ok=True)
+        save_record(m.path, record)
     finally:
         claim.release()
     if record["resumed_after_epoch"]:
@@ -291,29 +369,43 @@ def run_one(m: Member, prepared: Prepared, device) -> dict | None:
     return record
 
 
-def describe(cfg) -> str:
-    key = setting_key(OmegaConf.to_container(cfg, resolve=True))
+def describe(key: dict) -> str:
     return f"{key['model']} {key['task']} {key['method']} lr={key['lr']:g}"
+
+
+def job_members(cfg, prepared: Prepared, root: Path) -> list[tuple[DictConfig, dict, list[Member]]]:
+    """Per setting of the job: its config, key and one Member per seed. Writes the setting's config.yaml, and adopts
+    seeds finished under schema 1 (before fingerprints) instead of training them again."""
+    out = []
+    for setting in job_settings(cfg):
+        config = OmegaConf.to_container(setting, resolve=True)
+        key = setting_key(config, prepared.fingerprints)
+        folder = root / key["dir"]
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "config.yaml").exists():
+            OmegaConf.save(setting, folder / "config.yaml", resolve=True)
+        members = []
+        for seed in dict.fromkeys(cfg.seeds):  # a seed listed twice is one seed
+            path = seed_dir(root, key, seed) / RECORD
+            if not done(path) and (adopted := adopt_v1(root, config, key, prepared.fingerprints, seed)):
+                log(f"seed {seed}: finished before fingerprints were recorded ({read_record(adopted)['adopted_from']});"
+                    f" adopted, not retrained")
+            members.append(Member(setting, seed, path, _stamp(path) if cfg.overwrite and done(path) else None))
+        out.append((setting, key, members))
+    return out
 
 
 def run_job(cfg) -> list[list[dict]]:
     """Train every unfinished seed of the job's settings (one, or the lr grid with train.pack_lrs); returns, per
-    setting, all its finished records."""
+    setting, all its done records (finished or diverged)."""
     device = pick_device(cfg.train.device)
     root = Path(cfg.runs_dir).expanduser()
-    settings, members = job_settings(cfg), []
-    for setting in settings:
-        key = setting_key(OmegaConf.to_container(setting, resolve=True))
-        (root / key["dir"]).mkdir(parents=True, exist_ok=True)
-        if not (root / key["dir"] / "config.yaml").exists():
-            OmegaConf.save(setting, root / key["dir"] / "config.yaml", resolve=True)
-        mine = [Member(setting, seed, seed_dir(root, key, seed) / RECORD) for seed in cfg.seeds]
-        members += mine
-        todo = sum(cfg.overwrite or not finished(m.path) for m in mine)
-        log(f"{describe(setting)}: {len(cfg.seeds)} seeds, {len(cfg.seeds) - todo} already finished -> "
-            f"{root / key['dir']}")
-    todo = [m for m in members if cfg.overwrite or not finished(m.path)]
-    prepared = Prepared(cfg) if todo else None  # the learning rate does not change the data
+    prepared = Prepared(cfg)  # the learning rate does not change the data
+    settings = job_members(cfg, prepared, root)
+    for _, key, members in settings:
+        left = sum(to_train(m) for m in members)
+        log(f"{describe(key)}: {len(members)} seeds, {len(members) - left} already done -> {root / key['dir']}")
+    todo = [m for _, _, members in settings for m in members if to_train(m)]
     records = {}
     if cfg.train.packed and todo:  # even a lone setting: its dropout stream must not depend on being alone
         if packable(cfg.method.name):
@@ -321,25 +413,16 @@ def run_job(cfg) -> list[list[dict]]:
         else:
             log(f"note: {cfg.method.name} cannot be packed (packed training covers "
                 f"{', '.join(sorted(PACKABLE))}); training one seed at a time")
-    for m in members:
-        if m in records:
-            continue
-        if m not in todo:
-            records[m] = read_record(m.path)
-            continue
-        record = run_one(m, prepared, device)
-        if record is not None:
-            records[m] = record
     out = []
-    for setting in settings:
-        mine = [records[m] for m in members if m.cfg is setting and m in records]
+    for _, key, members in settings:
+        for m in members:
+            if m in records:
+                continue
+            record = run_one(m, prepared, device) if m in todo else read_record(m.path)
+            if record is not None:
+                records[m] = record
+        mine = [records[m] for m in members if m in records]
         out.append(mine)
-        if not mine:
-            log(f"{describe(setting)}: no finished seed yet")
-            continue
-        mean, std = mean_std([score(r) for r in mine])
-        main = mine[0]["main"]
-        log(f"{describe(setting)}: {main['metric']} ({main['split']}, {main['select']} epoch) "
-            f"{100 * mean:.2f}±{100 * std:.2f} over {len(mine)} seeds")
+        log(f"{describe(key)}: {summary(mine)}" if mine else f"{describe(key)}: no finished seed yet")
     sys.stdout.flush()
     return out
