@@ -1,0 +1,186 @@
+"""What a run is: the checkpoint and data it read (fingerprints), not where it read them from; records that are
+checked against their place; schema-1 records adopted, not retrained; overwrite that never loses a result."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import GLUE, MINILM, quick
+
+from bitfit_exp.records import (
+    CorruptRecord,
+    done,
+    read_record,
+    scan,
+    seal,
+    setting_key,
+    v1_setting_key,
+    write_json_atomic,
+)
+
+RUN = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+LEGACY = Path(__file__).parent / "data" / "legacy_v1"
+# The command that wrote tests/data/legacy_v1 (schema 1), with data.dir pointing at the same data.
+LEGACY_ARGS = ["model=minilm", "task=rte", f"data.dir={GLUE}", "data.max_train_samples=16", "data.max_eval_samples=16",
+               "data.train_eval_samples=16", "data.max_length=32", "train.epochs=1", "train.progress=false",
+               "train.predict_test=false", "train.save_patch=false"]
+
+
+def bitfit_run(*overrides):
+    out = subprocess.run([*RUN, *overrides], capture_output=True, text=True, env=ENV, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def trained(out) -> list[str]:
+    return [line.split(":")[0] for line in out.stdout.splitlines() if line.startswith("seed ") and " at epoch " in line]
+
+
+def records(root) -> list[tuple[Path, dict]]:
+    found, _ = scan(root)
+    return found
+
+
+def test_schema1_records_are_adopted_not_retrained(tmp_path, glue_dir):
+    shutil.copytree(LEGACY, tmp_path, dirs_exist_ok=True)
+    (old0,) = tmp_path.glob("minilm/rte/bitfit/*/seed0/record.json")
+    before = old0.read_bytes()
+    out = bitfit_run(*LEGACY_ARGS, "seeds=[0,1,2]", f"runs_dir={tmp_path}")
+    assert trained(out) == ["seed 2"]  # seeds 0 and 1 were finished under schema 1
+    assert out.stdout.count("adopted, not retrained") == 2
+    assert old0.read_bytes() == before  # the schema-1 folder is left as it was
+    found = records(tmp_path)
+    assert sorted(r["seed"] for _, r in found) == [0, 1, 2]  # the adopted copies stand for the schema-1 records
+    assert {r["setting"]["hash"] for _, r in found} == {found[0][1]["setting"]["hash"]}
+    adopted = {r["seed"]: r for _, r in found}
+    old = json.loads(before)
+    assert adopted[0]["best"] == old["best"] and adopted[0]["adopted_from"].endswith("seed0")
+    again = bitfit_run(*LEGACY_ARGS, "seeds=[0,1,2]", f"runs_dir={tmp_path}")
+    assert trained(again) == [] and "3 already done" in again.stdout
+
+
+def test_schema1_key_of_the_fixture_is_reproduced(tmp_path):
+    (path,) = LEGACY.glob("minilm/rte/bitfit/*/seed0/record.json")
+    record = json.loads(path.read_text())
+    assert v1_setting_key(record["config"])["hash"] == record["setting"]["hash"]
+    assert read_record(path)["schema"] == 1  # schema-1 records still pass the place check
+    changed = {**record["config"], "method": {**record["config"]["method"], "name": "bq"}}
+    assert v1_setting_key(changed) is None  # bq's selection changed since schema 1: never adopted
+
+
+def test_one_checkpoint_and_data_wherever_they_are_read_from(tmp_path, glue_dir):
+    from bitfit_exp.models import save_for_offline
+
+    copy = save_for_offline(MINILM, tmp_path / "minilm_copy") or tmp_path / "minilm_copy"
+    data = tmp_path / "glue_copy"
+    shutil.copytree(glue_dir / "rte", data / "rte")
+    runs = tmp_path / "runs"
+    first = bitfit_run(*LEGACY_ARGS, "seeds=[0]", f"runs_dir={runs}")
+    second = bitfit_run(*LEGACY_ARGS, "seeds=[0]", f"runs_dir={runs}", f"model.name_or_path={copy}",
+                        f"data.dir={data}")
+    assert trained(first) == ["seed 0"] and trained(second) == []
+    assert len(records(runs)) == 1
+
+
+def test_a_debug_copy_of_the_data_is_another_setting(tmp_path, tiny_bert_dir, glue_dir):
+    small = tmp_path / "small"
+    (small / "rte").mkdir(parents=True)
+    for split in ("validation", "test"):
+        shutil.copy(glue_dir / "rte" / f"{split}.parquet", small / "rte")
+    pd.read_parquet(glue_dir / "rte" / "train.parquet").head(16).to_parquet(small / "rte" / "train.parquet")
+    runs = tmp_path / "runs"
+    args = [a for a in quick(tiny_bert_dir, runs, "train.epochs=1") if not a.startswith("data.dir=")]
+    debug = bitfit_run(*args, f"data.dir={small}")
+    real = bitfit_run(*args, f"data.dir={glue_dir}")
+    assert trained(debug) == ["seed 0"] and trained(real) == ["seed 0"]  # not the 16-row result again
+    found = records(runs)
+    assert sorted(r["fingerprints"]["data"]["splits"]["train"]["rows"] for _, r in found) == [16, 2490]
+    assert len({r["setting"]["hash"] for _, r in found}) == 2
+    assert len({r["setting"]["config_hash"] for _, r in found}) == 1  # same config, other data
+
+
+def sealed(tmp_path, seed=0, score=0.7) -> Path:
+    config = {"model": {"name": "tiny", "name_or_path": "/x"}, "task": {"name": "rte"}, "method": {"name": "bitfit"},
+              "optim": {"lr": 1e-3}, "train": {"epochs": 1}, "data": {}}
+    row = {"epoch": 1, "dev": {"validation": {"accuracy": score}}}
+    record = seal({"status": "finished", "seed": seed, "config": config, "main": {"split": "validation",
+                   "metric": "accuracy", "select": "best"}, "epochs": [row], "best": row, "last": row,
+                   "fingerprints": {"model": "m", "data": {"digest": "d", "splits": {}}}})
+    path = tmp_path / record["setting"]["dir"] / f"seed{seed}" / "record.json"
+    write_json_atomic(path, record)
+    return path
+
+
+def test_a_hand_edited_record_is_not_done(tmp_path):
+    path = sealed(tmp_path)
+    assert done(path)
+    path.write_text(path.read_text().replace('"accuracy": 0.7', '"accuracy": 0.9'))
+    assert not done(path)
+    with pytest.raises(CorruptRecord, match="digest"):
+        read_record(path)
+    found, warnings = scan(tmp_path)
+    assert found == [] and len(warnings) == 1 and str(path) in warnings[0]
+
+
+@pytest.mark.parametrize("where", ["seed", "setting"])
+def test_a_record_copied_elsewhere_is_ignored(tmp_path, where):
+    path = sealed(tmp_path)
+    if where == "seed":
+        target = path.parent.parent / "seed3" / "record.json"
+    else:
+        target = path.parent.parent.parent / "lr0.001-00000000" / "seed0" / "record.json"
+    target.parent.mkdir(parents=True)
+    shutil.copy(path, target)
+    assert done(path) and not done(target)
+    with pytest.raises(CorruptRecord, match="copied or moved"):
+        read_record(target)
+    found, warnings = scan(tmp_path)
+    assert [p for p, _ in found] == [path] and str(target) in warnings[0]
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path):
+    path = sealed(tmp_path, score=float("nan"))
+    assert '"accuracy": null' in path.read_text() and read_record(path)["best"]["dev"]["validation"]["accuracy"] is None
+
+
+def test_setting_key_ignores_where_things_were_read_from():
+    cfg = {"model": {"name": "m", "name_or_path": "bert-base-cased"}, "task": {"name": "rte"},
+           "method": {"name": "bitfit"}, "optim": {"lr": 1e-3}, "data": {"dir": None}}
+    moved = {**cfg, "model": {"name": "m", "name_or_path": "/models/bert"}, "data": {"dir": "/data/glue"}}
+    fp = {"model": "a", "data": "b"}
+    assert setting_key(cfg, fp) == setting_key(moved, fp)
+    assert setting_key(cfg, fp)["hash"] != setting_key(cfg, {"model": "a", "data": "c"})["hash"]
+    assert setting_key(cfg, fp)["config_hash"] == setting_key(cfg, {"model": "z", "data": "c"})["config_hash"]
+
+
+def test_a_killed_overwrite_keeps_the_old_record_counted(tmp_path, tiny_bert_dir, glue_dir):
+    args = quick(tiny_bert_dir, tmp_path, "train.epochs=2")
+    bitfit_run(*args)
+    (path,) = tmp_path.glob("**/seed0/record.json")
+    old = path.read_text()
+    cut = subprocess.run([*RUN, *args, "overwrite=true", "train.stop_after_epochs=1"], capture_output=True,
+                         text=True, env=ENV, timeout=600)
+    assert cut.returncode == 3  # stopped mid-overwrite
+    assert path.read_text() == old and done(path)  # still counted
+    assert not list(path.parent.glob("record.json.replaced-*"))
+    resumed = bitfit_run(*args, "overwrite=true")
+    assert "resumed from the checkpoint after epoch 1" in resumed.stdout
+    (kept,) = path.parent.glob("record.json.replaced-*")
+    assert kept.read_text() == old and done(path) and path.read_text() != old
+
+
+def test_an_overwrite_does_not_redo_a_record_written_since_it_started(tmp_path):
+    from bitfit_exp.runner import Member, _stamp, to_train
+
+    path = sealed(tmp_path)
+    member = Member(None, 0, path, _stamp(path))  # overwrite=true, seen at job start
+    assert to_train(member)
+    write_json_atomic(path, json.loads(path.read_text()))  # another overwriting job wrote a fresh record
+    assert not to_train(member)
+    assert not to_train(Member(None, 0, path, None))  # without overwrite: done is done
