@@ -7,8 +7,8 @@ only those entries). The classification head is always trained in full.
 >>> from bitfit_exp.methods import select
 >>> model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
 ...     num_attention_heads=2, intermediate_size=16, max_position_embeddings=16))
->>> sorted(n for n in select("bq", model).params if "encoder" in n)
-['bert.encoder.layer.0.attention.self.query.bias']
+>>> sorted(select("bq", model).params)  # b_q of each layer, the pooler bias (as the authors' code), the head
+['bert.encoder.layer.0.attention.self.query.bias', 'bert.pooler.dense.bias', 'classifier.bias', 'classifier.weight']
 """
 
 import re
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from bitfit_exp.errors import UserError
 
 # Appendix A.1: the paper's bias notation -> the Hugging Face module path inside `encoder.layer.N`.
 BIAS_COMPONENTS = {
@@ -86,6 +88,12 @@ def all_bias_names(model: nn.Module) -> list[str]:
     return [n for n in encoder_parameters(model) if n.endswith(".bias")]
 
 
+def pooler_bias_names(model: nn.Module) -> list[str]:
+    """The pooler's bias (BERT's `pooler.dense.bias`); empty for a model without a pooler (RoBERTa's classifier)."""
+    pooler = base_prefix(model) + "pooler."
+    return [n for n in encoder_parameters(model) if n.startswith(pooler) and n.endswith(".bias")]
+
+
 def with_head(model: nn.Module, names) -> Selection:
     return Selection({**{n: None for n in names}, **{n: None for n in head_parameter_names(model)}})
 
@@ -119,7 +127,7 @@ def select(name: str, model: nn.Module, generator: torch.Generator | None = None
 def component_names(model: nn.Module, keys) -> list[str]:
     bad = [k for k in keys if k not in BIAS_COMPONENTS]
     if bad:
-        raise ValueError(f"unknown bias component {bad[0]!r}; valid: {', '.join(BIAS_COMPONENTS)}")
+        raise UserError(f"unknown bias component {bad[0]!r}; valid: {', '.join(BIAS_COMPONENTS)}")
     return [n for n in encoder_parameters(model) if (hit := bias_component(n)) and hit[1] in keys]
 
 
@@ -133,24 +141,34 @@ def bitfit(model, **_):
     return with_head(model, all_bias_names(model))
 
 
+def bias_subset(model: nn.Module, keys) -> Selection:
+    """Per-layer bias components `keys`, plus the pooler bias whenever `keys` is not empty, plus the head.
+
+    The authors' code adds `pooler.dense.bias` to every non-empty trainable subset (`_deactivate_relevant_gradients`),
+    so Table 3's bq, bm2 and bm2,bq rows trained it too; an empty subset trains the head only, like `frozen`.
+    """
+    names = component_names(model, keys)
+    return with_head(model, names + pooler_bias_names(model) if keys else names)
+
+
 @register("bm2_bq", packable=True)
 def bm2_bq(model, **_):
-    return with_head(model, component_names(model, ["m2", "q"]))
+    return bias_subset(model, ["m2", "q"])
 
 
 @register("bm2", packable=True)
 def bm2(model, **_):
-    return with_head(model, component_names(model, ["m2"]))
+    return bias_subset(model, ["m2"])
 
 
 @register("bq", packable=True)
 def bq(model, **_):
-    return with_head(model, component_names(model, ["q"]))
+    return bias_subset(model, ["q"])
 
 
 @register("biases", packable=True)
 def biases(model, components=(), **_):
-    return with_head(model, component_names(model, components))
+    return bias_subset(model, list(components))
 
 
 @register("frozen", packable=True)
@@ -166,6 +184,12 @@ def bias_budget(model: nn.Module) -> int:
 
 @register("rand_uniform")
 def rand_uniform(model, generator, **_):
+    """`bias_budget(model)` entries drawn uniformly without replacement from all pre-trained parameters at once.
+
+    The authors' `set_uniform_mask` instead gave each tensor floor(size x budget / total) entries, drawn with
+    replacement inside it, from a hard-coded budget (100,000 for BERT-base): tensors under ~1,100 entries (every
+    bias and LayerNorm vector) got none, and repeats and floors left the count below the budget.
+    """
     params = encoder_parameters(model)
     names = list(params)
     sizes = torch.tensor([params[n].numel() for n in names])
@@ -192,21 +216,47 @@ def _sample_without_replacement(total: int, k: int, generator: torch.Generator) 
 
 @register("rand_rowcol")
 def rand_rowcol(model, generator, **_):
+    """The authors' "rand row/col" baseline (Table 3; `set_row_and_column_random_mask` in their code).
+
+    Every 2-D weight of the encoder layers and of the pooler trains a share the size of its bias: one random column
+    (`out` entries), or `out // in` random whole rows. Every LayerNorm gain inside the encoder layers trains whole.
+    Nothing else of the pre-trained model trains: no bias, no embedding (its LayerNorm included). The head trains in
+    full. On BERT-base that is 12 x 8,448 + 768 (pooler) = 102,144 entries: BitFit's count less the embedding
+    LayerNorm bias.
+
+    Details of the authors' draw, kept here:
+    - A fair coin is tossed for every matrix; heads, or a wide matrix (out < in, e.g. BERT's `output.dense`),
+      gives a column; otherwise rows. So square and tall matrices take a column with probability 1/2.
+    - The number of rows is the floor of out / in: bias-sized only when `in` divides `out` (always so in BERT and
+      RoBERTa: 1 row of a square matrix, 4 rows of the 3072 x 768 `intermediate.dense`).
+    - The authors drew the row indices with replacement (`np.random.randint`), so a repeated index left a matrix
+      one row short (about 0.2% of the time for 4 rows out of 3,072). We draw distinct rows, so every matrix gets
+      exactly its bias-sized share, as their docstring states.
+    - Their random stream is numpy's global one; ours is `generator` (seeded per seed), same order of draws
+      (matrices in model order, coin then index), so the pattern of the draw matches but not its values.
+    """
     prefix = base_prefix(model)
-    weights = [(prefix + n + ".weight", m.weight) for n, m in model.get_submodule(prefix[:-1]).named_modules()
-               if isinstance(m, nn.Linear)]
-    lines = [(w, axis, i) for w, (_, p) in enumerate(weights) for axis in (0, 1) for i in range(p.shape[axis])]
-    masks = [torch.zeros_like(p, dtype=torch.bool) for _, p in weights]
-    left = bias_budget(model)
-    smallest = min(min(p.shape) for _, p in weights)
-    for j in torch.randperm(len(lines), generator=generator).tolist():
-        if left < smallest:
-            break
-        w, axis, i = lines[j]
-        line = masks[w][i] if axis == 0 else masks[w][:, i]
-        new = int((~line).sum())
-        if new <= left:
-            line.fill_(True)
-            left -= new
-    chosen = {weights[w][0]: m for w, m in enumerate(masks) if m.any()}
-    return Selection({**chosen, **{n: None for n in head_parameter_names(model)}})
+    selection: dict[str, torch.Tensor | None] = {}
+    for name, module in model.base_model.named_modules():
+        if name.split(".")[0] not in ("encoder", "pooler") or not list(module.parameters(recurse=False)):
+            continue
+        if isinstance(module, nn.Linear):
+            selection[f"{prefix}{name}.weight"] = _column_or_rows(module.weight.shape, generator)
+        elif isinstance(module, nn.LayerNorm):
+            selection[f"{prefix}{name}.weight"] = None
+        else:
+            raise UserError(f"rand_rowcol knows Linear and LayerNorm layers only, not {name} "
+                            f"({type(module).__name__}); choose another method for this model")
+    return Selection({**selection, **{n: None for n in head_parameter_names(model)}})
+
+
+def _column_or_rows(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """Mask of an (out, in) weight: one random column, or out // in distinct random rows (see `rand_rowcol`)."""
+    out_dim, in_dim = shape
+    mask = torch.zeros(out_dim, in_dim, dtype=torch.bool)
+    heads = bool(torch.randint(2, (1,), generator=generator))
+    if heads or out_dim < in_dim:
+        mask[:, int(torch.randint(in_dim, (1,), generator=generator))] = True
+    else:
+        mask[torch.randperm(out_dim, generator=generator)[: out_dim // in_dim]] = True
+    return mask
