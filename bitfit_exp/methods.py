@@ -141,34 +141,42 @@ def bitfit(model, **_):
     return with_head(model, all_bias_names(model))
 
 
-def bias_subset(model: nn.Module, keys) -> Selection:
-    """Per-layer bias components `keys`, plus the pooler bias whenever `keys` is not empty, plus the head.
+def flag(option: str, value) -> bool:
+    """A yes/no method option as given on the command line (`method.pooler_bias=false`)."""
+    if not isinstance(value, bool):
+        raise UserError(f"method.{option}={value!r} is not valid; choose true or false")
+    return value
+
+
+def bias_subset(model: nn.Module, keys, pooler_bias: bool = True) -> Selection:
+    """Per-layer bias components `keys`, plus the pooler bias when `keys` is not empty (and `pooler_bias`), + head.
 
     The authors' code adds `pooler.dense.bias` to every non-empty trainable subset (`_deactivate_relevant_gradients`),
     so Table 3's bq, bm2 and bm2,bq rows trained it too; an empty subset trains the head only, like `frozen`.
+    `pooler_bias=False` gives the subset as the paper's text names it, without the pooler.
     """
     names = component_names(model, keys)
-    return with_head(model, names + pooler_bias_names(model) if keys else names)
+    return with_head(model, names + pooler_bias_names(model) if keys and flag("pooler_bias", pooler_bias) else names)
 
 
 @register("bm2_bq", packable=True)
-def bm2_bq(model, **_):
-    return bias_subset(model, ["m2", "q"])
+def bm2_bq(model, pooler_bias=True, **_):
+    return bias_subset(model, ["m2", "q"], pooler_bias)
 
 
 @register("bm2", packable=True)
-def bm2(model, **_):
-    return bias_subset(model, ["m2"])
+def bm2(model, pooler_bias=True, **_):
+    return bias_subset(model, ["m2"], pooler_bias)
 
 
 @register("bq", packable=True)
-def bq(model, **_):
-    return bias_subset(model, ["q"])
+def bq(model, pooler_bias=True, **_):
+    return bias_subset(model, ["q"], pooler_bias)
 
 
 @register("biases", packable=True)
-def biases(model, components=(), **_):
-    return bias_subset(model, list(components))
+def biases(model, components=(), pooler_bias=True, **_):
+    return bias_subset(model, list(components), pooler_bias)
 
 
 @register("frozen", packable=True)
@@ -215,7 +223,7 @@ def _sample_without_replacement(total: int, k: int, generator: torch.Generator) 
 
 
 @register("rand_rowcol")
-def rand_rowcol(model, generator, **_):
+def rand_rowcol(model, generator, rows_with_replacement=False, **_):
     """The authors' "rand row/col" baseline (Table 3; `set_row_and_column_random_mask` in their code).
 
     Every 2-D weight of the encoder layers and of the pooler trains a share the size of its bias: one random column
@@ -231,17 +239,17 @@ def rand_rowcol(model, generator, **_):
       RoBERTa: 1 row of a square matrix, 4 rows of the 3072 x 768 `intermediate.dense`).
     - The authors drew the row indices with replacement (`np.random.randint`), so a repeated index left a matrix
       one row short (about 0.2% of the time for 4 rows out of 3,072). We draw distinct rows, so every matrix gets
-      exactly its bias-sized share, as their docstring states.
+      exactly its bias-sized share, as their docstring states; `rows_with_replacement=True` draws as they did.
     - Their random stream is numpy's global one; ours is `generator` (seeded per seed), same order of draws
       (matrices in model order, coin then index), so the pattern of the draw matches but not its values.
     """
-    prefix = base_prefix(model)
+    prefix, repeats = base_prefix(model), flag("rows_with_replacement", rows_with_replacement)
     selection: dict[str, torch.Tensor | None] = {}
     for name, module in model.base_model.named_modules():
         if name.split(".")[0] not in ("encoder", "pooler") or not list(module.parameters(recurse=False)):
             continue
         if isinstance(module, nn.Linear):
-            selection[f"{prefix}{name}.weight"] = _column_or_rows(module.weight.shape, generator)
+            selection[f"{prefix}{name}.weight"] = _column_or_rows(module.weight.shape, generator, repeats)
         elif isinstance(module, nn.LayerNorm):
             selection[f"{prefix}{name}.weight"] = None
         else:
@@ -250,13 +258,16 @@ def rand_rowcol(model, generator, **_):
     return Selection({**selection, **{n: None for n in head_parameter_names(model)}})
 
 
-def _column_or_rows(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-    """Mask of an (out, in) weight: one random column, or out // in distinct random rows (see `rand_rowcol`)."""
+def _column_or_rows(shape: torch.Size, generator: torch.Generator, repeats: bool = False) -> torch.Tensor:
+    """Mask of an (out, in) weight: one random column, or out // in random rows, distinct unless `repeats`."""
     out_dim, in_dim = shape
     mask = torch.zeros(out_dim, in_dim, dtype=torch.bool)
     heads = bool(torch.randint(2, (1,), generator=generator))
     if heads or out_dim < in_dim:
         mask[:, int(torch.randint(in_dim, (1,), generator=generator))] = True
     else:
-        mask[torch.randperm(out_dim, generator=generator)[: out_dim // in_dim]] = True
+        n_rows = out_dim // in_dim
+        rows = (torch.randint(out_dim, (n_rows,), generator=generator) if repeats
+                else torch.randperm(out_dim, generator=generator)[:n_rows])
+        mask[rows] = True
     return mask

@@ -162,6 +162,32 @@ def test_biases_components_exact_paths(tiny, keys):
     assert selection.count(model, include_head=False) == L * sum(SIZE[k] for k in keys) + len(pooler_bias(kind)) * H
 
 
+@pytest.mark.parametrize("method, keys", [("bq", ["q"]), ("bm2", ["m2"]), ("bm2_bq", ["m2", "q"]),
+                                          ("biases", ["k", "v"])])
+def test_pooler_bias_false_leaves_the_pooler_out(tiny, method, keys):
+    kind, model = tiny
+    options = {"components": keys} if method == "biases" else {}
+    selection = select(method, model, pooler_bias=False, **options)
+    assert set(selection.params) == layer_names(kind, keys) | set(head(kind))
+    assert set(select(method, model, **options).params) - set(selection.params) == pooler_bias(kind)
+
+
+@pytest.mark.parametrize("method, option", [("bq", "pooler_bias"), ("rand_rowcol", "rows_with_replacement")])
+def test_yes_no_options_refuse_other_values(method, option):
+    with pytest.raises(UserError, match=f"method.{option}='no' is not valid; choose true or false"):
+        select(method, build("bert"), **{option: "no"})
+
+
+def test_method_yamls_set_the_options():
+    # A YAML key enters the setting hash: records of the earlier selections (no pooler bias in bq/bm2/bm2_bq,
+    # rand_rowcol by a global budget) are not taken for these.
+    from conftest import compose
+
+    for method in ["bq", "bm2", "bm2_bq", "biases"]:
+        assert compose(f"method={method}").method.pooler_bias is True, method
+    assert compose("method=rand_rowcol").method.rows_with_replacement is False
+
+
 def test_empty_bias_subset_is_head_only(tiny):
     # As the authors' code: the pooler bias joins a non-empty subset only, so `biases` with no component = frozen.
     kind, model = tiny
@@ -282,16 +308,30 @@ def test_rand_rowcol_draws(tiny):
     assert len(wide) == 6 * L and set(wide) == {"column"}  # out < in: always a column
 
 
-def test_rand_rowcol_rows_are_distinct():
-    # The authors drew row indices with replacement (a repeat left a matrix short); ours are distinct. A 64 x 2
-    # intermediate weight takes 32 of its 64 rows whenever the coin says rows: repeats would be near certain.
+def narrow_bert():
+    """Hidden size 2, intermediate 64: a tall 64 x 2 weight takes 32 of its 64 rows whenever the coin says rows."""
     config = BertConfig(vocab_size=V, hidden_size=2, num_attention_heads=1, intermediate_size=64, num_hidden_layers=4,
                         max_position_embeddings=P)
-    model = AutoModelForSequenceClassification.from_config(config)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def test_rand_rowcol_rows_are_distinct():
+    # The authors drew row indices with replacement (a repeat left a matrix short); ours are distinct, where
+    # repeats would be near certain.
+    model = narrow_bert()
     rows = [drawn(m) for seed in range(3) for n, m in seeded("rand_rowcol", model, seed).masks.items()
             if n.endswith("intermediate.dense.weight")]
     assert sum(how[0] == "rows" for how in rows) >= 3
     assert all(len(how[1]) == 32 for how in rows if how[0] == "rows")
+
+
+def test_rand_rowcol_rows_with_replacement_as_the_authors():
+    model = narrow_bert()
+    rows = [drawn(m) for seed in range(3)
+            for n, m in select("rand_rowcol", model, torch.Generator().manual_seed(seed),
+                               rows_with_replacement=True).masks.items() if n.endswith("intermediate.dense.weight")]
+    counts = [len(how[1]) for how in rows if how[0] == "rows"]
+    assert counts and max(counts) <= 32 and min(counts) < 32  # 32 draws from 64 rows repeat some
 
 
 def test_rand_rowcol_unknown_layer_is_a_user_error():
