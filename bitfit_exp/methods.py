@@ -7,8 +7,8 @@ only those entries). The classification head is always trained in full.
 >>> from bitfit_exp.methods import select
 >>> model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
 ...     num_attention_heads=2, intermediate_size=16, max_position_embeddings=16))
->>> sorted(n for n in select("bq", model).params if "encoder" in n)
-['bert.encoder.layer.0.attention.self.query.bias']
+>>> sorted(select("bq", model).params)  # b_q of each layer, the pooler bias (as the authors' code), the head
+['bert.encoder.layer.0.attention.self.query.bias', 'bert.pooler.dense.bias', 'classifier.bias', 'classifier.weight']
 """
 
 import re
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from bitfit_exp.errors import UserError
 
 # Appendix A.1: the paper's bias notation -> the Hugging Face module path inside `encoder.layer.N`.
 BIAS_COMPONENTS = {
@@ -86,6 +88,12 @@ def all_bias_names(model: nn.Module) -> list[str]:
     return [n for n in encoder_parameters(model) if n.endswith(".bias")]
 
 
+def pooler_bias_names(model: nn.Module) -> list[str]:
+    """The pooler's bias (BERT's `pooler.dense.bias`); empty for a model without a pooler (RoBERTa's classifier)."""
+    pooler = base_prefix(model) + "pooler."
+    return [n for n in encoder_parameters(model) if n.startswith(pooler) and n.endswith(".bias")]
+
+
 def with_head(model: nn.Module, names) -> Selection:
     return Selection({**{n: None for n in names}, **{n: None for n in head_parameter_names(model)}})
 
@@ -119,7 +127,7 @@ def select(name: str, model: nn.Module, generator: torch.Generator | None = None
 def component_names(model: nn.Module, keys) -> list[str]:
     bad = [k for k in keys if k not in BIAS_COMPONENTS]
     if bad:
-        raise ValueError(f"unknown bias component {bad[0]!r}; valid: {', '.join(BIAS_COMPONENTS)}")
+        raise UserError(f"unknown bias component {bad[0]!r}; valid: {', '.join(BIAS_COMPONENTS)}")
     return [n for n in encoder_parameters(model) if (hit := bias_component(n)) and hit[1] in keys]
 
 
@@ -133,24 +141,42 @@ def bitfit(model, **_):
     return with_head(model, all_bias_names(model))
 
 
+def flag(option: str, value) -> bool:
+    """A yes/no method option as given on the command line (`method.pooler_bias=false`)."""
+    if not isinstance(value, bool):
+        raise UserError(f"method.{option}={value!r} is not valid; choose true or false")
+    return value
+
+
+def bias_subset(model: nn.Module, keys, pooler_bias: bool = True) -> Selection:
+    """Per-layer bias components `keys`, plus the pooler bias when `keys` is not empty (and `pooler_bias`), + head.
+
+    The authors' code adds `pooler.dense.bias` to every non-empty trainable subset (`_deactivate_relevant_gradients`),
+    so Table 3's bq, bm2 and bm2,bq rows trained it too; an empty subset trains the head only, like `frozen`.
+    `pooler_bias=False` gives the subset as the paper's text names it, without the pooler.
+    """
+    names = component_names(model, keys)
+    return with_head(model, names + pooler_bias_names(model) if keys and flag("pooler_bias", pooler_bias) else names)
+
+
 @register("bm2_bq", packable=True)
-def bm2_bq(model, **_):
-    return with_head(model, component_names(model, ["m2", "q"]))
+def bm2_bq(model, pooler_bias=True, **_):
+    return bias_subset(model, ["m2", "q"], pooler_bias)
 
 
 @register("bm2", packable=True)
-def bm2(model, **_):
-    return with_head(model, component_names(model, ["m2"]))
+def bm2(model, pooler_bias=True, **_):
+    return bias_subset(model, ["m2"], pooler_bias)
 
 
 @register("bq", packable=True)
-def bq(model, **_):
-    return with_head(model, component_names(model, ["q"]))
+def bq(model, pooler_bias=True, **_):
+    return bias_subset(model, ["q"], pooler_bias)
 
 
 @register("biases", packable=True)
-def biases(model, components=(), **_):
-    return with_head(model, component_names(model, components))
+def biases(model, components=(), pooler_bias=True, **_):
+    return bias_subset(model, list(components), pooler_bias)
 
 
 @register("frozen", packable=True)
@@ -166,6 +192,12 @@ def bias_budget(model: nn.Module) -> int:
 
 @register("rand_uniform")
 def rand_uniform(model, generator, **_):
+    """`bias_budget(model)` entries drawn uniformly without replacement from all pre-trained parameters at once.
+
+    The authors' `set_uniform_mask` instead gave each tensor floor(size x budget / total) entries, drawn with
+    replacement inside it, from a hard-coded budget (100,000 for BERT-base): a tensor under 1,084 entries (every
+    768-long bias or LayerNorm vector) got none, and floors and repeats left about 99,830 distinct entries.
+    """
     params = encoder_parameters(model)
     names = list(params)
     sizes = torch.tensor([params[n].numel() for n in names])
@@ -191,22 +223,51 @@ def _sample_without_replacement(total: int, k: int, generator: torch.Generator) 
 
 
 @register("rand_rowcol")
-def rand_rowcol(model, generator, **_):
-    prefix = base_prefix(model)
-    weights = [(prefix + n + ".weight", m.weight) for n, m in model.get_submodule(prefix[:-1]).named_modules()
-               if isinstance(m, nn.Linear)]
-    lines = [(w, axis, i) for w, (_, p) in enumerate(weights) for axis in (0, 1) for i in range(p.shape[axis])]
-    masks = [torch.zeros_like(p, dtype=torch.bool) for _, p in weights]
-    left = bias_budget(model)
-    smallest = min(min(p.shape) for _, p in weights)
-    for j in torch.randperm(len(lines), generator=generator).tolist():
-        if left < smallest:
-            break
-        w, axis, i = lines[j]
-        line = masks[w][i] if axis == 0 else masks[w][:, i]
-        new = int((~line).sum())
-        if new <= left:
-            line.fill_(True)
-            left -= new
-    chosen = {weights[w][0]: m for w, m in enumerate(masks) if m.any()}
-    return Selection({**chosen, **{n: None for n in head_parameter_names(model)}})
+def rand_rowcol(model, generator, rows_with_replacement=False, **_):
+    """The authors' "rand row/col" baseline (Table 3; `set_row_and_column_random_mask` in their code).
+
+    Every 2-D weight of the encoder layers and of the pooler trains a share the size of its bias: one random column
+    (`out` entries), or `out // in` random whole rows. Every LayerNorm gain inside the encoder layers trains whole.
+    Nothing else of the pre-trained model trains: no bias, no embedding (its LayerNorm included). The head trains in
+    full. On BERT-base that is 12 x 8,448 + 768 (pooler) = 102,144 entries: BitFit's count less the embedding
+    LayerNorm bias.
+
+    Details of the authors' draw, kept here:
+    - A fair coin is tossed for every matrix; heads, or a wide matrix (out < in, e.g. BERT's `output.dense`),
+      gives a column; otherwise rows. So square and tall matrices take a column with probability 1/2.
+    - The number of rows is the floor of out / in: bias-sized only when `in` divides `out` (always so in BERT and
+      RoBERTa: 1 row of a square matrix, 4 rows of the 3072 x 768 `intermediate.dense`).
+    - The authors drew the row indices with replacement (`np.random.randint`), so a repeated index left a matrix
+      one row short (about 0.2% of the time for 4 rows out of 3,072). We draw distinct rows, so every matrix gets
+      exactly its bias-sized share, as their docstring states; `rows_with_replacement=True` draws as they did.
+    - Their random stream is numpy's global one; ours is `generator` (seeded per seed), same order of draws
+      (matrices in model order, coin then index), so the pattern of the draw matches but not its values.
+    """
+    prefix, repeats = base_prefix(model), flag("rows_with_replacement", rows_with_replacement)
+    selection: dict[str, torch.Tensor | None] = {}
+    for name, module in model.base_model.named_modules():
+        if name.split(".")[0] not in ("encoder", "pooler") or not list(module.parameters(recurse=False)):
+            continue
+        if isinstance(module, nn.Linear):
+            selection[f"{prefix}{name}.weight"] = _column_or_rows(module.weight.shape, generator, repeats)
+        elif isinstance(module, nn.LayerNorm):
+            selection[f"{prefix}{name}.weight"] = None
+        else:
+            raise UserError(f"rand_rowcol knows Linear and LayerNorm layers only, not {name} "
+                            f"({type(module).__name__}); choose another method for this model")
+    return Selection({**selection, **{n: None for n in head_parameter_names(model)}})
+
+
+def _column_or_rows(shape: torch.Size, generator: torch.Generator, repeats: bool = False) -> torch.Tensor:
+    """Mask of an (out, in) weight: one random column, or out // in random rows, distinct unless `repeats`."""
+    out_dim, in_dim = shape
+    mask = torch.zeros(out_dim, in_dim, dtype=torch.bool)
+    heads = bool(torch.randint(2, (1,), generator=generator))
+    if heads or out_dim < in_dim:
+        mask[:, int(torch.randint(in_dim, (1,), generator=generator))] = True
+    else:
+        n_rows = out_dim // in_dim
+        rows = (torch.randint(out_dim, (n_rows,), generator=generator) if repeats
+                else torch.randperm(out_dim, generator=generator)[:n_rows])
+        mask[rows] = True
+    return mask

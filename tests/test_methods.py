@@ -5,7 +5,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
 
+from bitfit_exp.errors import UserError
 from bitfit_exp.methods import METHODS, Selection, bias_budget, encoder_parameters, select
+from bitfit_exp.runner import parameter_counts
+from bitfit_exp.tables import fmt_param
 
 # Deliberately distinct sizes, so a swapped dimension shows up in the hand-computed counts.
 V, H, HEADS, INTER, L, P, T, LABELS = 40, 8, 2, 20, 2, 24, 3, 3
@@ -49,14 +52,19 @@ def layer_names(kind, keys):
     return {f"{kind}.encoder.layer.{n}.{A1[k]}" for n in range(L) for k in keys}
 
 
+def pooler_bias(kind):
+    """The authors' code adds `pooler.dense.bias` to every non-empty bias subset; RoBERTa's classifier has no pooler."""
+    return {"bert.pooler.dense.bias"} if kind == "bert" else set()
+
+
 def expected_names(kind, method):
     """The selection of each deterministic method, built from the naming scheme."""
-    extra = {f"{kind}.embeddings.LayerNorm.bias"} | ({"bert.pooler.dense.bias"} if kind == "bert" else set())
+    extra = {f"{kind}.embeddings.LayerNorm.bias"} | pooler_bias(kind)
     encoder = {
         "bitfit": layer_names(kind, A1) | extra,
-        "bm2_bq": layer_names(kind, ["m2", "q"]),
-        "bm2": layer_names(kind, ["m2"]),
-        "bq": layer_names(kind, ["q"]),
+        "bm2_bq": layer_names(kind, ["m2", "q"]) | pooler_bias(kind),
+        "bm2": layer_names(kind, ["m2"]) | pooler_bias(kind),
+        "bq": layer_names(kind, ["q"]) | pooler_bias(kind),
         "biases": set(),  # no components given
         "frozen": set(),
     }[method]
@@ -72,13 +80,13 @@ def full_count(kind):
 
 def expected_count(kind, method):
     head_count = sum(head(kind).values())
-    extra = H + (H if kind == "bert" else 0)  # embedding LayerNorm bias (+ BERT's pooler bias)
+    pooler = H if kind == "bert" else 0
     return {
         "full": full_count(kind),
-        "bitfit": L * (4 * H + H + INTER + H + H) + extra + head_count,
-        "bm2_bq": L * (INTER + H) + head_count,
-        "bm2": L * INTER + head_count,
-        "bq": L * H + head_count,
+        "bitfit": L * (4 * H + H + INTER + H + H) + H + pooler + head_count,  # + embedding LayerNorm bias
+        "bm2_bq": L * (INTER + H) + pooler + head_count,
+        "bm2": L * INTER + pooler + head_count,
+        "bq": L * H + pooler + head_count,
         "biases": head_count,
         "frozen": head_count,
     }[method]
@@ -95,6 +103,22 @@ def test_selected_names_and_count(tiny, method):
     assert set(selection.params) == expected_names(kind, method)
     assert selection.masks == {}
     assert selection.count(model) == expected_count(kind, method)
+
+
+def test_roberta_names_written_out():
+    # No pooler in RoBERTa's sequence classifier, so bq is b_q of each layer and the head, nothing else.
+    model = build("roberta")
+    assert sorted(select("bq", model).params) == [
+        "classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias", "classifier.out_proj.weight",
+        "roberta.encoder.layer.0.attention.self.query.bias", "roberta.encoder.layer.1.attention.self.query.bias"]
+    assert not any("pooler" in n for n, _ in model.named_parameters())
+
+
+def test_bert_names_written_out():
+    model = build("bert")
+    assert sorted(select("bm2", model).params) == [
+        "bert.encoder.layer.0.intermediate.dense.bias", "bert.encoder.layer.1.intermediate.dense.bias",
+        "bert.pooler.dense.bias", "classifier.bias", "classifier.weight"]
 
 
 def test_full_selects_everything(tiny):
@@ -134,14 +158,46 @@ def test_frozen_trains_no_encoder_parameter(tiny):
 def test_biases_components_exact_paths(tiny, keys):
     kind, model = tiny
     selection = select("biases", model, components=keys)
-    assert set(selection.params) - set(head(kind)) == layer_names(kind, keys)
-    assert selection.count(model, include_head=False) == L * sum(SIZE[k] for k in keys)
+    assert set(selection.params) - set(head(kind)) == layer_names(kind, keys) | pooler_bias(kind)
+    assert selection.count(model, include_head=False) == L * sum(SIZE[k] for k in keys) + len(pooler_bias(kind)) * H
+
+
+@pytest.mark.parametrize("method, keys", [("bq", ["q"]), ("bm2", ["m2"]), ("bm2_bq", ["m2", "q"]),
+                                          ("biases", ["k", "v"])])
+def test_pooler_bias_false_leaves_the_pooler_out(tiny, method, keys):
+    kind, model = tiny
+    options = {"components": keys} if method == "biases" else {}
+    selection = select(method, model, pooler_bias=False, **options)
+    assert set(selection.params) == layer_names(kind, keys) | set(head(kind))
+    assert set(select(method, model, **options).params) - set(selection.params) == pooler_bias(kind)
+
+
+@pytest.mark.parametrize("method, option", [("bq", "pooler_bias"), ("rand_rowcol", "rows_with_replacement")])
+def test_yes_no_options_refuse_other_values(method, option):
+    with pytest.raises(UserError, match=f"method.{option}='no' is not valid; choose true or false"):
+        select(method, build("bert"), **{option: "no"})
+
+
+def test_method_yamls_set_the_options():
+    # A YAML key enters the setting hash: records of the earlier selections (no pooler bias in bq/bm2/bm2_bq,
+    # rand_rowcol by a global budget) are not taken for these.
+    from conftest import compose
+
+    for method in ["bq", "bm2", "bm2_bq", "biases"]:
+        assert compose(f"method={method}").method.pooler_bias is True, method
+    assert compose("method=rand_rowcol").method.rows_with_replacement is False
+
+
+def test_empty_bias_subset_is_head_only(tiny):
+    # As the authors' code: the pooler bias joins a non-empty subset only, so `biases` with no component = frozen.
+    kind, model = tiny
+    assert set(select("biases", model, components=[]).params) == set(select("frozen", model).params) == set(head(kind))
 
 
 def test_m3_never_matches_the_attention_output(tiny):
     kind, model = tiny
     m3 = set(select("biases", model, components=["m3"]).params)
-    m1 = set(select("biases", model, components=["m1"]).params) - set(head(kind))
+    m1 = set(select("biases", model, components=["m1"]).params) - set(head(kind)) - pooler_bias(kind)
     assert not any(n.endswith("attention.output.dense.bias") for n in m3)
     assert {n for n in m3 if n.endswith("output.dense.bias")} == {f"{kind}.encoder.layer.{i}.output.dense.bias"
                                                                    for i in range(L)}
@@ -161,7 +217,7 @@ def test_unknown_method_names_valid_choices(tiny):
 
 def test_unknown_component_names_valid_choices(tiny):
     _, model = tiny
-    with pytest.raises(ValueError, match="m4") as info:
+    with pytest.raises(UserError, match="m4") as info:
         select("biases", model, components=["q", "m4"])
     for key in A1:
         assert key in str(info.value)
@@ -195,29 +251,94 @@ def test_rand_uniform(tiny):
     assert f"{kind}.embeddings.word_embeddings.weight" in a.masks
 
 
-def linear_weights(kind, model):
-    return {f"{kind}.{n}.weight": m.weight for n, m in getattr(model, kind).named_modules() if isinstance(m, nn.Linear)}
+ROWCOL_MATRICES = {  # path inside `encoder.layer.N` -> (out, in), Appendix A.1 shapes
+    "attention.self.query.weight": (H, H), "attention.self.key.weight": (H, H),
+    "attention.self.value.weight": (H, H), "attention.output.dense.weight": (H, H),
+    "intermediate.dense.weight": (INTER, H), "output.dense.weight": (H, INTER)}
+LAYERNORM_GAINS = ["attention.output.LayerNorm.weight", "output.LayerNorm.weight"]
 
 
-def test_rand_rowcol(tiny):
+def rowcol_expected(kind):
+    """Hand-written rand_rowcol targets: masked matrix name -> (out, in), and the LayerNorm gains trained whole."""
+    matrices = {f"{kind}.encoder.layer.{n}.{p}": shape for n in range(L) for p, shape in ROWCOL_MATRICES.items()}
+    if kind == "bert":
+        matrices["bert.pooler.dense.weight"] = (H, H)
+    gains = {f"{kind}.encoder.layer.{n}.{p}" for n in range(L) for p in LAYERNORM_GAINS}
+    return matrices, gains
+
+
+def drawn(mask):
+    """("column", j) if `mask` is exactly one whole column, ("rows", {i...}) if exactly whole rows, else None."""
+    rows, cols = mask.all(dim=1).nonzero().flatten().tolist(), mask.all(dim=0).nonzero().flatten().tolist()
+    if len(cols) == 1 and int(mask.sum()) == mask.shape[0]:
+        return "column", cols[0]
+    if rows and int(mask.sum()) == len(rows) * mask.shape[1]:
+        return "rows", frozenset(rows)
+    return None
+
+
+def test_rand_rowcol_targets(tiny):
     kind, model = tiny
-    linears = linear_weights(kind, model)
-    assert len(linears) == L * 6 + (1 if kind == "bert" else 0)  # q k v m1 m2 m3 per layer (+ pooler)
-    longest = max(max(w.shape) for w in linears.values())
-    assert longest == INTER
-    budget = bias_budget(model)
-    a, b, a2 = seeded("rand_rowcol", model, 0), seeded("rand_rowcol", model, 1), seeded("rand_rowcol", model, 0)
-    for selection in (a, b):
-        assert set(selection.masks) <= set(linears)
-        assert set(selection.params) - set(selection.masks) == set(head(kind))
-        chosen = selection.count(model, include_head=False)
-        assert budget - longest < chosen <= budget
-        for name, mask in selection.masks.items():
-            assert mask.dtype == torch.bool and mask.shape == linears[name].shape, name
-            full_rows, full_cols = mask.all(dim=1), mask.all(dim=0)
-            assert torch.equal(mask, full_rows[:, None] | full_cols[None, :]), name
-    assert a.masks.keys() == a2.masks.keys() and all(torch.equal(a.masks[n], a2.masks[n]) for n in a.masks)
-    assert a.masks.keys() != b.masks.keys() or any(not torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+    matrices, gains = rowcol_expected(kind)
+    selection = seeded("rand_rowcol", model, 0)
+    assert set(selection.masks) == set(matrices)
+    assert {n for n, m in selection.params.items() if m is None} == gains | set(head(kind))
+    # one column (out entries) or out // in rows (in entries each): 20 // 8 = 2 rows of the 20 x 8 intermediate
+    rows_part = {name: (out // inp) * inp for name, (out, inp) in matrices.items()}
+    lines = 0
+    for name, mask in selection.masks.items():
+        assert mask.dtype == torch.bool and tuple(mask.shape) == matrices[name], name
+        how = drawn(mask)
+        assert how is not None, name
+        assert how[0] == "column" or len(how[1]) == matrices[name][0] // matrices[name][1], name
+        lines += int(mask.sum())
+        assert int(mask.sum()) == (matrices[name][0] if how[0] == "column" else rows_part[name]), name
+    assert selection.count(model, include_head=False) == lines + len(gains) * H
+
+
+def test_rand_rowcol_draws(tiny):
+    kind, model = tiny
+    matrices, _ = rowcol_expected(kind)
+    draws = {seed: {n: drawn(m) for n, m in seeded("rand_rowcol", model, seed).masks.items()} for seed in range(6)}
+    assert draws[0] == {n: drawn(m) for n, m in seeded("rand_rowcol", model, 0).masks.items()}
+    assert draws[0] != draws[1]
+    kinds = {how[0] for d in draws.values() for name, how in d.items() if matrices[name][0] >= matrices[name][1]}
+    assert kinds == {"column", "rows"}  # square and tall matrices: either, by a fair coin
+    wide = [how[0] for d in draws.values() for name, how in d.items() if matrices[name][0] < matrices[name][1]]
+    assert len(wide) == 6 * L and set(wide) == {"column"}  # out < in: always a column
+
+
+def narrow_bert():
+    """Hidden size 2, intermediate 64: a tall 64 x 2 weight takes 32 of its 64 rows whenever the coin says rows."""
+    config = BertConfig(vocab_size=V, hidden_size=2, num_attention_heads=1, intermediate_size=64, num_hidden_layers=4,
+                        max_position_embeddings=P)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def test_rand_rowcol_rows_are_distinct():
+    # The authors drew row indices with replacement (a repeat left a matrix short); ours are distinct, where
+    # repeats would be near certain.
+    model = narrow_bert()
+    rows = [drawn(m) for seed in range(3) for n, m in seeded("rand_rowcol", model, seed).masks.items()
+            if n.endswith("intermediate.dense.weight")]
+    assert sum(how[0] == "rows" for how in rows) >= 3
+    assert all(len(how[1]) == 32 for how in rows if how[0] == "rows")
+
+
+def test_rand_rowcol_rows_with_replacement_as_the_authors():
+    model = narrow_bert()
+    rows = [drawn(m) for seed in range(3)
+            for n, m in select("rand_rowcol", model, torch.Generator().manual_seed(seed),
+                               rows_with_replacement=True).masks.items() if n.endswith("intermediate.dense.weight")]
+    counts = [len(how[1]) for how in rows if how[0] == "rows"]
+    assert counts and max(counts) <= 32 and min(counts) < 32  # 32 draws from 64 rows repeat some
+
+
+def test_rand_rowcol_unknown_layer_is_a_user_error():
+    model = build("bert")
+    model.bert.encoder.layer[0].extra = nn.Embedding(3, H)
+    with pytest.raises(UserError, match="encoder.layer.0.extra"):
+        select("rand_rowcol", model)
 
 
 def test_selection_count_uses_masks():
@@ -251,7 +372,14 @@ def share(model, method):
 
 @pytest.fixture(scope="module")
 def bert_base_cased():
-    return meta_bert(28996, 768, 12, 12, 3072)
+    """bert-base-cased's real shapes (BertConfig defaults, cased vocabulary), two labels, on the meta device."""
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(BertConfig(vocab_size=28996, num_labels=2))
+
+
+# Trained parameters on bert-base-cased with a 2-label head (768 x 2 + 2 = 1,538), and the %Param the tables print.
+BERT_BASE_TRAINED = {"bitfit": (104_450, "0.10%"), "bm2_bq": (48_386, "0.04%"), "bm2": (39_170, "0.03%"),
+                     "bq": (11_522, "0.01%"), "frozen": (1_538, "0.00%"), "rand_rowcol": (103_682, "0.09%")}
 
 
 def test_bert_base_counts(bert_base_cased):
@@ -259,10 +387,33 @@ def test_bert_base_counts(bert_base_cased):
     assert next(model.parameters()).device.type == "meta"
     total = bert_encoder_total(28996, 768, 12, 3072)
     assert total == 108_310_272
-    expected = {"bitfit": 12 * (7 * 768 + 3072) + 768 + 768,  # = 102,912
-                "bm2_bq": 12 * (3072 + 768), "bm2": 12 * 3072, "bq": 12 * 768}
+    pooler = 768
+    expected = {"bitfit": 12 * (7 * 768 + 3072) + 768 + pooler,  # = 102,912
+                "bm2_bq": 12 * (3072 + 768) + pooler, "bm2": 12 * 3072 + pooler, "bq": 12 * 768 + pooler,
+                "frozen": 0,
+                # a bias-sized share of the 6 matrices of each layer, both LayerNorm gains, the pooler matrix
+                "rand_rowcol": 12 * (4 * 768 + 3072 + 768 + 2 * 768) + pooler}
     for method, count in expected.items():
         assert share(model, method) == (count, total), method
+        assert count + 1_538 == BERT_BASE_TRAINED[method][0], method
+
+
+@pytest.mark.parametrize("method", sorted(BERT_BASE_TRAINED))
+def test_bert_base_trainable_and_param_column(bert_base_cased, method):
+    trained, shown = BERT_BASE_TRAINED[method]
+    counts = parameter_counts(bert_base_cased, select(method, bert_base_cased))
+    assert (counts["trainable"], counts["head"]) == (trained, 1_538)
+    assert fmt_param(counts["pct_encoder"]) == shown
+
+
+def test_bert_base_rand_rowcol_is_exact_for_every_seed(bert_base_cased):
+    # 4 distinct rows of the 3072 x 768 intermediate weight, or one column: 3,072 either way, whatever the draw.
+    intermediate = set()
+    for seed in (1, 2):
+        selection = seeded("rand_rowcol", bert_base_cased, seed)
+        assert selection.count(bert_base_cased) == 103_682
+        intermediate |= {drawn(m)[0] for n, m in selection.masks.items() if n.endswith("intermediate.dense.weight")}
+    assert intermediate == {"column", "rows"}
 
 
 @pytest.mark.parametrize("method, paper", [("bm2_bq", 0.04), ("bm2", 0.03), ("bq", 0.01)])
