@@ -404,7 +404,7 @@ def run_job(cfg) -> list[list[dict]]:
     settings = job_members(cfg, prepared, root)
     for _, key, members in settings:
         left = sum(to_train(m) for m in members)
-        log(f"{describe(key)}: {len(members)} seeds, {len(members) - left} already done -> {root / key['dir']}")
+        log(f"{describe(key)}: {len(members)} seeds, {len(members) - left} already finished -> {root / key['dir']}")
     todo = [m for _, _, members in settings for m in members if to_train(m)]
     records = {}
     if cfg.train.packed and todo:  # even a lone setting: its dropout stream must not depend on being alone

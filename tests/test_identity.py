@@ -62,7 +62,7 @@ def test_schema1_records_are_adopted_not_retrained(tmp_path, glue_dir):
     old = json.loads(before)
     assert adopted[0]["best"] == old["best"] and adopted[0]["adopted_from"].endswith("seed0")
     again = bitfit_run(*LEGACY_ARGS, "seeds=[0,1,2]", f"runs_dir={tmp_path}")
-    assert trained(again) == [] and "3 already done" in again.stdout
+    assert trained(again) == [] and "3 already finished" in again.stdout
 
 
 def test_schema1_key_of_the_fixture_is_reproduced(tmp_path):
