@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
@@ -50,7 +52,11 @@ def _load_local(task, root: Path):
     if missing:
         raise UserError(f"{folder} lacks {', '.join(m + '.parquet' for m in missing)}; fetch the task with "
                         f"`bitfit-prefetch task={task.name} data.dir={root}` on a machine with internet")
-    files = {s: str(f) for s, f in files.items() if f.is_file()}
+    files = {s: f for s, f in files.items() if f.is_file()}
+    fix = f"fix the file or fetch the task again with `bitfit-prefetch task={task.name} data.dir={root}`"
+    for split, path in files.items():
+        check_split_file(path, task, test=split in task.test_splits, fix=fix)
+    files = {s: str(f) for s, f in files.items()}
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # "Generating split" bars for local files are noise in every job log
     try:
@@ -58,6 +64,92 @@ def _load_local(task, root: Path):
     finally:
         if bars:
             datasets.enable_progress_bars()
+
+
+def needed_columns(task) -> list[str]:
+    return [*task.text_fields, "label", "idx"]
+
+
+def check_split_file(path: Path, task, test: bool = False, fix: str = "fix the file") -> None:
+    """Raise a one-line UserError naming `path` unless it is a readable parquet file with rows, the task's columns,
+    text in its text fields and labels the task can use (-1, unlabelled, is allowed in `test` splits); `fix` says
+    what to do. All checks are vectorized over the whole file.
+
+    >>> from omegaconf import OmegaConf
+    >>> task = OmegaConf.load("conf/task/rte.yaml")
+    >>> check_split_file(Path("conf/task/rte.yaml"), task)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    bitfit_exp.errors.UserError: conf/task/rte.yaml: is not a readable parquet file: ArrowInvalid: ... (fix the file)
+    """
+    table = _read_columns(path, task, fix)
+    if table.num_rows == 0:
+        raise UserError(f"{path}: has no rows ({fix})")
+    for name in task.text_fields:
+        problem = _text_problem(table[name])
+        if problem:
+            raise UserError(f"{path}: text field {name} {problem} ({fix})")
+    problem = _label_problem(table["label"], task.num_labels, test)
+    if problem:
+        raise UserError(f"{path}: {problem} ({fix})")
+    if not pa.types.is_integer(table["idx"].type):
+        raise UserError(f"{path}: idx holds {table['idx'].type}, not integers ({fix})")
+
+
+def _read_columns(path: Path, task, fix: str) -> pa.Table:
+    """The task's columns of the parquet file at `path` (a missing or misnamed column is a UserError)."""
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: is empty (0 bytes) ({fix})")
+    try:
+        parquet = pq.ParquetFile(path)
+        present = parquet.schema_arrow.names
+        missing = [c for c in needed_columns(task) if c not in present]
+        if missing:
+            raise UserError(f"{path}: has columns {', '.join(present) or 'none'}; task {task.name} needs "
+                            f"{', '.join(needed_columns(task))}; missing: {', '.join(missing)} ({fix})")
+        return parquet.read(columns=needed_columns(task))
+    except (pa.ArrowException, OSError) as e:  # bad footer: ArrowInvalid; damaged pages: OSError
+        raise UserError(f"{path}: is not a readable parquet file: {_first_line(e)} ({fix})") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:160] if lines else ''}"
+
+
+def _where(mask: np.ndarray) -> str:
+    """Where a boolean mask of bad rows is true, in words (0-based row numbers).
+
+    >>> _where(np.array([False, True, False, True]))
+    'row 1, 2 of 4 rows in all'
+    """
+    return f"row {np.argmax(mask)}, {np.count_nonzero(mask)} of {len(mask)} rows in all"
+
+
+def _text_problem(column: pa.ChunkedArray) -> str | None:
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+            or pa.types.is_string_view(column.type)):
+        return f"holds {column.type}, not text"
+    if column.null_count:
+        return f"is null at {_where(column.is_null().to_numpy(zero_copy_only=False))}"
+    return None
+
+
+def _label_problem(labels: pa.ChunkedArray, num_labels: int, test: bool) -> str | None:
+    """What is wrong with a label column, or None: classification labels must be 0..num_labels-1 (or -1 in a test
+    split), regression labels (num_labels 1) finite numbers."""
+    if not (pa.types.is_integer(labels.type) or pa.types.is_floating(labels.type)):
+        return f"label holds {labels.type}, not numbers"
+    if labels.null_count:
+        return f"label is null at {_where(labels.is_null().to_numpy(zero_copy_only=False))}"
+    values = labels.to_numpy()
+    if num_labels == 1:
+        bad, wanted = ~np.isfinite(values), "a finite number"
+    else:
+        allowed = np.arange(-1 if test else 0, num_labels)
+        bad, wanted = ~np.isin(values, allowed), f"0..{num_labels - 1}{' or -1 for unlabelled rows' if test else ''}"
+    if bad.any():
+        return f"label must be {wanted} but is {values[np.argmax(bad)].item()} at {_where(bad)}"
+    return None
 
 
 def _load_hub(task, hub_name: str):

@@ -6,6 +6,7 @@ True
 """
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -26,7 +27,81 @@ def resolve_model_path(name_or_path: str) -> str:
     looks_local = name_or_path.startswith(("/", ".", "~")) or path.exists()
     if looks_local and not (path / "config.json").is_file():
         raise UserError(f"model.name_or_path={name_or_path} is not a model directory (no config.json there)")
+    if looks_local:
+        check_model_dir(path)
     return str(path) if looks_local else name_or_path
+
+
+# What save_pretrained writes, in the order from_pretrained looks for it.
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+RESAVE = "save the model there again with `bitfit-prefetch` or save_pretrained()"
+
+
+def check_model_dir(path: Path) -> None:
+    """Raise a one-line UserError naming the bad file unless `path` holds a config.json with a model_type this
+    transformers knows and a weights file (a safetensors one with a readable header). Cheap: reads the config and
+    the weights' header only; load_tokenizer checks the tokenizer.
+
+    >>> check_model_dir(Path("conf"))
+    Traceback (most recent call last):
+    bitfit_exp.errors.UserError: conf/config.json: cannot be read: FileNotFoundError: ... (save the model ...)
+    """
+    config = path / "config.json"
+    model_type = _config_dict(config).get("model_type")
+    from transformers import CONFIG_MAPPING, __version__
+
+    if model_type is None:
+        raise UserError(f"{config}: has no model_type ({RESAVE})")
+    if model_type not in CONFIG_MAPPING:
+        raise UserError(f"{config}: model_type {model_type!r} is unknown to transformers {__version__} "
+                        f"(fix it, e.g. bert or roberta, or install a transformers that has it)")
+    weights = weights_file(path)
+    if weights is None:
+        raise UserError(f"{path}: has no weights file; expected one of {', '.join(WEIGHTS)} ({RESAVE})")
+    if weights.name == "model.safetensors":
+        _check_safetensors_header(weights)
+
+
+def _config_dict(config: Path) -> dict:
+    try:
+        data = json.loads(config.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{config}: is not valid JSON: {e} ({RESAVE})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{config}: cannot be read: {_first_line(e)} ({RESAVE})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{config}: holds a JSON {type(data).__name__}, not an object ({RESAVE})")
+    return data
+
+
+def weights_file(path: Path) -> Path | None:
+    """The weights file from_pretrained would read in the model folder `path`, or None."""
+    return next((path / name for name in WEIGHTS if (path / name).is_file()), None)
+
+
+def _check_safetensors_header(weights: Path) -> None:
+    """A truncated or overwritten safetensors file fails here, on its header, before any data is tokenized."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{weights}: is not a readable weights file: {_first_line(e)} ({RESAVE})") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:160] if lines else ''}"
+
+
+def _load_error(name: str, path: str, e: Exception) -> Exception:
+    """The error to raise when from_pretrained(path) failed with `e`: one line naming a local weights file, the hub
+    advice for a hub name, or `e` itself (not a file problem)."""
+    weights = weights_file(Path(path)) if Path(path).is_dir() else None
+    if weights is not None:
+        return UserError(f"{weights}: cannot be loaded: {_first_line(e)} ({RESAVE})")
+    return _hub_error(name, e) if isinstance(e, OSError) else e
 
 
 def _hub_error(name: str, e: Exception) -> UserError:
@@ -38,10 +113,20 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
+    fix = "save a working one there with tokenizer.save_pretrained() or `bitfit-prefetch`"
     try:
-        return AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        raise _hub_error(name_or_path, e) from None
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # a damaged local tokenizer raises anything (KeyError, JSONDecodeError, tokenizers' own)
+        if Path(path).is_dir():
+            raise UserError(f"{path}: its tokenizer cannot be loaded: {_first_line(e)} ({fix})") from None
+        if isinstance(e, OSError):
+            raise _hub_error(name_or_path, e) from None
+        raise
+    # Without tokenizer files transformers builds one that knows only its special tokens: every word is [UNK].
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise UserError(f"{path}: its tokenizer has no vocabulary, only {len(tokenizer)} special tokens; tokenizer "
+                        f"files such as tokenizer.json or vocab.txt are missing ({fix})")
+    return tokenizer
 
 
 def load_model(name_or_path: str, num_labels: int):
@@ -56,8 +141,8 @@ def load_model(name_or_path: str, num_labels: int):
     logging.disable_progress_bar()
     try:
         return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, problem_type=problem)
-    except OSError as e:
-        raise _hub_error(name_or_path, e) from None
+    except Exception as e:  # damaged weights raise by format: RuntimeError, UnpicklingError, SafetensorError, ...
+        raise _load_error(name_or_path, path, e) from None
     finally:
         logging.set_verbosity(verbosity)
         if bars:
@@ -70,7 +155,11 @@ def save_for_offline(name_or_path: str, target: Path) -> None:
 
     path = resolve_model_path(name_or_path)
     try:
-        AutoModel.from_pretrained(path).save_pretrained(target)
+        model = AutoModel.from_pretrained(path)
+    except Exception as e:
+        raise _load_error(name_or_path, path, e) from None
+    try:
+        model.save_pretrained(target)
+        load_tokenizer(name_or_path).save_pretrained(target)
     except OSError as e:
-        raise _hub_error(name_or_path, e) from None
-    load_tokenizer(name_or_path).save_pretrained(target)
+        raise UserError(f"{target}: cannot be written: {_first_line(e)} (choose another models_dir)") from None

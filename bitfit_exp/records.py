@@ -456,3 +456,26 @@ def _slurm_job_gone(job_id: str) -> bool:
     if out.returncode != 0:
         return "Invalid job id" in out.stderr
     return out.stdout.strip() in ("", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED", "NODE_FAIL")
+
+
+def check_runs_dir(path) -> Path:
+    """`path` (~ expanded) as a writable folder, created with its parents if absent; a one-line UserError naming it
+    when it is not a folder or cannot be created or written.
+
+    >>> check_runs_dir("conf/config.yaml")
+    Traceback (most recent call last):
+    bitfit_exp.errors.UserError: conf/config.yaml: runs_dir is not a folder (point runs_dir=... at a folder)
+    """
+    import tempfile
+
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: runs_dir is not a folder (point runs_dir=... at a folder)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # the one sure test: permissions, ACLs, read-only mounts, quotas
+            pass
+    except OSError as e:
+        raise UserError(f"{folder}: runs_dir cannot be created or written: {e.strerror or e} "
+                        f"(choose another runs_dir=... or fix its permissions)") from None
+    return folder
