@@ -9,12 +9,19 @@
 
 A RUN_DIR / SETTING_DIR is a setting folder (<runs_dir>/<model>/<task>/<method>/lr<lr>-<hash>, holding seed*/) or
 one seed folder. The numbers come from bitfit_exp.analysis; figures use matplotlib's Agg canvas (no display).
+
+Only what the run records name is drawn (see bitfit_exp.analysis): every record or patch left out, and every figure
+of `all` that fails, is one `warning: <path>: ...` line on stderr, and a figure averaging fewer seeds than its
+setting has says so ("2 of 3 seeds: seed 1's patch is missing"; diverged seeds are counted, never averaged). Exit
+status: 0 when figures were written (warnings or not); 1 when `all` found inputs but every one was bad; 2 for an
+error (nothing to draw from a named folder, no records at all, bad arguments).
 """
 
 import argparse
 import math
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -25,7 +32,7 @@ from matplotlib.figure import Figure
 
 from bitfit_exp import analysis
 from bitfit_exp.errors import UserError
-from bitfit_exp.records import RECORD, CorruptRecord, read_record
+from bitfit_exp.records import scan
 from bitfit_exp.tables import HEADERS, METHODS, MODELS
 
 STYLE = {
@@ -148,24 +155,40 @@ def _band(ax, x, mean, sd, color, style, label, alpha=0.18, marker="o"):
 def plot_curves(per_seed: pd.DataFrame, summary: pd.DataFrame, title: str, metric: str | None = None):
     """Left: the main metric on the train probe (dashed) and dev (solid) per epoch; right: mean training loss.
 
-    Bold lines are the mean over seeds with a ±1 std band; thin lines are the single seeds. Returns (fig, axes); the
-    bold lines carry label "<series> mean" and their data equal summary's mean column."""
+    Bold lines are the mean over the finished seeds with a ±1 std band; thin lines are the single seeds, dotted with
+    an x at their last epoch for diverged seeds (not in the mean). Returns (fig, axes); the bold lines carry label
+    "<series> mean" and their data equal summary's mean column."""
+    status = per_seed.get("status", pd.Series(analysis.FINISHED, index=per_seed.index))
+    n_seeds = per_seed.loc[status == analysis.FINISHED, "seed"].nunique()
+    n_diverged = per_seed.loc[status == analysis.DIVERGED, "seed"].nunique()
     with matplotlib.rc_context(STYLE):
         fig = new_figure(10, 3.8)
         axes = fig.subplots(1, 2)
-        score_series = [s for s in summary["series"].unique() if s != "train loss"]
+        score_series = [s for s in per_seed["series"].unique() if s != "train loss"]
         palette = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
         panels = [(axes[0], score_series), (axes[1], ["train loss"])]
-        n_seeds = per_seed["seed"].nunique()
         for ax, names in panels:
             for k, series in enumerate(names):
                 color = palette[k % len(palette)]
                 style = SERIES_STYLE.get(series.split()[0], "-") if series != "train loss" else "-"
-                for _, one in per_seed[per_seed["series"] == series].groupby("seed"):
+                for _, one in per_seed[(per_seed["series"] == series) & (status == analysis.FINISHED)].groupby("seed"):
                     ax.plot(one["epoch"], one["value"], color=color, linestyle=style, linewidth=0.8, alpha=0.35)
+                for _, one in per_seed[(per_seed["series"] == series) & (status == analysis.DIVERGED)].groupby("seed"):
+                    finite = np.flatnonzero(one["value"].notna().to_numpy())
+                    if len(finite):  # the x marks the last epoch before the divergence
+                        ax.plot(one["epoch"], one["value"], color=color, linestyle=":", linewidth=1.0, alpha=0.6,
+                                marker="x", markevery=[int(finite[-1])], gid="diverged")
                 s = summary[summary["series"] == series].sort_values("epoch")
+                if s.empty:
+                    continue
                 label = f"{series} mean" + (f" ± std ({n_seeds} seeds)" if n_seeds > 1 else "")
                 _band(ax, s["epoch"], s["mean"], s["std"], color, style, label).set_gid(f"{series} mean")
+            if n_diverged:
+                ax.plot([], [], color="grey", linestyle=":", marker="x", label=f"{n_diverged} diverged seed"
+                        f"{'s' if n_diverged > 1 else ''} (not in the mean)")
+            if not per_seed.loc[per_seed["series"].isin(names), "value"].notna().any():
+                ax.text(0.5, 0.5, "no finite values (every seed diverged)", transform=ax.transAxes, ha="center",
+                        color="grey")
             ax.set_xlabel("Epoch")
             epochs = sorted(per_seed["epoch"].unique())
             ax.set_xticks(epochs)
@@ -202,7 +225,7 @@ def plot_gap(table: pd.DataFrame, title: str | None = None):
         common = [model_name(models[0])] if len(models) == 1 else []
         common += [task_name(tasks[0])] if len(tasks) == 1 else []
         title = "Generalization gap" + (f" ({', '.join(common)})" if common else "") + \
-            "\ntrain − dev score at the selected epoch, mean ± std over seeds"
+            "\ntrain − dev score at the selected epoch, mean ± std over seeds" + diverged_note(table)
     frame = gap_frame(table, len(models) > 1, len(tasks) > 1)
     groups = list(dict.fromkeys(frame["group"]))
     methods = [m for m in ("full", "bitfit") if m in set(frame["method"])]
@@ -219,9 +242,12 @@ def plot_gap(table: pd.DataFrame, title: str | None = None):
             present = [g for g in groups if g in rows.index]
             heights = rows.loc[present, "gap_mean"].to_numpy(float)
             errors = rows.loc[present, "gap_std"].to_numpy(float)
-            bars[method] = ax.bar(x, heights, width, yerr=errors, capsize=3, label=method_name(method),
-                                  color=COLORS.get(method, palette[k % len(palette)]), alpha=0.9)
-            ax.bar_label(bars[method], labels=[f"{h:.1f}" for h in heights], padding=2, fontsize=9)
+            diverged = int(rows.loc[present, "n_diverged"].sum()) if "n_diverged" in rows else 0
+            label = method_name(method) + (f" ({diverged} diverged)" if diverged else "")
+            bars[method] = ax.bar(x, np.nan_to_num(heights), width, yerr=np.nan_to_num(errors), capsize=3,
+                                  label=label, color=COLORS.get(method, palette[k % len(palette)]), alpha=0.9)
+            ax.bar_label(bars[method], labels=["diverged" if math.isnan(h) else f"{h:.1f}" for h in heights],
+                         padding=2, fontsize=9)
         ax.set_xticks(range(len(groups)), groups)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_ylabel("train − dev score (×100)")
@@ -231,6 +257,12 @@ def plot_gap(table: pd.DataFrame, title: str | None = None):
         ax.grid(axis="y", alpha=0.25)
         ax.margins(y=0.12)
     return fig, ax, bars
+
+
+def diverged_note(table: pd.DataFrame, unit: str = "seeds") -> str:
+    """A title's extra line '<k> diverged <unit>, not in the means' when the table counts diverged runs, else ''."""
+    n = int(table["n_diverged"].sum()) if "n_diverged" in table and len(table) else 0
+    return f"\n{n} diverged {unit if n > 1 else unit.rstrip('s')}, not in the means" if n else ""
 
 
 def plot_datasize(table: pd.DataFrame, title: str, metric: str | None = None):
@@ -250,6 +282,8 @@ def plot_datasize(table: pd.DataFrame, title: str, metric: str | None = None):
             rows = table[(table["method"] == key.method) & (table["lr"] == key.lr) & (table["family"] == key.family)]
             rows = rows.sort_values("n_train")
             label = f"{method_name(key.method)} (lr {key.lr:g})" + (f" [{key.family}]" if many > 1 else "")
+            diverged = int(rows["n_diverged"].sum()) if "n_diverged" in rows else 0
+            label += f", {diverged} diverged" if diverged else ""
             color = COLORS.get(key.method, palette[k % len(palette)]) if many == 1 else palette[k % len(palette)]
             lines[label] = _band(ax, rows["n_train"], rows["mean"], rows["std"], color, "-", label)
         ax.set_xscale("log")
@@ -258,7 +292,7 @@ def plot_datasize(table: pd.DataFrame, title: str, metric: str | None = None):
         ax.minorticks_off()
         ax.set_xlabel("Training examples (nested subsets, log scale)")
         ax.set_ylabel(f"dev {metric_name(metric)} (×100)")
-        ax.set_title(title)
+        ax.set_title(title + diverged_note(table, "runs"))
         low, high = (int(table["n"].min()), int(table["n"].max())) if len(table) else (0, 0)
         runs = f"{low}" if low == high else f"{low}–{high}"
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title=f"mean ± std\n({runs} runs per point)",
@@ -271,29 +305,49 @@ def plot_datasize(table: pd.DataFrame, title: str, metric: str | None = None):
 # commands
 
 
-def cmd_bias_change(run_dirs, out) -> list[Path]:
-    written = []
-    for run_dir in run_dirs:
-        table, info = analysis.bias_change_summary(run_dir)
-        seeds = f"{info['n_seeds']} seed{'s' if info['n_seeds'] > 1 else ''}"
-        title = f"Change in bias components: {setting_label(info)} ({seeds})"
-        fig, _, _ = plot_bias_change(table, _wrap(title))
-        written += save(fig, table, out, file_stem("bias_change", info, run_dir), index=True)
-    return written
+def draw_bias_change(run_dir, out, records=None) -> tuple[list[Path], list[str]]:
+    """Figure 1 of one setting (or seed) folder; its CSV says how many seeds it averages and why others are left
+    out. Returns (paths written, warnings)."""
+    table, info = analysis.bias_change_summary(run_dir, records)
+    head = f"Change in bias components: {setting_label(info)}"
+    title = f"{_wrap(head)}\n{info['note']}" if info["left_out"] else _wrap(f"{head} ({info['note']})")
+    fig, _, _ = plot_bias_change(table, title)
+    data = table.assign(n_seeds=info["n_seeds"], of_seeds=info["of_seeds"], left_out="; ".join(info["left_out"]))
+    return save(fig, data, out, file_stem("bias_change", info, run_dir), index=True), info["warnings"]
 
 
-def cmd_curves(run_dirs, out) -> list[Path]:
-    written = []
+def draw_curves(run_dir, out, records=None) -> tuple[list[Path], list[str]]:
+    """Learning curves of one setting (or seed) folder. Returns (paths written, warnings)."""
+    per_seed, summary, info = analysis.curves(run_dir, records)
+    title = _wrap(f"Learning curves: {setting_label(info)} ({info['note']}; selected: {info['select']})")
+    fig, _ = plot_curves(per_seed, summary, title, info.get("metric"))
+    # Bold lines: rows with seed "mean" (value = mean over the finished seeds, std, n); thin lines: one row per seed
+    # with its status (a diverged seed's null metrics are empty cells).
+    data = pd.concat([summary.rename(columns={"mean": "value"}).assign(seed="mean", status=analysis.FINISHED),
+                      per_seed], ignore_index=True)[["series", "metric", "seed", "status", "epoch", "value", "std",
+                                                     "n"]]
+    return save(fig, data, out, file_stem("curves", info, run_dir)), info["warnings"]
+
+
+def cmd_bias_change(run_dirs, out) -> tuple[list[Path], list[str]]:
+    return _each(run_dirs, lambda run_dir: draw_bias_change(run_dir, out))
+
+
+def cmd_curves(run_dirs, out) -> tuple[list[Path], list[str]]:
+    return _each(run_dirs, lambda run_dir: draw_curves(run_dir, out))
+
+
+def _each(run_dirs, draw) -> tuple[list[Path], list[str]]:
+    written, warnings = [], []
     for run_dir in run_dirs:
-        per_seed, summary, info = analysis.curves(run_dir)
-        n = per_seed["seed"].nunique()
-        title = f"Learning curves: {setting_label(info)} ({n} seed{'s' if n > 1 else ''}; selected: {info['select']})"
-        fig, _ = plot_curves(per_seed, summary, title, info.get("metric"))
-        # Bold lines: rows with seed "mean" (value = mean over seeds, std, n); thin lines: one row per seed.
-        data = pd.concat([summary.rename(columns={"mean": "value"}).assign(seed="mean"), per_seed],
-                         ignore_index=True)[["series", "metric", "seed", "epoch", "value", "std", "n"]]
-        written += save(fig, data, out, file_stem("curves", info, run_dir))
-    return written
+        paths, more = draw(run_dir)
+        written += paths
+        warnings += more
+    return written, warnings
+
+
+def _mean_std(mean: float, sd: float) -> str:
+    return "—" if math.isnan(mean) else f"{mean:.1f}±{sd:.1f}"
 
 
 def gap_markdown(table: pd.DataFrame) -> str:
@@ -302,74 +356,84 @@ def gap_markdown(table: pd.DataFrame) -> str:
     for r in table.itertuples(index=False):
         data = "all" if r.n_train < 0 else f"{r.n_train:,}" + (" (first rows)" if r.subset < 0 else
                                                                  f" (subset seed {r.subset})")
+        seeds = f"{r.n_seeds}" + (f" (+{r.n_diverged} diverged)" if r.n_diverged else "")
         lines.append(f"| {model_name(r.model)} | {task_name(r.task)} | {data} | {method_name(r.method)} | {r.lr:g} | "
-                     f"{r.n_seeds} | {r.train_mean:.1f}±{r.train_std:.1f} | {r.dev_mean:.1f}±{r.dev_std:.1f} | "
-                     f"{r.gap_mean:.1f}±{r.gap_std:.1f} |")
+                     f"{seeds} | {_mean_std(r.train_mean, r.train_std)} | {_mean_std(r.dev_mean, r.dev_std)} | "
+                     f"{_mean_std(r.gap_mean, r.gap_std)} |")
     return "\n".join(lines) + "\n"
 
 
-def cmd_gap(runs_dir, out, table: pd.DataFrame | None = None) -> list[Path]:
+def cmd_gap(runs_dir, out, table: pd.DataFrame | None = None) -> tuple[list[Path], list[str]]:
+    warnings = []
     if table is None:
         table, warnings = analysis.gap_table(runs_dir)
-        _warn(warnings)
     if table.empty:
-        raise UserError(f"no finished run records with a train metric under {runs_dir}")
+        raise analysis.NothingToDraw(f"no finished run records with a train metric under {runs_dir}", warnings)
     fig, _, _ = plot_gap(table)
     written = save(fig, table, out, "generalization_gap")
     md = Path(out) / "generalization_gap.md"
-    md.write_text("Generalization gap: main metric x100 at each record's selected epoch, mean±std over seeds; per "
-                  "row the lr with the best mean dev score.\n\n" + gap_markdown(table), encoding="utf-8")
-    return [*written, md]
+    md.write_text("Generalization gap: main metric x100 at each record's selected epoch, mean±std over the finished "
+                  "seeds (diverged seeds are counted, not averaged); per row the lr with the best mean dev score.\n\n"
+                  + gap_markdown(table), encoding="utf-8")
+    return [*written, md], warnings
 
 
-def cmd_datasize(runs_dir, task, out, table: pd.DataFrame | None = None) -> list[Path]:
+def cmd_datasize(runs_dir, task, out, table: pd.DataFrame | None = None) -> tuple[list[Path], list[str]]:
+    warnings = []
     if table is None:
         table, warnings = analysis.datasize_table(runs_dir, task)
-        _warn(warnings)
     table = table[table["task"] == task] if task else table
     if table.empty:
-        raise UserError(f"no runs with data.train_subset_seed set for task {task} under {runs_dir}")
+        raise analysis.NothingToDraw(f"no runs with data.train_subset_seed set for task {task} under {runs_dir}",
+                                     warnings)
     written = []
     for model, rows in table.groupby("model"):
-        metric = _main_metric(runs_dir, model, task)
         title = f"{model_name(model)}, {task_name(task)}: BitFit vs Full-FT by training-set size"
-        fig, _, _ = plot_datasize(rows, title, metric)
+        fig, _, _ = plot_datasize(rows, title, rows["metric"].iloc[0])
         written += save(fig, rows, out, f"datasize_{model}_{task}")
-    return written
+    return written, warnings
 
 
-def _main_metric(runs_dir, model, task) -> str | None:
-    for path in Path(runs_dir).expanduser().glob(f"{model}/{task}/*/*/seed*/{RECORD}"):
-        try:
-            return read_record(path)["main"]["metric"]
-        except (CorruptRecord, KeyError):
-            continue
-    return None
+def _attempt(where, what: str, draw, written: list, warnings: list) -> None:
+    """Run draw() -> (paths, warnings), adding to `written` and `warnings`; a failure becomes one warning naming
+    `where`, so one bad setting does not cost the others their figures."""
+    try:
+        paths, more = draw()
+    except Exception as e:  # any failure: reported by path with its type, and the other figures still drawn
+        warnings += getattr(e, "warnings", [])
+        warnings.append(f"{where}: {what} not drawn ({type(e).__name__}: {e})")
+        return
+    written += paths
+    warnings += more
 
 
-def cmd_all(runs_dir, out) -> list[Path]:
-    """Everything the records allow: bias change per setting with patches, curves per setting, the gap table and a
-    data-size figure per task with seeded-subset runs."""
+def cmd_all(runs_dir, out) -> tuple[list[Path], list[str]]:
+    """Everything the records allow: bias change per setting whose finished records name patches, curves per
+    setting, the gap table and a data-size figure per task with seeded-subset runs. Every bad input (a corrupt or
+    misplaced record, an unclaimed or unreadable patch, a figure that fails) is one warning naming its path; the
+    rest is drawn. Returns (paths written, warnings)."""
     root = Path(runs_dir).expanduser()
-    settings = sorted({p.parent.parent for p in root.glob(f"**/seed*/{RECORD}")})
-    patched = sorted({p.parent.parent for p in root.glob(f"**/seed*/{analysis.PATCH}")})
-    written = []
-    if patched:
-        written += cmd_bias_change(patched, out)
-    if settings:
-        written += cmd_curves(settings, Path(out) / "curves")
-    runs, warnings = analysis.run_table(root)
-    _warn(warnings)
+    found, warnings = scan(root)
+    warnings += analysis.unclaimed_patches(root, found)
+    if not found and not warnings:
+        raise UserError(f"no run records or patches under {runs_dir}")
+    written: list[Path] = []
+    for folder, records in analysis.by_setting(found).items():
+        if any((r.get("artifacts") or {}).get("patch") for _, r in records):
+            _attempt(folder, "bias-change figure", partial(draw_bias_change, folder, out, records), written, warnings)
+        _attempt(folder, "learning curves", partial(draw_curves, folder, Path(out) / "curves", records), written,
+                 warnings)
+    runs, more = analysis.run_table(root, found=found)
+    warnings += more
     gaps = analysis.gap_summary(runs)
     if not gaps.empty:
-        written += cmd_gap(root, out, gaps)
+        _attempt(root, "generalization gap", partial(cmd_gap, root, out, gaps), written, warnings)
     sizes = analysis.datasize_summary(runs)
     for task, rows in sizes.groupby("task"):
         if rows["n_train"].nunique() > 1:
-            written += cmd_datasize(root, task, out, rows)
-    if not written:
-        raise UserError(f"no run records or patches under {runs_dir}")
-    return written
+            _attempt(root, f"data-size figure of {task}", partial(cmd_datasize, root, task, out, rows), written,
+                     warnings)
+    return written, warnings
 
 
 def _wrap(title: str, width: int = 70) -> str:
@@ -404,22 +468,24 @@ def main(argv=None) -> int:
     for q in (b, c, g, d, a):
         q.add_argument("--out", default="results/figures", help="folder for <figure>.png/.pdf/.csv")
     args = p.parse_args(argv)
+    commands = {"bias-change": lambda: cmd_bias_change(args.run_dirs, args.out),
+                "curves": lambda: cmd_curves(args.run_dirs, args.out),
+                "gap": lambda: cmd_gap(args.runs_dir, args.out),
+                "datasize": lambda: cmd_datasize(args.runs_dir, args.task, args.out),
+                "all": lambda: cmd_all(args.runs_dir, args.out)}
     try:
-        if args.command == "bias-change":
-            written = cmd_bias_change(args.run_dirs, args.out)
-        elif args.command == "curves":
-            written = cmd_curves(args.run_dirs, args.out)
-        elif args.command == "gap":
-            written = cmd_gap(args.runs_dir, args.out)
-        elif args.command == "datasize":
-            written = cmd_datasize(args.runs_dir, args.task, args.out)
-        else:
-            written = cmd_all(args.runs_dir, args.out)
+        written, warnings = commands[args.command]()
     except (UserError, FileNotFoundError, ValueError) as e:
+        _warn(getattr(e, "warnings", []))
         print(f"error: {e}", file=sys.stderr)
         return 2
+    _warn(warnings)
     for path in written:
         print(f"wrote {path}")
+    if not written:  # `all` found inputs, and every one was bad: each is reported above
+        print(f"error: nothing drawn from {args.runs_dir}: {len(warnings)} bad input(s), listed above",
+              file=sys.stderr)
+        return 1
     return 0
 
 

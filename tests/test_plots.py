@@ -1,9 +1,10 @@
-"""bitfit-plot on synthetic patches and records with hand-known numbers: bias change (BERT and RoBERTa naming),
-learning curves, generalization gap, data-size curve; PNG/PDF/CSV written and the plotted values equal the CSV.
-Nested training subsets (data.train_subset_seed) on the local RTE copy."""
+"""bitfit-plot on synthetic patches and sealed records with hand-known numbers: bias change (BERT and RoBERTa
+naming), learning curves, generalization gap, data-size curve; PNG/PDF/CSV written and the plotted values equal the
+CSV. Only what finished records name counts: unclaimed, missing and unreadable patches, hand-edited, corrupt and
+misplaced records, and diverged seeds are reported and counted. Nested training subsets on the local RTE copy."""
 
 import csv
-import hashlib
+import json
 import math
 
 import numpy as np
@@ -18,7 +19,7 @@ from bitfit_exp import analysis, plots
 from bitfit_exp.data import subset_rows
 from bitfit_exp.methods import BIAS_COMPONENTS, bias_component, select
 from bitfit_exp.patch import save_patch, trained_state
-from bitfit_exp.records import setting_key, write_json_atomic
+from bitfit_exp.records import seal, setting_key, write_json_atomic
 from bitfit_exp.runner import Prepared, run_seed
 
 LABELS = ["b_q", "b_k", "b_v", "b_m1", "b_LN1", "b_m2", "b_m3", "b_LN2"]
@@ -84,7 +85,8 @@ def check_png(path):
 
 @pytest.mark.parametrize("kind, prefix", [("bert", "bert.encoder.layer."), ("roberta", "roberta.encoder.layer.")])
 def test_bias_change_matches_known_perturbations(kind, prefix, tmp_path):
-    setting = tmp_path / "runs" / "tiny" / "rte" / "bitfit" / "lr0.001-abc"
+    for seed in (0, 1):
+        setting = write(tmp_path / "runs", make_record("bitfit", 1e-3, seed, 60, patch=True))
     _, names = write_patch(setting, kind, scale=1.0, seed=0)
     write_patch(setting, kind, scale=3.0, seed=1)
     assert names and all(n.startswith(prefix) for n in names)
@@ -95,14 +97,16 @@ def test_bias_change_matches_known_perturbations(kind, prefix, tmp_path):
     check_png(png)
     table = read_csv_table(png.with_suffix(".csv"))
     expected = expected_table(scale=2.0)  # mean over seeds of scale 1 and 3
-    assert list(table.index) == LABELS and list(table.columns) == ["1", "2", "Avg"]
+    assert list(table.index) == LABELS and list(table.columns) == ["1", "2", "Avg", "n_seeds", "of_seeds", "left_out"]
+    assert table["n_seeds"].eq(2).all() and table["of_seeds"].eq(2).all() and table["left_out"].isna().all()
+    table = table[["1", "2", "Avg"]]
     np.testing.assert_allclose(table.to_numpy(), expected.to_numpy(), rtol=1e-5, atol=1e-7)
     assert table.loc["b_k"].eq(0).all()
     assert table.loc["b_LN2", "2"] == pytest.approx(8 * 2 / 100 * 2.0, rel=1e-5)
 
     # The plotted heatmap holds exactly the CSV numbers, rows b_q (top) ... b_LN2.
     summary, info = analysis.bias_change_summary(setting)
-    assert info["n_seeds"] == 2 and info["method"] == "bitfit"
+    assert info["n_seeds"] == 2 and info["method"] == "bitfit" and info["note"] == "2 seeds"
     fig, ax, image = plots.plot_bias_change(summary, "t")
     np.testing.assert_allclose(np.asarray(image.get_array()), table.to_numpy(), rtol=1e-5, atol=1e-7)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "Avg"]
@@ -124,35 +128,127 @@ def test_bias_change_without_patch_is_a_clear_error(tmp_path, capsys):
 # synthetic run records
 
 
+FINGERPRINTS = {"model": "9f2c4e01a7b3d5e6", "data": {
+    "digest": "1c0ffee15bad5eed", "splits": {"train": {"rows": 2490, "sha": "aa11"}, "validation": {"rows": 277,
+                                                                                           "sha": "bb22"}}}}
+
+
 def make_record(method, lr, seed, dev, train=None, *, task="rte", model="minilm", n_train=800, subset=None,
-                epochs=None, max_train=None):
-    """A finished record whose selected (best) epoch scores `dev` / `train` (x100); `epochs` = [(dev, train, loss)]
-    overrides the per-epoch history (the best dev epoch is then the selected one)."""
-    data = {"max_train_samples": n_train if max_train is None else max_train, "train_subset_seed": subset}
-    config = {"model": {"name": model}, "task": {"name": task}, "method": {"name": method}, "optim": {"lr": lr},
-              "train": {"epochs": 3}, "data": data}
-    digest = hashlib.sha1(repr((model, task, method, lr, n_train, subset)).encode()).hexdigest()[:8]
+                epochs=None, max_train=None, diverge_at=None, patch=False):
+    """A sealed record, as the runner writes it, whose selected (best) epoch scores `dev` / `train` (x100);
+    `epochs` = [(dev, train, loss)] overrides the per-epoch history (the best dev epoch is then the selected one).
+    `diverge_at`: the seed diverged in that epoch (its metrics and those after it non-finite: null in the record).
+    `patch`: the record names seed<k>/patch.safetensors (write it with write_patch)."""
+    data = {"max_train_samples": n_train if max_train is None else max_train, "train_subset_seed": subset,
+            "max_length": 128, "dir": "/data/glue", "train_eval_samples": 200}
+    config = {"model": {"name": model, "name_or_path": f"hub/{model}"}, "task": {"name": task, "metric": "accuracy"},
+              "method": {"name": method}, "optim": {"lr": lr, "weight_decay": 0.0},
+              "train": {"epochs": 3, "batch_size": 8, "select": "best"}, "data": data}
     history = epochs or [(dev - 5, None if train is None else train - 5, 0.7), (dev, train, 0.5)]
+    nan = float("nan")
+    if diverge_at is not None:
+        history = [h if i + 1 < diverge_at else (nan, None if h[1] is None else nan, nan)
+                   for i, h in enumerate(history)]
     rows = [{"epoch": i + 1, "train_loss": loss, "dev": {"validation": {"accuracy": d / 100}},
              "train": {} if t is None else {"accuracy": t / 100}, "train_s": 1.0, "eval_s": 0.1}
             for i, (d, t, loss) in enumerate(history)]
-    best = max(rows, key=lambda r: r["dev"]["validation"]["accuracy"])
-    return {
-        "schema": 1, "status": "finished", "seed": seed,
-        "setting": {"model": model, "task": task, "method": method, "lr": lr, "hash": digest,
-                    "dir": f"{model}/{task}/{method}/lr{lr:g}-{digest}"},
+    finite = [r for r in rows if not math.isnan(r["dev"]["validation"]["accuracy"])]
+    best = max(finite, key=lambda r: r["dev"]["validation"]["accuracy"]) if finite else None
+    record = {
+        "status": "finished" if diverge_at is None else "diverged", "seed": seed,
         "main": {"split": "validation", "metric": "accuracy", "select": "best"},
         "columns": {"validation": task}, "params": {"pct_encoder": 100.0 if method == "full" else 0.1},
-        "epochs": rows, "best": best, "last": rows[-1], "chosen_epoch": best["epoch"],
-        "sizes": {"train": n_train, "train_probe": n_train, "validation": 277},
-        "config": config, "env": {"device": "cpu"}, "timings": {"finished_at": "2025-01-01T00:00:00+00:00"},
+        "epochs": rows, "best": best, "last": rows[-1], "chosen_epoch": best and best["epoch"],
+        "sizes": {"train": n_train, "train_probe": min(n_train, 200), "validation": 277},
+        "config": config, "fingerprints": FINGERPRINTS, "env": {"device": "cpu"},
+        "timings": {"finished_at": "2025-01-01T00:00:00+00:00"},
+        "artifacts": {"patch": "patch.safetensors"} if patch else {},
     }
+    if diverge_at is not None:
+        record["diverged"] = {"epoch": diverge_at, "reason": "non-finite training loss"}
+    return seal(record)
 
 
 def write(root, record):
+    """Write a sealed record where it belongs under `root`; returns its setting folder."""
     folder = root / record["setting"]["dir"]
     write_json_atomic(folder / f"seed{record['seed']}" / "record.json", record)
     return folder
+
+
+def warning_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning: ")]
+
+
+def bitfit_seeds(runs, scales, patch=True):
+    """Finished BitFit records of seeds 0..n-1 naming their patch, each patch moved by scales[seed]."""
+    for seed, scale in enumerate(scales):
+        setting = write(runs, make_record("bitfit", 1e-3, seed, 60, 70, patch=patch))
+        write_patch(setting, "bert", scale=scale, seed=seed)
+    return setting
+
+
+def bias_csv(out) -> pd.DataFrame:
+    [png] = out.glob("bias_change_*.png")
+    return read_csv_table(png.with_suffix(".csv"))
+
+
+def test_patch_without_record_is_ignored_with_a_warning(tmp_path, capsys):
+    """A kill between the patch and the record: the patch is left out, by name, and not averaged."""
+    setting = bitfit_seeds(tmp_path / "runs", [1.0, 3.0])
+    orphan, _ = write_patch(setting, "bert", scale=100.0, seed=2)  # seed 2 was killed before its record
+    out = tmp_path / "figs"
+    assert plots.main(["bias-change", str(setting), "--out", str(out)]) == 0
+    assert warning_lines(capsys.readouterr().err) == [
+        f"warning: {orphan}: no finished run record beside it (killed before the record was written, or the record "
+        f"is corrupt); ignored"]
+    table = bias_csv(out)
+    np.testing.assert_allclose(table[["1", "2", "Avg"]].to_numpy(), expected_table(scale=2.0).to_numpy(),
+                               rtol=1e-5, atol=1e-7)
+    assert table["n_seeds"].eq(2).all() and table["of_seeds"].eq(2).all()
+
+
+def test_missing_or_unreadable_patch_is_reported_and_counted(tmp_path, capsys, monkeypatch):
+    setting = bitfit_seeds(tmp_path / "runs", [1.0, 2.0, 3.0])
+    (setting / "seed1" / "patch.safetensors").unlink()
+    titles = []
+    draw = plots.plot_bias_change
+    monkeypatch.setattr(plots, "plot_bias_change", lambda table, title: (titles.append(title), draw(table, title))[1])
+
+    out = tmp_path / "figs"
+    assert plots.main(["bias-change", str(setting), "--out", str(out)]) == 0
+    missing = setting / "seed1" / "patch.safetensors"
+    assert warning_lines(capsys.readouterr().err) == [
+        f"warning: {missing}: patch named by {setting / 'seed1' / 'record.json'} is missing; seed 1 left out"]
+    assert titles[-1].endswith("\n2 of 3 seeds: seed 1's patch is missing")
+    table = bias_csv(out)
+    np.testing.assert_allclose(table[["1", "2", "Avg"]].to_numpy(), expected_table(scale=2.0).to_numpy(),
+                               rtol=1e-5, atol=1e-7)  # seeds 0 and 2: scales 1 and 3
+    assert table["n_seeds"].eq(2).all() and table["of_seeds"].eq(3).all()
+    assert table["left_out"].eq("seed 1's patch is missing").all()
+
+    (setting / "seed2" / "patch.safetensors").write_bytes(b"truncated")
+    table, info = analysis.bias_change_summary(setting)
+    assert info["note"] == "1 of 3 seeds: seed 1's patch is missing; seed 2's patch is unreadable"
+    assert info["patches"] == [str(setting / "seed0" / "patch.safetensors")]
+    assert info["warnings"][1].startswith(f"{setting / 'seed2' / 'patch.safetensors'}: unreadable patch (")
+    np.testing.assert_allclose(table.to_numpy(), expected_table(scale=1.0).to_numpy(), rtol=1e-5, atol=1e-7)
+
+    (setting / "seed0" / "patch.safetensors").unlink()
+    assert plots.main(["bias-change", str(setting), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (f"error: {setting}: no readable patch (seed 0's patch is missing; seed 1's patch "
+                                    f"is missing; seed 2's patch is unreadable)")
+    assert len(warning_lines(err)) == 3
+
+
+def test_patch_of_another_seed_is_not_averaged(tmp_path):
+    setting = bitfit_seeds(tmp_path / "runs", [1.0, 3.0])
+    (setting / "seed0" / "patch.safetensors").write_bytes((setting / "seed1" / "patch.safetensors").read_bytes())
+    table, info = analysis.bias_change_summary(setting)
+    assert info["note"] == "1 of 2 seeds: seed 0's patch is not its own"
+    assert info["warnings"] == [f"{setting / 'seed0' / 'patch.safetensors'}: it is seed 1's patch; seed 0 left out"]
+    np.testing.assert_allclose(table.to_numpy(), expected_table(scale=3.0).to_numpy(), rtol=1e-5, atol=1e-7)
 
 
 # -----------------------------------------------------------------------------
@@ -236,6 +332,91 @@ def test_gap_skips_records_without_a_train_metric(tmp_path):
     assert table.empty
 
 
+def test_hand_edited_record_is_ignored_by_name_and_the_others_draw(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for seed, (dev, train) in enumerate([(60, 90), (62, 94), (64, 98)]):
+        setting = write(runs, make_record("full", 2e-5, seed, dev, train))
+    edited = setting / "seed2" / "record.json"
+    record = json.loads(edited.read_text())
+    record["best"]["dev"]["validation"]["accuracy"] = 0.99  # a better score typed in by hand
+    edited.write_text(json.dumps(record))
+
+    per_seed, summary, info = analysis.curves(setting)
+    assert info["warnings"] == [f"{edited}: content does not match its digest (edited by hand?); ignored"]
+    assert sorted(per_seed["seed"].unique()) == [0, 1] and info["of_seeds"] == 2
+    table, warnings = analysis.gap_table(runs)
+    assert warnings == info["warnings"]
+    assert table.loc[0, ["n_seeds", "dev_mean", "gap_mean"]].tolist() == pytest.approx([2, 61, 31])
+
+    out = tmp_path / "figs"
+    assert plots.main(["gap", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    assert warning_lines(capsys.readouterr().err) == [f"warning: {info['warnings'][0]}"]
+    assert pd.read_csv(out / "generalization_gap.csv").loc[0, "dev_mean"] == pytest.approx(61)
+
+
+def diverged_runs(runs):
+    """Full-FT on subsets of 100 and 300 rows (seeds 0, 1 finished); at 300 seed 2 diverged in epoch 2 (epoch 1 is
+    finite and chosen); BitFit lr 1e-2 on 100 rows: both seeds diverged in epoch 1 (every metric null)."""
+    for seed, dev in enumerate((50, 54)):
+        write(runs, make_record("full", 5e-5, seed, dev, dev + 30, n_train=100, subset=0))
+    histories = {0: [(55, 70, 0.7), (57, 80, 0.5)], 1: [(57, 74, 0.6), (59, 90, 0.4)], 2: [(80, 80, 0.7), (0, 0, 0)]}
+    for seed, history in histories.items():
+        setting = write(runs, make_record("full", 5e-5, seed, 0, n_train=300, subset=0, epochs=history,
+                                          diverge_at=2 if seed == 2 else None))
+    for seed in (0, 1):
+        write(runs, make_record("bitfit", 1e-2, seed, 50, 50, n_train=100, subset=0, diverge_at=1))
+    return setting
+
+
+def test_diverged_seeds_are_counted_not_averaged(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    setting = diverged_runs(runs)
+
+    per_seed, summary, info = analysis.curves(setting)
+    assert info["diverged"] == {2: 2} and info["n_seeds"] == 2 and info["of_seeds"] == 3
+    assert info["note"] == "2 of 3 seeds: seed 2 diverged in epoch 2"
+    dev = summary[summary["series"] == "dev"].set_index("epoch")
+    assert list(dev["mean"]) == pytest.approx([56, 58]) and list(dev["n"]) == [2, 2]  # seed 2's 80 is not in it
+    late = per_seed[(per_seed["seed"] == 2) & (per_seed["epoch"] == 2)]
+    assert late["value"].isna().all() and set(late["status"]) == {"diverged"}
+
+    gaps, _ = analysis.gap_table(runs)
+    full300 = gaps[(gaps["method"] == "full") & (gaps["n_train"] == 300)].iloc[0]
+    assert [full300.n_seeds, full300.n_diverged] == [2, 1]
+    assert [full300.train_mean, full300.dev_mean, full300.gap_mean] == pytest.approx([85, 58, 27])
+    bitfit = gaps[gaps["method"] == "bitfit"].iloc[0]
+    assert [bitfit.n_seeds, bitfit.n_diverged] == [0, 2] and math.isnan(bitfit.gap_mean)
+
+    sizes, _ = analysis.datasize_table(runs, "rte")
+    full = sizes[sizes["method"] == "full"].set_index("n_train")
+    assert list(full["mean"]) == pytest.approx([52, 58]) and list(full["n"]) == [2, 2]
+    assert list(full["n_diverged"]) == [0, 1] and full.loc[300, "seeds"] == "0 1"
+    bitfit = sizes[sizes["method"] == "bitfit"].iloc[0]
+    assert [bitfit.n, bitfit.n_diverged, bitfit.seeds] == [0, 2, ""] and math.isnan(bitfit["mean"])
+
+    out = tmp_path / "figs"
+    for command in (["curves", str(setting)], ["gap", "--runs-dir", str(runs)],
+                    ["datasize", "--runs-dir", str(runs), "--task", "rte"]):
+        assert plots.main([*command, "--out", str(out)]) == 0
+    assert warning_lines(capsys.readouterr().err) == []
+    curve = pd.read_csv(out / f"curves_minilm_rte_full_lr5e-05_{setting.name.rsplit('-', 1)[1]}.csv")
+    means = curve[(curve["seed"] == "mean") & (curve["series"] == "dev")]
+    assert list(means["value"]) == pytest.approx([56, 58]) and set(means["n"]) == {2}
+    assert len(curve[curve["status"] == "diverged"]) > 0
+    markdown = (out / "generalization_gap.md").read_text()
+    assert "| 300 (subset seed 0) | Full-FT | 5e-05 | 2 (+1 diverged) | 85.0±7.1 | 58.0±1.4 | 27.0±5.7 |" in markdown
+    assert "| BitFit | 0.01 | 0 (+2 diverged) | — | — | — |" in markdown
+    written = pd.read_csv(out / "datasize_minilm_rte.csv")
+    assert written["n_diverged"].tolist() == [2, 0, 1]  # bitfit 100; full 100, 300
+    fig, ax, bars = plots.plot_gap(gaps)
+    assert "3 diverged seeds, not in the means" in ax.get_title()
+    assert [t.get_text() for t in ax.texts] == ["30.0", "27.0", "diverged"]
+    assert bars["bitfit"].get_label() == "BitFit (2 diverged)"
+    fig, ax, lines = plots.plot_datasize(sizes, "t", "accuracy")
+    assert set(lines) == {"Full-FT (lr 5e-05), 1 diverged", "BitFit (lr 0.01), 2 diverged"}
+    assert ax.get_title() == "t\n3 diverged runs, not in the means"
+
+
 # -----------------------------------------------------------------------------
 # data size (Figure 2)
 
@@ -274,22 +455,55 @@ def test_datasize_curve_hand_computed(tmp_path):
     assert ax.get_xscale() == "log" and "Training examples" in ax.get_xlabel()
 
 
-def test_all_writes_every_figure_the_records_allow(tmp_path):
+def test_all_draws_every_figure_and_reports_every_bad_input(tmp_path, capsys):
     runs = tmp_path / "runs"
     for seed in (0, 1):
-        write(runs, make_record("full", 5e-5, seed, 60 + seed, 80 + seed))
+        full = write(runs, make_record("full", 5e-5, seed, 60 + seed, 80 + seed))
         for n in (100, 300):
-            setting = write(runs, make_record("bitfit", 1e-3, seed, 50 + n / 100, 70, n_train=n, subset=0))
+            setting = write(runs, make_record("bitfit", 1e-3, seed, 50 + n / 100, 70, n_train=n, subset=0,
+                                              patch=(seed, n) == (0, 300)))
     write_patch(setting, "bert", scale=1.0, seed=0)
+    # Bad inputs, each to be reported by path while everything else is drawn:
+    corrupt = full / "seed2" / "record.json"
+    corrupt.parent.mkdir()
+    corrupt.write_text('{"schema": 2, "status": "fini')  # a half-written record (not written atomically)
+    misplaced = full / "seed3" / "record.json"
+    misplaced.parent.mkdir()
+    misplaced.write_text((full / "seed0" / "record.json").read_text())  # copied into another seed's folder
+    orphan, _ = write_patch(full, "bert", scale=1.0, seed=4)  # killed between its patch and its record
+    broken = write(runs, make_record("full", 1e-4, 0, 50, 70, patch=True)) / "seed0"  # names a patch never written
+
     out = tmp_path / "figs"
     assert plots.main(["all", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    lines = warning_lines(err)
+    assert len(lines) == len(err.splitlines()) == 5
+    for path in (corrupt, misplaced, orphan, broken / "patch.safetensors"):
+        assert sum(line.startswith(f"warning: {path}: ") for line in lines) == 1, path
+    assert f"warning: {broken.parent}: bias-change figure not drawn (NothingToDraw: {broken.parent}: no readable " \
+           f"patch (seed 0's patch is missing))" in lines
     for name in ("generalization_gap", "datasize_minilm_rte"):
         for ext in ("png", "pdf", "csv"):
             assert (out / f"{name}.{ext}").stat().st_size > 0
-    assert len(list((out / "curves").glob("*.png"))) == 3 == len(list((out / "curves").glob("*.csv")))
+    assert len(list((out / "curves").glob("*.png"))) == 4 == len(list((out / "curves").glob("*.csv")))
     assert len(list(out.glob("bias_change_*.png"))) == 1
+    curve = pd.read_csv(out / "curves" / f"curves_minilm_rte_full_lr5e-05_{full.name.rsplit('-', 1)[1]}.csv")
+    assert sorted(set(curve["seed"])) == ["0", "1", "mean"]  # not the corrupt and the misplaced record
     with open(out / "generalization_gap.csv") as f:
-        assert len(list(csv.DictReader(f))) == 3  # full on 800 first rows, bitfit on subsets of 100 and 300
+        rows = list(csv.DictReader(f))
+    # full on 800 first rows (lr 5e-5 of 2 lrs, 2 seeds), bitfit on subsets of 100 and 300
+    assert [(r["method"], r["n_train"], r["lr"], r["n_seeds"], r["n_lrs"]) for r in rows] == [
+        ("bitfit", "100", "0.001", "2", "1"), ("bitfit", "300", "0.001", "2", "1"), ("full", "800", "5e-05", "2", "2")]
+
+    # Nothing drawable: every input is reported, exit 1; no inputs at all: exit 2.
+    only_bad = tmp_path / "bad" / corrupt.relative_to(runs)
+    only_bad.parent.mkdir(parents=True)
+    only_bad.write_text("{")
+    bad_root = tmp_path / "bad"
+    assert plots.main(["all", "--runs-dir", str(bad_root), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith(f"warning: {only_bad}: unreadable run record")
+    assert err[1] == f"error: nothing drawn from {bad_root}: 1 bad input(s), listed above"
     assert plots.main(["all", "--runs-dir", str(tmp_path / "empty"), "--out", str(out)]) == 2
 
 
@@ -327,7 +541,9 @@ def test_prepared_train_subsets_are_nested_across_sizes(tiny_bert_dir, glue_dir,
     plain = OmegaConf.to_container(compose(*quick(tiny_bert_dir, tmp_path, "data.max_train_samples=100")),
                                    resolve=True)
     without_key = {**plain, "data": {k: v for k, v in plain["data"].items() if k != "train_subset_seed"}}
-    assert setting_key(plain)["hash"] == setting_key(without_key)["hash"] != setting_key(resolved)["hash"]
+    prints = {"model": "m0", "data": "d0"}
+    assert setting_key(plain, prints)["hash"] == setting_key(without_key, prints)["hash"] \
+        != setting_key(resolved, prints)["hash"]
     record = run_seed(cfg, 0, p100, tmp_path / "seed0", torch.device("cpu"))
     assert record["config"]["data"]["train_subset_seed"] == 3 and record["sizes"]["train"] == 100
 
