@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> float | None:
             raise UserError(f"unknown method {cfg.method.name!r}; valid: {', '.join(sorted(METHODS))}")
         if _needs_hub(cfg):
             settle_offline_mode()
-        from bitfit_exp.runner import mean_std, run_job, score
+        from bitfit_exp.runner import objective, run_job
 
         settings = run_job(cfg)
     except UserError as e:
@@ -68,8 +68,7 @@ def run(cfg: DictConfig) -> float | None:
     except Stopped as e:
         print(f"stopped: {e}", file=sys.stderr)
         raise SystemExit(3) from None
-    means = [mean_std([score(r) for r in records])[0] for records in settings if records]
-    return max(means) if means else None
+    return objective(settings)
 
 
 def _task_configs(names) -> list[DictConfig]:

@@ -30,6 +30,7 @@ from bitfit_exp.records import (
     Claim,
     adopt_v1,
     backup,
+    check_runs_dir,
     done,
     environment,
     job_settings,
@@ -218,6 +219,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def objective(settings: list[list[dict]]) -> float | None:
+    """The best mean main dev score over the job's settings (what a Hydra sweeper optimises); None when none has a
+    finished seed."""
+    means = [mean_std(scores)[0] for records in settings
+             if (scores := [score(r) for r in records if r["status"] == "finished" and score(r) is not None])]
+    return max(means) if means else None
+
+
 def _pct(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
@@ -399,7 +408,7 @@ def run_job(cfg) -> list[list[dict]]:
     """Train every unfinished seed of the job's settings (one, or the lr grid with train.pack_lrs); returns, per
     setting, all its done records (finished or diverged)."""
     device = pick_device(cfg.train.device)
-    root = Path(cfg.runs_dir).expanduser()
+    root = check_runs_dir(cfg.runs_dir)
     prepared = Prepared(cfg)  # the learning rate does not change the data
     settings = job_members(cfg, prepared, root)
     for _, key, members in settings:
