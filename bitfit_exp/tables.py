@@ -231,6 +231,9 @@ def select_best_lr(df: pd.DataFrame) -> pd.DataFrame:
 # protocols: which records make a table
 
 
+_UNSET = object()
+
+
 def flat(config: dict) -> dict:
     """{"train.batch_size": 8, ...} from {"train": {"batch_size": 8}, ...}."""
     return {f"{group}.{key}": value for group, values in config.items() for key, value in (values or {}).items()}
@@ -242,7 +245,7 @@ def fmt_value(value) -> str:
 
 def config_diff(ours: dict, table: dict, table_name: str = "table") -> str:
     """The keys whose values differ between two flat configs: "train.batch_size=16 (table: 8)"."""
-    keys = [k for k in (*table, *(k for k in ours if k not in table)) if ours.get(k, KeyError) != table.get(k, KeyError)]
+    keys = [k for k in (*table, *(k for k in ours if k not in table)) if ours.get(k, _UNSET) != table.get(k, _UNSET)]
     return ", ".join(f"{k}={fmt_value(ours[k]) if k in ours else '(unset)'} "
                      f"({table_name}: {fmt_value(table[k]) if k in table else '(unset)'})" for k in keys)
 
@@ -350,6 +353,36 @@ class Selection:
     left_out: list[str]
 
 
+def _table_cell(df: pd.DataFrame, found: pd.DataFrame, target: Composed, experiment: str):
+    """One cell of a paper table: the best rows of the records of `target`'s protocol at its sweep's lrs (the
+    checkpoint/data identity with the most done seeds; None when there are none), and a line per left-out group of
+    the cell's records (`found`: its protocols, one row each; `df`: its rows)."""
+    main = df[df["main"] & df["lr"].map(target.sweeps)]
+    matching = found[found["protocol"] == target.key]
+    counts = matching.assign(n_records=[(main["protocol_id"] == pid).sum() for pid in matching["protocol_id"]])
+    counts = counts[counts["n_records"] > 0]
+    used = _most_records(counts) if len(counts) else None
+    chosen = select_best_lr(df[(df["protocol_id"] == used) & df["lr"].map(target.sweeps)]) if used else None
+    used_identity = json.loads(counts.set_index("protocol_id").at[used, "identity"]) if used else None
+    left_out, sweep = [], ", ".join(f"{x:g}" for x in target.lrs)
+    for p in found.itertuples():
+        if p.protocol != target.key:
+            diff = config_diff(flat(json.loads(p.protocol)), flat(target.config), experiment)
+            left_out.append(_left_out_line(p, f"with another config: {diff}"))
+            continue
+        mine = df[df["main"] & (df["protocol_id"] == p.protocol_id)]
+        outside = mine[~mine["lr"].map(target.sweeps)]
+        if len(outside):
+            lrs = ", ".join(f"{x:g}" for x in sorted(set(outside["lr"])))
+            left_out.append(_left_out_line(p, f"at lrs outside the sweep of +experiment={experiment}: {lrs} (sweep: "
+                                              f"{sweep})", len(outside), outside["lr"].nunique()))
+        inside = mine[mine["lr"].map(target.sweeps)]
+        if p.protocol_id != used and len(inside):
+            what = f"with another checkpoint or data: {identity_diff(json.loads(p.identity), used_identity)}"
+            left_out.append(_left_out_line(p, what, len(inside), inside["lr"].nunique()))
+    return chosen, left_out
+
+
 def table_selection(df: pd.DataFrame, table: TableDef) -> Selection:
     """The cells of a paper table from collect's rows: per (model, task, method) the protocol of its experiment's
     config (composed) at the lrs its sweep trains, and of the records with that config the checkpoint/data identity
@@ -359,7 +392,6 @@ def table_selection(df: pd.DataFrame, table: TableDef) -> Selection:
     protocols = _protocols(select_best_lr(df))
     wanted = composed_protocols((table.experiments.get(p.model), p.model, p.task, p.method)
                                 for p in protocols.itertuples())
-    main = df[df["main"]]
     chosen, left_out = [], []
     for (model, task, method), found in protocols.groupby(KEY, sort=False):
         experiment = table.experiments.get(model)
@@ -368,35 +400,14 @@ def table_selection(df: pd.DataFrame, table: TableDef) -> Selection:
             left_out += [_left_out_line(p, f"with no config of +experiment={experiment} to compare ({target})")
                          for p in found.itertuples()]
             continue
-        matching = found[found["protocol"] == target.key]
-        in_sweep = {pid: main[(main["protocol_id"] == pid) & main["lr"].map(target.sweeps)] for pid in
-                    matching["protocol_id"]}
-        counts = matching.assign(n_records=[len(in_sweep[pid]) for pid in matching["protocol_id"]])
-        used = _most_records(counts[counts["n_records"] > 0]) if (counts["n_records"] > 0).any() else None
-        if used is not None:
-            rows = df[(df["protocol_id"] == used) & df["lr"].map(target.sweeps)]
-            chosen.append(select_best_lr(rows).assign(expected_lrs=target.expected_lrs))
-        used_identity = json.loads(matching.set_index("protocol_id").at[used, "identity"]) if used else None
-        for p in found.itertuples():
-            if p.protocol == target.key:
-                outside = main[(main["protocol_id"] == p.protocol_id) & ~main["lr"].map(target.sweeps)]
-                if len(outside):
-                    lrs = ", ".join(f"{x:g}" for x in sorted(set(outside["lr"])))
-                    left_out.append(_left_out_line(p, f"at lrs outside the sweep of +experiment={experiment}: {lrs} "
-                                                      f"(sweep: {', '.join(f'{x:g}' for x in target.lrs)})",
-                                                   len(outside), outside["lr"].nunique()))
-                if p.protocol_id != used and len(in_sweep[p.protocol_id]):
-                    what = f"with another checkpoint or data: {identity_diff(json.loads(p.identity), used_identity)}"
-                    left_out.append(_left_out_line(p, what, len(in_sweep[p.protocol_id]),
-                                                   in_sweep[p.protocol_id]["lr"].nunique()))
-            else:
-                diff = config_diff(flat(json.loads(p.protocol)), flat(target.config), experiment)
-                left_out.append(_left_out_line(p, f"with another config: {diff}"))
+        rows = df[(df["model"] == model) & (df["task"] == task) & (df["method"] == method)]
+        best, lines = _table_cell(rows, found, target, experiment)
+        chosen += [] if best is None else [best.assign(expected_lrs=target.expected_lrs)]
+        left_out += lines
     picked = pd.concat(chosen, ignore_index=True) if chosen else select_best_lr(df.iloc[:0])
     return Selection(picked.assign(variant=""), [(m, f, "") for m, f in table.rows], left_out)
 
 
-_DEFAULT = object()
 CONFIG_GROUPS = ["model", "task", "method", "optim", "train", "data"]  # records.result_config's order
 
 
@@ -417,7 +428,7 @@ def _variant_labels(signatures: dict[tuple, list[dict]]) -> dict[tuple, str]:
         return dict.fromkeys(signatures, "")
     diffs = {sig: dict(sig[0]) for sig in signatures}
     keys = sorted({k for d in diffs.values() for k in d}, key=_key_order)
-    keys = [k for k in keys if len({d.get(k, _DEFAULT) for d in diffs.values()}) > 1]
+    keys = [k for k in keys if len({d.get(k, _UNSET) for d in diffs.values()}) > 1]
     fps = {sig[1] for sig in signatures}
     labels = {}
     for sig, defaults in signatures.items():
@@ -434,6 +445,15 @@ def _variant_labels(signatures: dict[tuple, list[dict]]) -> dict[tuple, str]:
     return labels
 
 
+def _reference(protocols: pd.DataFrame, p, default: Composed | str) -> dict:
+    """The flat config protocol p is described against: the default config of its (model, task, method), or where
+    that cannot be composed (an unknown name) the protocol of that cell with the most records."""
+    if isinstance(default, Composed):
+        return flat(default.config)
+    same = protocols[(protocols["model"] == p.model) & (protocols["task"] == p.task) & (protocols["method"] == p.method)]
+    return flat(json.loads(same.sort_values("n_records", ascending=False).iloc[0]["protocol"]))
+
+
 def ours_selection(best: pd.DataFrame) -> Selection:
     """Every (model, method, protocol) found, one row each. A row collects, over tasks, the protocols that differ
     from the default config of their (model, task, method) (`bitfit-run model=... task=... method=...`, composed) in
@@ -444,15 +464,9 @@ def ours_selection(best: pd.DataFrame) -> Selection:
     defaults = composed_protocols((None, p.model, p.task, p.method) for p in protocols.itertuples())
     rows, per_row = {}, {}  # (model, method) -> {signature: [flat defaults]}; (model, method, sig, task) -> ids
     for p in protocols.itertuples():
-        default = defaults[(None, p.model, p.task, p.method)]
-        if isinstance(default, str):  # no config to compose: compare with the most-run protocol of the cell
-            same = protocols[(protocols["model"] == p.model) & (protocols["task"] == p.task)
-                             & (protocols["method"] == p.method)]
-            reference = flat(json.loads(same.sort_values("n_records", ascending=False).iloc[0]["protocol"]))
-        else:
-            reference = flat(default.config)
+        reference = _reference(protocols, p, defaults[(None, p.model, p.task, p.method)])
         mine = flat(json.loads(p.protocol))
-        diff = {k: mine.get(k) for k in (*reference, *mine) if mine.get(k, _DEFAULT) != reference.get(k, _DEFAULT)}
+        diff = {k: mine.get(k) for k in (*reference, *mine) if mine.get(k, _UNSET) != reference.get(k, _UNSET)}
         sig = _signature(diff, p.identity)
         rows.setdefault((p.model, p.method), {}).setdefault(sig, []).append(reference)
         per_row.setdefault((p.model, p.method, sig, p.task), []).append(p.protocol_id)

@@ -427,6 +427,15 @@ def test_ours_has_one_labelled_row_per_protocol(tmp_path):
                            ("minilm", "bitfit", "train.batch_size=8, data.max_train_samples=null"),
                            ("minilm", "bitfit", "train.batch_size=16, data.max_train_samples=2000")]
     assert chosen.left_out == []
+    copy = fingerprints("minilm", "rte", data="data-rte-copy")  # the same config on another copy of the data
+    write(tmp_path, make_record("minilm", "rte", "full", 1e-5, 0, 99.0, changes=odd, prints=copy))
+    write(tmp_path, make_record("minilm", "rte", "full", 2e-5, 0, 64.0, changes=odd))
+    again = ours_selection(select_best_lr(collect(tmp_path)[0]))
+    assert again.rows == chosen.rows and again.left_out == [
+        "left out of MiniLM-L6 Full-FT RTE: 1 record (1 lr) with another data set: data fingerprint data-rte-copy "
+        "(used: data-rte)"]
+    full = again.best[again.best["method"] == "full"]
+    assert full["mean"].tolist() == [pytest.approx(64.0)] and full["lr"].tolist() == [2e-5]  # 2 lrs of 2 records
     table = build_table(chosen.best, chosen.rows, expected_seeds=2)
     by_method = dict(zip(table["Method"], zip(table["RTE"], table["MRPC"], strict=True), strict=True))
     assert by_method == {"Full-FT": ("63.0±0.0 (1/2 seeds, 1/4 lrs)", "—"),
