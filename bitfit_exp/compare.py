@@ -2,10 +2,15 @@
 
     bitfit-compare ~/runs-one-by-one ~/runs-packed            # Markdown table; --csv FILE also writes the cells
 
-For every (model, task, method, lr, dev column) present under both runs dirs: mean±std (ddof=1) over seeds of each,
-the difference B - A, ✓ when |Δ| <= max(std A, std B) (the tables' "within seed noise" rule), and Welch's t-test
-p-value. Settings are matched by their setting hash, which leaves out how a run was trained (train.packed,
-packed_dropout, pack_lrs, compile, device), so packed and one-by-one runs of one setting match.
+For every (model, task, method, protocol, lr, dev column) present under both runs dirs: mean±std (ddof=1) over the
+finished seeds of each, the difference B - A, ✓ when |Δ| <= max(std A, std B) (the tables' "within seed noise" rule),
+and Welch's t-test p-value. Diverged seeds are counted next to each side ("n=4, 1 diverged"), never averaged.
+
+Settings are matched by protocol (records.protocol: the result config without the lr, and the checkpoint and data
+read) and lr, which is what the setting hash covers: how a run was trained (train.packed, packed_dropout, pack_lrs,
+compile, device) is not a result key, so packed and one-by-one runs of one setting match, while a run that differs
+in anything that changes results (batch size, epochs, a data slice, another checkpoint) does not, and is counted
+as present under one side only.
 """
 
 import argparse
@@ -17,37 +22,60 @@ from scipy import stats
 
 from bitfit_exp.tables import collect
 
-GROUP = ["model", "task", "method", "lr", "hash", "column"]
+GROUP = ["model", "task", "method", "protocol_id", "lr", "column"]
+CELL_COLUMNS = [*GROUP, "hash", "mean_a", "std_a", "n_a", "diverged_a", "mean_b", "std_b", "n_b", "diverged_b",
+                "delta", "within_noise", "welch_p"]
+
+
+def _side(rows: pd.DataFrame) -> tuple:
+    """Finished scores, their mean and std (NaN below two), and how many seeds diverged or have no score."""
+    scores = rows["score"].dropna().to_numpy()
+    mean = float(scores.mean()) if len(scores) else math.nan
+    std = float(scores.std(ddof=1)) if len(scores) > 1 else math.nan
+    return scores, mean, std, len(rows) - len(scores)
 
 
 def compare_runs(dir_a, dir_b) -> tuple[pd.DataFrame, list[str]]:
+    """One row per setting and dev column found under both (CELL_COLUMNS), and the warnings: skipped files, and how
+    many settings lie under one side only."""
     (a, warn_a), (b, warn_b) = collect(dir_a), collect(dir_b)
+    right = dict(list(b.groupby(GROUP, sort=False)))
     rows = []
     for key, left in a.groupby(GROUP, sort=True):
-        right = b
-        for col, value in zip(GROUP, key, strict=True):
-            right = right[right[col] == value]
-        if right.empty:
+        if key not in right:
             continue
-        x, y = left["score"].to_numpy(), right["score"].to_numpy()
-        sd_a = float(x.std(ddof=1)) if len(x) > 1 else math.nan
-        sd_b = float(y.std(ddof=1)) if len(y) > 1 else math.nan
-        delta = float(y.mean() - x.mean())
+        (x, mean_a, sd_a, bad_a), (y, mean_b, sd_b, bad_b) = _side(left), _side(right[key])
+        delta = mean_b - mean_a
         p = float(stats.ttest_ind(x, y, equal_var=False).pvalue) if len(x) > 1 and len(y) > 1 else math.nan
         noise = max(s for s in (sd_a, sd_b, 0.0) if not math.isnan(s))
-        rows.append({**dict(zip(GROUP, key, strict=True)), "mean_a": float(x.mean()), "std_a": sd_a,
-                     "n_a": len(x), "mean_b": float(y.mean()), "std_b": sd_b, "n_b": len(y), "delta": delta,
-                     "within_noise": abs(delta) <= noise, "welch_p": p})
-    return pd.DataFrame(rows), warn_a + warn_b
+        rows.append({**dict(zip(GROUP, key, strict=True)), "hash": left["hash"].iloc[0],
+                     "mean_a": mean_a, "std_a": sd_a, "n_a": len(x), "diverged_a": bad_a,
+                     "mean_b": mean_b, "std_b": sd_b, "n_b": len(y), "diverged_b": bad_b, "delta": delta,
+                     "within_noise": pd.NA if math.isnan(delta) else abs(delta) <= noise, "welch_p": p})
+    notes = []
+    for name, mine, other in (("A", a, b), ("B", b, a)):
+        only = set(map(tuple, mine[GROUP[:-1]].to_numpy())) - set(map(tuple, other[GROUP[:-1]].to_numpy()))
+        if only:
+            notes.append(f"{len(only)} setting(s) only under {name} (no record of the same protocol and lr under "
+                         f"the other): {', '.join(sorted(f'{m}/{t}/{f} lr {lr:g}' for m, t, f, _, lr in only))}")
+    return pd.DataFrame(rows, columns=CELL_COLUMNS), warn_a + warn_b + notes
+
+
+def _fmt_side(mean, std, n, diverged) -> str:
+    if n == 0:
+        return f"diverged ({diverged}/{diverged})" if diverged else "—"
+    bad = f", {diverged} diverged" if diverged else ""
+    return f"{mean:.2f}±{std:.2f} (n={n}{bad})"
 
 
 def to_markdown(cells: pd.DataFrame, name_a: str, name_b: str) -> str:
     lines = [f"| model | task | method | lr | column | A: {name_a} | B: {name_b} | Δ (B-A) | Welch p |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in cells.itertuples():
-        lines.append(f"| {r.model} | {r.task} | {r.method} | {r.lr:g} | {r.column} | {r.mean_a:.2f}±{r.std_a:.2f} "
-                     f"(n={r.n_a}) | {r.mean_b:.2f}±{r.std_b:.2f} (n={r.n_b}) | {r.delta:+.2f} "
-                     f"{'✓' if r.within_noise else '✗'} | {r.welch_p:.2f} |")
+        delta = "—" if pd.isna(r.within_noise) else f"{r.delta:+.2f} {'✓' if r.within_noise else '✗'}"
+        lines.append(f"| {r.model} | {r.task} | {r.method} | {r.lr:g} | {r.column} | "
+                     f"{_fmt_side(r.mean_a, r.std_a, r.n_a, r.diverged_a)} | "
+                     f"{_fmt_side(r.mean_b, r.std_b, r.n_b, r.diverged_b)} | {delta} | {r.welch_p:.2f} |")
     return "\n".join(lines)
 
 
@@ -61,11 +89,13 @@ def main(argv=None) -> int:
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if cells.empty:
-        print(f"error: no setting has finished records under both {args.runs_a} and {args.runs_b}", file=sys.stderr)
+        print(f"error: no setting has done records under both {args.runs_a} and {args.runs_b}", file=sys.stderr)
         return 2
     print(to_markdown(cells, args.runs_a, args.runs_b))
-    within = int(cells["within_noise"].sum())
-    print(f"\n{within}/{len(cells)} settings within seed noise (|Δ| <= max std)")
+    compared = cells.dropna(subset=["within_noise"])
+    within = int(compared["within_noise"].astype(bool).sum())
+    print(f"\n{within}/{len(compared)} settings within seed noise (|Δ| <= max std)"
+          + (f"; {len(cells) - len(compared)} with no finished seed on one side" if len(compared) < len(cells) else ""))
     if args.csv:
         cells.to_csv(args.csv, index=False)
     return 0
