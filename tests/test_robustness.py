@@ -392,3 +392,36 @@ def test_a_diverging_setting_does_not_disturb_its_pack(clip, tmp_path, no_dropou
         for name in a.chosen_state:
             assert torch.isfinite(b.chosen_state[name]).all()
             torch.testing.assert_close(b.chosen_state[name], a.chosen_state[name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_diverged_setting_stays_diverged_when_its_pack_resumes(tmp_path, no_dropout_dir, glue_dir):
+    from bitfit_exp.packed import train_packed
+    from bitfit_exp.runner import Prepared, start_seed
+    from bitfit_exp.training import Stopped, read_checkpoint
+
+    cfg = compose(*quick(no_dropout_dir, tmp_path, "task=stsb", "train.grad_clip=null", "train.epochs=2"))
+    prepared = Prepared(cfg)
+    seeds, lrs = [0, 1], [0.05, 1e30]
+    paths = [tmp_path / f"seed{s}" / "checkpoint.pt" for s in seeds]
+
+    def pack(resume=None):
+        inits = []
+        for seed in seeds:
+            model, selection, _ = start_seed(cfg, seed, torch.device("cpu"))
+            inits.append({n: p.detach().clone() for n, p in model.named_parameters() if n in selection.params})
+        return train_packed(model, selection, inits, seeds, lrs, prepared.train, prepared.train_probe,
+                            prepared.dev, cfg, torch.device("cpu"), prepared.pad_id, paths, resume=resume)
+
+    whole = pack()
+    cfg.train.stop_after_epochs = 1
+    with pytest.raises(Stopped):
+        pack()
+    states = [read_checkpoint(p, "packed") for p in paths]
+    assert states[1]["diverged"] == {"epoch": 1, "reason": "non-finite training loss"}
+    assert all(torch.isfinite(v).all() for v in states[1]["trained"].values())  # parked, no NaN carried
+    cfg.train.stop_after_epochs = None
+    resumed = pack(states)
+    assert resumed[1].diverged == whole[1].diverged == states[1]["diverged"] and resumed[1].epochs == []
+    assert resumed[0].resumed_after == 1 and resumed[0].diverged is None
+    assert [r["train_loss"] for r in resumed[0].epochs] == pytest.approx([r["train_loss"] for r in whole[0].epochs],
+                                                                           rel=1e-6)
