@@ -4,7 +4,12 @@
 >>> compute_metrics(["accuracy", "f1"], predictions=[1, 0, 1, 1], labels=[1, 0, 0, 1])
 {'accuracy': 0.75, 'f1': 0.8}
 
-Values are fractions in [0, 1] (correlations in [-1, 1]); tables multiply by 100 like the paper.
+Values are fractions in [0, 1] (correlations in [-1, 1]); tables multiply by 100 like the paper. Predictions that
+are not all finite (a diverged model) score NaN on every metric, without a warning; run records store NaN as null
+(`records.write_json_atomic`).
+
+>>> compute_metrics(["accuracy", "pearson"], predictions=[1.0, float("nan")], labels=[1, 0])
+{'accuracy': nan, 'pearson': nan}
 """
 
 from collections.abc import Callable, Sequence
@@ -16,6 +21,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 def _correlation(fn):
     def metric(predictions, labels):
+        predictions, labels = np.asarray(predictions, np.float64), np.asarray(labels, np.float64)  # float32 overflows
         if np.std(predictions) == 0 or np.std(labels) == 0:
             return 0.0  # undefined for a constant input; 0 is what a constant predictor deserves
         return float(fn(predictions, labels)[0])
@@ -38,4 +44,6 @@ def compute_metrics(names: Sequence[str], predictions, labels) -> dict[str, floa
     if unknown:
         raise ValueError(f"unknown metric {unknown[0]!r}; valid: {', '.join(METRICS)}")
     p, y = np.asarray(predictions), np.asarray(labels)
+    if p.dtype.kind in "fc" and not np.isfinite(p).all():
+        return dict.fromkeys(names, float("nan"))
     return {name: METRICS[name](p, y) for name in names}

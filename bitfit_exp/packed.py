@@ -32,16 +32,20 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from bitfit_exp.data import Encoded, gather, padding
+from bitfit_exp.errors import UserError
 from bitfit_exp.methods import Selection
 from bitfit_exp.metrics import compute_metrics
 from bitfit_exp.training import (
     SeedResult,
     Stopped,
+    checkpoint_problem,
     compiled,
     freeze,
     lr_schedule,
+    non_finite,
     predict,
     save_checkpoints,
+    set_aside_checkpoint,
 )
 
 ATTENTION = "bitfit_per_setting"
@@ -301,6 +305,11 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
     `resume[k]`, a state read from such a checkpoint (`read_checkpoint(path, "packed")`), continues setting k from
     it; all settings of one call must be at the same epoch (the runner groups them). With per-setting dropout a
     setting resumes exactly, whichever settings share the new pack.
+
+    A setting that diverges (non-finite mean training loss or predictions in an epoch) stops there as in
+    `train_seed`; the others train on unchanged. Its rows never mix with theirs (every op is per row or per setting,
+    clipping included), and it is parked from then on: its finite chosen state (or its init) back in place, its
+    learning rate and Adam moments zeroed, so the pack carries no NaN.
     """
     k = len(seeds)
     checkpoints = checkpoints or [None] * k
@@ -321,8 +330,10 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
     show = {"auto": None, True: False, False: True}[cfg.train.progress]
     regression = cfg.task.num_labels == 1
     pad = padding(cfg.data)
+    keep_last = cfg.train.select != "best"
 
-    epochs, best, best_state = [[] for _ in range(k)], [None] * k, [None] * k
+    # kept[i]: the state of the epoch train.select would choose so far for setting i (best, or last finite)
+    epochs, best, kept, diverged = [[] for _ in range(k)], [None] * k, [None] * k, [None] * k
     train_s, eval_s, first = [0.0] * k, [0.0] * k, 1
     saved = resume or [None] * k
     if any(saved):
@@ -330,18 +341,31 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
         if len(done) != 1:
             raise ValueError(f"settings of one pack must resume from the same epoch, got {sorted(done)}")
         first = done.pop() + 1
+        shapes = {name: t.shape[1:] for name, t in zip(params.names, params.tensors, strict=True)}
         for i, state in enumerate(saved):
+            if problem := checkpoint_problem(state, "packed", shapes):
+                if checkpoints[i] is not None:
+                    set_aside_checkpoint(checkpoints[i], f"checkpoint {checkpoints[i]} {problem}")
+                raise UserError(f"seed {seeds[i]} lr={lrs[i]:g}: its checkpoint does not fit this model ({problem}); "
+                                f"it was set aside: rerun to start that seed over")
             params.load(i, state["trained"])
             optimizer.load_setting_state(i, state["adam"], device)
             order_rngs[i].set_state(state["order"])
-            epochs[i], best[i], best_state[i] = state["epochs"], state["best"], state["best_state"]
+            epochs[i], best[i], diverged[i] = state["epochs"], state["best"], state.get("diverged")
+            kept[i] = state["trained"] if keep_last else state["best_state"]
             train_s[i], eval_s[i] = state["train_s"], state["eval_s"]
         if streams is not None:
             streams.set_states([state["dropout"] for state in saved])
         seek(schedule, (first - 1) * steps_per_epoch)
+        park(params, optimizer, [i for i in range(k) if diverged[i]], kept, inits, device)
     stop_at = first - 1 + cfg.train.stop_after_epochs if cfg.train.stop_after_epochs else None
 
+    ran = first - 1
     for epoch in range(first, cfg.train.epochs + 1):
+        live = [i for i in range(k) if diverged[i] is None]
+        if not live:
+            break
+        ran = epoch
         model.train()
         t0, losses = time.perf_counter(), []
         orders = [torch.randperm(n, generator=g).tolist() for g in order_rngs]
@@ -359,31 +383,36 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
             optimizer.zero_grad(set_to_none=True)
             losses.append(per_setting)
             heartbeat()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        mean_loss = torch.stack(losses).float().mean(0).tolist()  # the epoch's one sync
         t1 = time.perf_counter()
         dev_scores = {split: packed_evaluate(model, data, cfg, device, pad_id, k) for split, data in dev.items()}
         train_scores = packed_evaluate(model, train_probe, cfg, device, pad_id, k)
         t2 = time.perf_counter()
-        mean_loss = torch.stack(losses).float().mean(0)
-        for i in range(k):
+        for i in live:
             train_s[i], eval_s[i] = train_s[i] + t1 - t0, eval_s[i] + t2 - t1
-            row = {"epoch": epoch, "train_loss": float(mean_loss[i]),
+            row = {"epoch": epoch, "train_loss": mean_loss[i],
                    "dev": {split: scores[i] for split, scores in dev_scores.items()}, "train": train_scores[i],
                    "train_s": t1 - t0, "eval_s": t2 - t1}
+            if reason := non_finite(mean_loss[i], {**row["dev"], "train probe": row["train"]}):
+                diverged[i] = {"epoch": epoch, "reason": reason}
+                continue
             epochs[i].append(row)
             score = row["dev"][main_split][main_metric]
             if best[i] is None or score > best[i][1]:
                 best[i] = (epoch, score)
-                if cfg.train.select == "best":
-                    best_state[i] = params.state(i)
+                if not keep_last:
+                    kept[i] = params.state(i)
+            if keep_last:
+                kept[i] = params.state(i)
+        park(params, optimizer, [i for i in live if diverged[i]], kept, inits, device)
         if epoch < cfg.train.epochs:
             dropout_states = streams.states() if streams is not None else [None] * k
             save_checkpoints({
                 path: dict(mode="packed", epoch=epoch, seed=seeds[i], lr=lrs[i], trained=params.state(i),
                            adam=optimizer.setting_state(i), order=order_rngs[i].get_state(),
-                           dropout=dropout_states[i], epochs=epochs[i], best=best[i], best_state=best_state[i],
-                           train_s=train_s[i], eval_s=eval_s[i])
+                           dropout=dropout_states[i], epochs=epochs[i], best=best[i],
+                           best_state=None if keep_last else kept[i], train_s=train_s[i], eval_s=eval_s[i],
+                           diverged=diverged[i])
                 for i, path in enumerate(checkpoints) if path is not None})
         heartbeat()
         if stop_at is not None and epoch == stop_at and epoch < cfg.train.epochs:
@@ -391,11 +420,24 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
 
     results = []
     for i in range(k):
-        last = params.state(i)
-        chosen = best_state[i] if cfg.train.select == "best" else last
-        timings = {"train_s": train_s[i], "eval_s": eval_s[i],
-                   "train_samples_per_s": n * cfg.train.epochs / train_s[i],
-                   "packed_train_samples_per_s": k * n * cfg.train.epochs / train_s[i]}
-        results.append(SeedResult(epochs[i], best[i][0], best[i][0] if cfg.train.select == "best" else
-                                  cfg.train.epochs, chosen, timings, first - 1 or None))
+        chosen = kept[i] if diverged[i] or not keep_last else params.state(i)
+        chosen_epoch = (epochs[i][-1]["epoch"] if keep_last else best[i][0]) if epochs[i] else None
+        trained_epochs = diverged[i]["epoch"] if diverged[i] else ran
+        per_s = n * trained_epochs / train_s[i] if train_s[i] else None
+        timings = {"train_s": train_s[i], "eval_s": eval_s[i], "train_samples_per_s": per_s,
+                   "packed_train_samples_per_s": k * per_s if per_s else None}
+        results.append(SeedResult(epochs[i], best[i][0] if best[i] else None, chosen_epoch, chosen, timings,
+                                  first - 1 or None, diverged[i]))
     return results
+
+
+def park(params: PackedParams, optimizer: PackedAdamW, settings: list[int], kept: list, inits: list, device) -> None:
+    """Stop diverged `settings` from moving or carrying NaN: their chosen finite values (else their initial ones)
+    back in place, learning rate 0, Adam moments zeroed. They keep riding in the pack, unread."""
+    for i in settings:
+        params.load(i, kept[i] if kept[i] is not None else inits[i])
+        optimizer.lrs[i] = 0.0
+        moments = optimizer.setting_state(i)
+        if moments:
+            optimizer.load_setting_state(i, {**moments, "exp_avg": torch.zeros_like(moments["exp_avg"]),
+                                             "exp_avg_sq": torch.zeros_like(moments["exp_avg_sq"])}, device)

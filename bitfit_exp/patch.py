@@ -9,9 +9,10 @@ initial values of the trained encoder biases (`initial.<name>`, for the bias-cha
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from bitfit_exp.atomic import write_atomic
 from bitfit_exp.methods import Selection, head_parameter_names
 
 
@@ -39,6 +40,8 @@ def load_trained_state(model: nn.Module, selection: Selection, state: dict[str, 
 
 def save_patch(path: Path, model: nn.Module, selection: Selection, state: dict[str, torch.Tensor],
                initial: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write the patch atomically (temporary file, fsync, rename); a failed write (full disk) raises one line and
+    leaves no temporary file."""
     tensors = {}
     for name, value in state.items():
         mask = selection.params[name]
@@ -51,10 +54,9 @@ def save_patch(path: Path, model: nn.Module, selection: Selection, state: dict[s
     for name, value in initial.items():
         if name.endswith(".bias") and name not in head:
             tensors[f"initial.{name}"] = value.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-    tmp.replace(path)
+    # Serialized here and written by Python: safetensors' own file writer does not report a full disk.
+    blob = save(tensors, metadata={k: str(v) for k, v in metadata.items()})
+    write_atomic(Path(path), lambda f: f.write(blob))
 
 
 def apply_patch(model: nn.Module, path: Path) -> nn.Module:

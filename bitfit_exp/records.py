@@ -18,10 +18,12 @@ and ignored.
 (True, True)
 """
 
+import contextlib
 import copy
 import hashlib
 import json
 import math
+import numbers
 import os
 import platform
 import re
@@ -29,9 +31,12 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bitfit_exp.atomic import write_atomic
 from bitfit_exp.errors import UserError
 
 SCHEMA = 2  # 1: hash without fingerprints (model identified by its path), no digest
@@ -147,29 +152,34 @@ def seed_dir(runs_dir, key: dict, seed: int) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: readers never see half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write to a temporary file in the same folder, fsync, then rename: readers never see half a record. Non-finite
+    floats (a diverged run's NaN metric) are written as null, so records stay strict JSON. A failed write (full
+    disk) leaves no temporary file and raises one line (UserError).
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "record.json"
+    >>> write_json_atomic(path, {"loss": float("nan"), "dev": [0.5, float("inf")]})
+    >>> path.read_text().split()
+    ['{', '"loss":', 'null,', '"dev":', '[', '0.5,', 'null', ']', '}']
+    """
+    path = Path(path)
+    text = json.dumps(_finite_or_null(data), indent=1, default=str, allow_nan=False)
+    write_atomic(path, lambda f: f.write(text.encode()), path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+
+
+def _finite_or_null(value):
+    """NaN and infinities as null: JSON has no such numbers, and a null metric cannot be averaged by accident."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        return None
+    return value
 
 
 class CorruptRecord(ValueError):
     pass
-
-
-def _finite(value):
-    """NaN and infinities as null: JSON has no such numbers, and a null metric cannot be averaged by accident."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _content_digest(record: dict) -> str:
@@ -180,7 +190,7 @@ def _content_digest(record: dict) -> str:
 def seal(record: dict) -> dict:
     """The record as it is written: JSON-safe (non-finite numbers as null), its setting recomputed from its config and
     fingerprints, and a digest of its content that readers check."""
-    record = json.loads(json.dumps(_finite(record), default=str))
+    record = json.loads(json.dumps(_finite_or_null(record), default=str))
     record["schema"] = SCHEMA
     record["setting"] = setting_key(record["config"], record["fingerprints"])
     record["digest"] = _content_digest(record)
@@ -378,46 +388,104 @@ def environment(device) -> dict:
 
 
 CLAIM = "claim.json"
+TAKEOVER_LOCK_STALE_S = 60.0  # a takeover lasts milliseconds; a lock this old was left by a job killed inside one
+TAKEOVER_WAIT_S = 5.0  # how long to wait for another job's takeover before reporting it as the holder
 
 
 class Claim:
     """An exclusive claim on one seed folder, so two jobs of the same sweep never train the same seed at once.
 
-    Created with O_EXCL; the holder refreshes its mtime (`beat`) while training. An existing claim is taken over
-    when it is stale: its job is this SLURM job (a requeue), its process is gone (same host), SLURM says its job
-    is no longer queued or running, or its heartbeat is older than `timeout_s`.
+    The claim file appears complete or not at all (written aside, then hard-linked into place, which fails when it
+    exists); the holder refreshes its mtime (`beat`) while training. An existing claim is taken over when it is
+    stale: its job is this SLURM job (a requeue), its process is gone (same host), SLURM says its job is no longer
+    queued or running, or its heartbeat is older than `timeout_s`.
+
+    Takeover is exclusive: only the job that creates `claim.json.lock` (the same all-or-nothing link) may replace a
+    stale claim, and it does so only if the claim is still the very file it judged stale (same inode, mtime and
+    content), by an atomic rename over it; the claim path never goes missing in between, so a job arriving meanwhile
+    sees either the stale claim (and waits for the lock) or the new one. Jobs that find the lock wait for it.
     """
 
     def __init__(self, folder: Path, timeout_s: float):
         self.path, self.timeout_s, self.last = Path(folder) / CLAIM, timeout_s, 0.0
+        self.lock = self.path.with_name(f"{CLAIM}.lock")
+        self.token = uuid.uuid4().hex  # tells this claim from another job's (or thread's) with the same pid
 
     def _owner(self) -> dict:
         return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                "since": time.time()}
+                "since": time.time(), "token": self.token}
 
     def acquire(self) -> dict | None:
         """Take the claim; returns None on success, else the live holder's details."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and not self._stale(holder):
-                    return holder
-                self.path.unlink(missing_ok=True)  # stale: the next O_EXCL create decides who takes it
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._owner(), f)
-            self.last = time.time()
-            return None
-        return self._holder() or {"host": "?", "pid": "?"}
+        deadline = time.time() + TAKEOVER_WAIT_S
+        while True:
+            if self._publish(self.path):
+                self.last = time.time()
+                return None
+            seen = _snapshot(self.path)
+            if seen is not None:  # else released just now: create it again
+                if seen.holder is not None and not self._stale(seen.holder):
+                    return seen.holder
+                outcome = self._take_over(seen)
+                if outcome is _TAKEN:
+                    self.last = time.time()
+                    return None
+                if time.time() > deadline:  # another job's takeover outlasted the wait: it is the holder
+                    lock = _snapshot(self.lock)
+                    return (lock and lock.holder) or seen.holder or {"host": "?", "pid": "?"}
+                time.sleep(0.01)
 
-    def _holder(self) -> dict | None:
+    def _take_over(self, seen: "_Snapshot"):
+        """Replace the stale claim `seen` under the takeover lock: _TAKEN, or _RETRY when the lock is busy or the
+        claim changed since it was judged."""
+        if not self._publish(self.lock):
+            lock = _snapshot(self.lock)
+            if lock is not None and self._lock_stale(lock):
+                _remove_if_unchanged(self.lock, lock)
+            return _RETRY
         try:
-            return {**json.loads(self.path.read_text()), "mtime": self.path.stat().st_mtime}
-        except (OSError, json.JSONDecodeError):
-            return None
+            if _snapshot(self.path) != seen:  # beaten, released or taken since we judged it: judge again
+                return _RETRY
+            tmp = self._write_aside(self.path)
+            os.replace(tmp, self.path)
+            return _TAKEN
+        finally:
+            if (mine := _snapshot(self.lock)) is not None and mine.holder and mine.holder.get("token") == self.token:
+                self.lock.unlink(missing_ok=True)
+
+    def _lock_stale(self, lock: "_Snapshot") -> bool:
+        holder = lock.holder or {}
+        if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+            return True
+        return time.time() - lock.mtime > TAKEOVER_LOCK_STALE_S
+
+    def _write_aside(self, target: Path) -> Path:
+        tmp = target.with_name(f".{target.name}.{self.token}.tmp")
+        tmp.write_text(json.dumps(self._owner()))
+        return tmp
+
+    def _publish(self, target: Path) -> bool:
+        """Create `target` holding our owner details, complete from the start; False when it already exists."""
+        tmp = self._write_aside(target)
+        try:
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: exclusive create, then write (briefly empty)
+            return self._create_exclusive(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _create_exclusive(self, target: Path) -> bool:
+        try:
+            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._owner(), f)
+        return True
 
     def _stale(self, holder: dict) -> bool:
         job = holder.get("slurm_job_id")
@@ -429,13 +497,62 @@ class Claim:
             return True
         return time.time() - holder["mtime"] > self.timeout_s
 
+    def _mine(self) -> bool:
+        seen = _snapshot(self.path)
+        return seen is not None and seen.holder is not None and seen.holder.get("token") == self.token
+
     def beat(self, every_s: float = 30.0) -> None:
+        """Refresh the claim's mtime (at most every `every_s` seconds), unless another job has taken it over."""
         if time.time() - self.last > every_s:
-            self.path.touch()
+            if self._mine():
+                self.path.touch()
             self.last = time.time()
 
     def release(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Remove the claim if it is still ours (a job that took it over keeps its own)."""
+        if self._mine():
+            self.path.unlink(missing_ok=True)
+
+
+_TAKEN, _RETRY = object(), object()
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What one read of a claim (or lock) file saw: its identity and its parsed content (None if unparseable)."""
+
+    identity: tuple
+    mtime: float
+    holder: dict | None
+
+
+def _snapshot(path: Path) -> _Snapshot | None:
+    """The file at `path` now, or None when there is none."""
+    try:
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        holder = {**json.loads(raw), "mtime": info.st_mtime}
+    except (ValueError, TypeError):  # not JSON, or JSON but not an object
+        holder = None
+    return _Snapshot((info.st_dev, info.st_ino, info.st_mtime_ns, raw), info.st_mtime, holder)
+
+
+def _remove_if_unchanged(path: Path, seen: _Snapshot) -> None:
+    """Remove `path` if it is still the file `seen`: moved aside to a unique name first (one job wins the rename),
+    checked, and put back (if nothing took its place) when it turned out to be another file."""
+    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.gone")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if _snapshot(aside) != seen:
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+    aside.unlink(missing_ok=True)
 
 
 def _pid_alive(pid) -> bool:

@@ -340,8 +340,9 @@ def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, he
                         f"{device} memory; pack fewer settings (train.pack_lrs=false, fewer seeds per job), "
                         f"train.bf16=true or data.padding=longest; finished epochs are kept in the checkpoints") from None
     resumed = f", resumed after epoch {results[0].resumed_after}" if results[0].resumed_after else ""
-    log(f"packed x{len(group)}: {results[0].timings['packed_train_samples_per_s']:.1f} training samples/s "
-        f"over all settings on {device}{resumed}")
+    speed = results[0].timings.get("packed_train_samples_per_s")
+    log(f"packed x{len(group)}: {f'{speed:.1f}' if speed else 'n/a'} training samples/s over all settings on "
+        f"{device}{resumed}")
     packed = {"settings": len(group), "seeds": [m.seed for m in group], "lrs": [m.cfg.optim.lr for m in group],
               "dropout": cfg.train.packed_dropout}
     records = {}

@@ -4,6 +4,8 @@
 >>> seed_everything(0)
 """
 
+import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bitfit_exp.atomic import commit, discard, stage
 from bitfit_exp.data import Encoded, batches, padding
 from bitfit_exp.errors import UserError
 from bitfit_exp.methods import Selection
@@ -102,16 +105,20 @@ class Masks:
 
 def predict(model: nn.Module, data: Encoded, cfg, device, pad_id: int, k: int = 1) -> np.ndarray:
     """Class ids (or scores for regression) for every example of `data`, in order. A packed model of `k` settings
-    scores every example once per setting and gets a [k, len(data)] array back."""
+    scores every example once per setting and gets a [k, len(data)] array back. Examples whose logits are not
+    finite (a diverged model) come back as NaN, the array then being float."""
     model.eval()
-    out = []
+    out, finite = [], []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
         for batch in batches(data, range(len(data)), cfg.train.eval_batch_size, pad_id, **padding(cfg.data)):
             batch.pop("labels")
             inputs = {key: v.to(device).repeat(k, 1) for key, v in batch.items()}
             logits = model(**inputs).logits.float().view(k, -1, cfg.task.num_labels)
             out.append(logits.squeeze(-1) if cfg.task.num_labels == 1 else logits.argmax(-1))
-    preds = torch.cat(out, dim=1).cpu().numpy()
+            finite.append(torch.isfinite(logits).all(-1))  # checked once at the end: no sync per batch
+    preds, ok = torch.cat(out, dim=1).cpu().numpy(), torch.cat(finite, dim=1).cpu().numpy()
+    if not ok.all():
+        preds = np.where(ok, preds, np.nan)
     return preds[0] if k == 1 else preds
 
 
@@ -121,12 +128,33 @@ def evaluate(model, data: Encoded, cfg, device, pad_id) -> dict[str, float]:
 
 @dataclass
 class SeedResult:
+    """One trained setting. A diverged one (`diverged`: {"epoch": e, "reason": ...}) stopped at epoch e; its
+    epochs, best and chosen epoch and state cover the finite epochs before e (None when there were none)."""
+
     epochs: list[dict]
-    best_epoch: int
-    chosen_epoch: int
-    chosen_state: dict[str, torch.Tensor]
+    best_epoch: int | None
+    chosen_epoch: int | None
+    chosen_state: dict[str, torch.Tensor] | None
     timings: dict[str, float]
     resumed_after: int | None = None  # the epoch of the checkpoint this run continued from
+    diverged: dict | None = None
+
+
+def non_finite(loss: torch.Tensor | float, row_scores: dict[str, dict[str, float]]) -> str | None:
+    """Why an epoch counts as diverged (a non-finite mean training loss, or NaN metrics from non-finite
+    predictions), or None.
+
+    >>> non_finite(0.5, {"dev": {"accuracy": 0.5}}), non_finite(float("nan"), {})
+    (None, 'non-finite training loss')
+    >>> non_finite(0.5, {"dev": {"accuracy": float("nan")}})
+    'non-finite predictions on dev'
+    """
+    if not math.isfinite(float(loss)):
+        return "non-finite training loss"
+    for split, scores in row_scores.items():
+        if not all(math.isfinite(v) for v in scores.values()):
+            return f"non-finite predictions on {split}"
+    return None
 
 
 def lr_schedule(optimizer, steps_per_epoch: int, cfg):
@@ -164,33 +192,121 @@ def save_checkpoint(path: Path, **state) -> None:
 def save_checkpoints(states: dict[Path, dict]) -> None:
     """Several checkpoints (the settings of one pack) written first and renamed into place together afterwards, so
     a job killed while saving leaves them at one epoch and they resume as the same pack (bit for bit); only a kill
-    within the rename loop splits them, and then each still resumes from its own epoch."""
+    within the rename loop splits them, and then each still resumes from its own epoch. A failed write (full disk)
+    raises one line and leaves no temporary file; the previous checkpoints stay."""
     staged = []
-    for path, state in states.items():
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(state, tmp)
-        staged.append((tmp, path))
-    for tmp, path in staged:
-        tmp.replace(path)
+    try:
+        for path, state in states.items():
+            staged.append((stage(path, lambda f, state=state: torch.save(state, f)), path))
+    except BaseException:
+        discard([tmp for tmp, _ in staged])
+        raise
+    commit(staged)
 
 
-def read_checkpoint(path: Path, mode: str) -> dict | None:
+_NUMBER, _OPTIONAL_PAIR = (int, float), (tuple, list, type(None))
+CHECKPOINT_FIELDS = {  # what each trainer reads back from its checkpoint, and the type it must have
+    "single": {"epoch": int, "trained": dict, "optimizer": dict, "schedule": dict, "rng": dict, "epochs": list,
+               "best": _OPTIONAL_PAIR, "best_state": (dict, type(None)), "train_s": _NUMBER, "eval_s": _NUMBER},
+    "packed": {"epoch": int, "trained": dict, "adam": dict, "order": torch.Tensor,
+               "dropout": (torch.Tensor, type(None)), "epochs": list, "best": _OPTIONAL_PAIR,
+               "best_state": (dict, type(None)), "train_s": _NUMBER, "eval_s": _NUMBER},
+}
+RNG_KEYS = {"python", "numpy", "torch", "order"}
+
+
+def checkpoint_problem(state, mode: str, shapes: dict[str, torch.Size] | None = None) -> str | None:
+    """Why `state` cannot be resumed by the `mode` trainer (None when it can). With `shapes` (trained tensor name ->
+    shape), its trained values must match them too.
+
+    >>> checkpoint_problem([1, 2], "single")
+    'holds a list, not a checkpoint'
+    >>> checkpoint_problem({"mode": "single", "epoch": 2}, "single")[:26]
+    'lacks trained, optimizer, '
+    """
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a checkpoint"
+    fields = CHECKPOINT_FIELDS[mode]
+    missing = [key for key in fields if key not in state]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    wrong = [key for key, kind in fields.items() if not isinstance(state[key], kind)]
+    if wrong or isinstance(state["epoch"], bool) or state["epoch"] < 1:
+        return f"has unusable {', '.join(wrong or ['epoch'])}"
+    if mode == "single" and not RNG_KEYS <= set(state["rng"]):
+        return "lacks random states"
+    if "diverged" in state and not isinstance(state["diverged"], dict | type(None)):
+        return "has unusable diverged"
+    for key in ("trained", "best_state"):
+        values = state[key] or {}
+        if not all(isinstance(n, str) and isinstance(v, torch.Tensor) for n, v in values.items()):
+            return f"has {key} values that are not named tensors"
+        if shapes is not None and values and {n: v.shape for n, v in values.items()} != shapes:
+            return f"has {key} tensors of another model or method"
+    return None
+
+
+def set_aside_checkpoint(path: Path, what: str) -> None:
+    """Rename an unusable checkpoint to checkpoint.pt.bad-<time> (kept for a look, never read again); says so in one
+    line that starts with `what`."""
+    target = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.replace(path, target)
+        kept = f"set aside as {target.name}"
+    except OSError as e:
+        kept = f"could not set it aside ({e.strerror})"
+    print(f"warning: {what}; {kept}; starting this seed over", flush=True)
+
+
+def read_checkpoint(path: Path, mode: str, shapes: dict[str, torch.Size] | None = None) -> dict | None:
     """The state saved at `path` by a trainer of this `mode` ("single" or "packed"), else None (start over).
 
-    The two trainers draw dropout from different streams, so neither continues the other's checkpoint.
+    The two trainers draw dropout from different streams, so neither continues the other's checkpoint (it stays,
+    for a later run of its own trainer). A file that does not load, or loads as something neither trainer wrote
+    (missing keys, wrong types; with `shapes`, tensors of another model), is reported and set aside.
     """
     if not path.is_file():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a file cut short by a crash while saving is not worth a failed job
-        print(f"warning: unreadable checkpoint {path} ({type(e).__name__}); starting this seed over", flush=True)
+        set_aside_checkpoint(path, f"unreadable checkpoint {path} ({type(e).__name__})")
         return None
-    if state.get("mode", "single") != mode:
+    if isinstance(state, dict) and state.get("mode", "single") in CHECKPOINT_FIELDS and \
+            state.get("mode", "single") != mode:
         print(f"note: {path} was written by the {state.get('mode', 'single')} trainer; starting this seed over "
               f"with the {mode} one", flush=True)
         return None
+    problem = checkpoint_problem(state, mode, shapes)
+    if problem:
+        set_aside_checkpoint(path, f"checkpoint {path} is not a {mode} checkpoint of this run: it {problem}")
+        return None
     return state
+
+
+def trained_shapes(model: nn.Module, selection: Selection) -> dict[str, torch.Size]:
+    """Shape of each trained value as `trained_state` stores it (masked tensors: their selected entries)."""
+    named = dict(model.named_parameters())
+    return {n: named[n].shape if m is None else torch.Size([int(m.sum())]) for n, m in selection.params.items()}
+
+
+def resume_single(state: dict, model, selection: Selection, optimizer, schedule, order_rng) -> bool:
+    """Load a checkpoint's trained values, optimizer, schedule and RNG states; False (nothing changed) when they do
+    not fit this model and optimizer."""
+    if checkpoint_problem(state, "single", trained_shapes(model, selection)):
+        return False
+    before = (rng_states(order_rng), optimizer.state_dict(), schedule.state_dict())
+    try:
+        set_rng_states(state["rng"], order_rng)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError):
+        set_rng_states(before[0], order_rng)
+        optimizer.load_state_dict(before[1])
+        schedule.load_state_dict(before[2])
+        return False
+    load_trained_state(model, selection, state["trained"])
+    return True
 
 
 def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded, dev: dict[str, Encoded],
@@ -200,6 +316,10 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
 
     With `checkpoint`, the state after each epoch is saved there and a run that finds one resumes from it: trained
     parameters, optimizer and schedule, RNG states and data order, so the result equals an uninterrupted run.
+
+    Divergence (a non-finite mean training loss, checked once per epoch, or non-finite predictions) stops training
+    at that epoch: the result's `diverged` says where and why, and it keeps the finite epochs before it, the chosen
+    one being the best (train.select=best) or the last of them; the model is left holding the chosen state.
     """
     trained = freeze(model, selection)
     forward = compiled(model, cfg.train.compile)
@@ -210,16 +330,18 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
     order_rng = torch.Generator().manual_seed(seed)
     main_split, main_metric = next(iter(cfg.task.eval_splits)), cfg.task.metric
     show = {"auto": None, True: False, False: True}[cfg.train.progress]
+    keep_last = cfg.train.select != "best"
 
-    epochs, best, best_state, train_s, eval_s, first = [], None, None, 0.0, 0.0, 1
+    # kept: the state of the epoch train.select would choose so far (the best, or the last finite one)
+    epochs, best, kept, train_s, eval_s, first, diverged = [], None, None, 0.0, 0.0, 1, None
     state = read_checkpoint(checkpoint, "single") if checkpoint is not None else None
+    if state is not None and not resume_single(state, model, selection, optimizer, schedule, order_rng):
+        set_aside_checkpoint(checkpoint, f"checkpoint {checkpoint} does not fit this model and optimizer")
+        state = None
     if state is not None:
-        load_trained_state(model, selection, state["trained"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        set_rng_states(state["rng"], order_rng)
-        epochs, best, best_state = state["epochs"], state["best"], state["best_state"]
-        train_s, eval_s, first = state["train_s"], state["eval_s"], state["epoch"] + 1
+        epochs, best, train_s, eval_s, first = (state["epochs"], state["best"], state["train_s"], state["eval_s"],
+                                                state["epoch"] + 1)
+        kept = state["trained"] if keep_last else state["best_state"]
     stop_at = first - 1 + cfg.train.stop_after_epochs if cfg.train.stop_after_epochs else None
 
     for epoch in range(first, cfg.train.epochs + 1):
@@ -241,36 +363,46 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
             heartbeat()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        train_loss = float(torch.stack(losses).float().mean())  # the epoch's one sync
         t1 = time.perf_counter()
+        train_s += t1 - t0
+        if reason := non_finite(train_loss, {}):
+            diverged = {"epoch": epoch, "reason": reason}
+            break
         row = {
             "epoch": epoch,
-            "train_loss": float(torch.stack(losses).float().mean()),
+            "train_loss": train_loss,
             "dev": {split: evaluate(model, data, cfg, device, pad_id) for split, data in dev.items()},
             "train": evaluate(model, train_probe, cfg, device, pad_id),
         }
         t2 = time.perf_counter()
+        eval_s += t2 - t1
+        if reason := non_finite(train_loss, {**row["dev"], "train probe": row["train"]}):
+            diverged = {"epoch": epoch, "reason": reason}
+            break
         row.update(train_s=t1 - t0, eval_s=t2 - t1)
-        train_s, eval_s = train_s + t1 - t0, eval_s + t2 - t1
         epochs.append(row)
         score = row["dev"][main_split][main_metric]
+        now = trained_state(model, selection) if keep_last or checkpoint is not None else None
         if best is None or score > best[1]:
             best = (epoch, score)
-            if cfg.train.select == "best":
-                best_state = trained_state(model, selection)
+            if not keep_last:
+                kept = trained_state(model, selection)
+        if keep_last:
+            kept = now
         if checkpoint is not None and epoch < cfg.train.epochs:
-            save_checkpoint(checkpoint, mode="single", epoch=epoch, trained=trained_state(model, selection),
+            save_checkpoint(checkpoint, mode="single", epoch=epoch, trained=now,
                             optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
-                            rng=rng_states(order_rng), epochs=epochs, best=best, best_state=best_state,
-                            train_s=train_s, eval_s=eval_s)
+                            rng=rng_states(order_rng), epochs=epochs, best=best,
+                            best_state=None if keep_last else kept, train_s=train_s, eval_s=eval_s)
         heartbeat()
         if stop_at is not None and epoch == stop_at and epoch < cfg.train.epochs:
             raise Stopped(f"seed {seed}: stopped after epoch {epoch} (train.stop_after_epochs); rerun to resume")
 
-    chosen_epoch = best[0] if cfg.train.select == "best" else cfg.train.epochs
-    chosen_state = best_state if cfg.train.select == "best" else trained_state(model, selection)
-    load_trained_state(model, selection, chosen_state)
+    chosen_epoch = (epochs[-1]["epoch"] if keep_last else best[0]) if epochs else None
+    if kept is not None:
+        load_trained_state(model, selection, kept)
+    trained_epochs = diverged["epoch"] if diverged else cfg.train.epochs
     timings = {"train_s": train_s, "eval_s": eval_s,
-               "train_samples_per_s": len(train) * cfg.train.epochs / train_s if train_s else None}
-    return SeedResult(epochs, best[0], chosen_epoch, chosen_state, timings, first - 1 or None)
+               "train_samples_per_s": len(train) * trained_epochs / train_s if train_s else None}
+    return SeedResult(epochs, best[0] if best else None, chosen_epoch, kept, timings, first - 1 or None, diverged)

@@ -169,7 +169,9 @@ def test_checkpoints_of_the_other_trainer_or_cut_short_start_over(tmp_path, caps
     from bitfit_exp.training import read_checkpoint, save_checkpoint
 
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, mode="single", epoch=2)
+    rng = dict.fromkeys(["python", "numpy", "torch", "order"])
+    save_checkpoint(path, mode="single", epoch=2, trained={}, optimizer={}, schedule={}, rng=rng, epochs=[],
+                    best=None, best_state=None, train_s=0.0, eval_s=0.0)
     assert read_checkpoint(path, "single")["epoch"] == 2 and read_checkpoint(path, "packed") is None
     assert "written by the single trainer; starting this seed over" in capsys.readouterr().out
     path.write_bytes(path.read_bytes()[:20])
