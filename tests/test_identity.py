@@ -184,3 +184,15 @@ def test_an_overwrite_does_not_redo_a_record_written_since_it_started(tmp_path):
     write_json_atomic(path, json.loads(path.read_text()))  # another overwriting job wrote a fresh record
     assert not to_train(member)
     assert not to_train(Member(None, 0, path, None))  # without overwrite: done is done
+
+
+def test_a_diverged_seed_is_recorded_once_and_never_averaged(tmp_path, tiny_bert_dir, glue_dir):
+    args = [a.replace("task=rte", "task=stsb") for a in quick(tiny_bert_dir, tmp_path, "seeds=[0,1]")]
+    diverging = [*args, "optim.lr=1e30", "train.grad_clip=null"]
+    out = bitfit_run(*diverging)
+    assert out.stdout.count("DIVERGED at epoch") == 2 and "no finite result; 2 of 2 seeds diverged" in out.stdout
+    found = records(tmp_path)
+    assert sorted(r["status"] for _, r in found) == ["diverged", "diverged"]
+    assert all(r["diverged"]["reason"] for _, r in found) and "NaN" not in found[0][0].read_text()
+    again = bitfit_run(*diverging)  # done is done: no crash, no retraining
+    assert "DIVERGED" not in again.stdout and "2 already finished" in again.stdout
