@@ -76,8 +76,8 @@ def valid_jobs(overrides: list[str], sweep: bool = True) -> list[tuple[list[str]
     """(overrides, config) of every job (of the sweep, or the single run), each config checked against the schema:
     ConfigError lists every bad value. A key that no group has is named as such even where Hydra refuses it first
     (`train.epoch=3`); other composition errors are Hydra's (HydraException)."""
-    jobs = expand(overrides) if sweep else [overrides]
     try:
+        jobs = expand(overrides) if sweep else [overrides]
         configs = compose_jobs(jobs)
     except HydraException:
         unknown = unknown_override_keys(_value_overrides(overrides))

@@ -190,22 +190,14 @@ def shown(value) -> str:
     return repr(value)
 
 
-def _number(x: float) -> str:
-    return f"{x:g}"
-
-
 def _bounds(rule: Rule) -> str:
-    low = (f"[{_number(rule.at_least)}" if rule.at_least is not None
-           else f"({_number(rule.above)}" if rule.above is not None else None)
-    high = (f"{_number(rule.at_most)}]" if rule.at_most is not None
-            else f"{_number(rule.below)})" if rule.below is not None else None)
+    """` >= 1`, ` > 0`, ` in [0, 1)`, or nothing."""
+    low = next(((sign, x) for sign, x in ((">=", rule.at_least), (">", rule.above)) if x is not None), None)
+    high = next(((sign, x) for sign, x in (("<=", rule.at_most), ("<", rule.below)) if x is not None), None)
     if low and high:
-        return f" in {low}, {high}"
-    if low:
-        return f" {'>=' if low[0] == '[' else '>'} {low[1:]}"
-    if high:
-        return f" {'<=' if high[-1] == ']' else '<'} {high[:-1]}"
-    return ""
+        return f" in {'[' if low[0] == '>=' else '('}{low[1]:g}, {high[1]:g}{']' if high[0] == '<=' else ')'}"
+    bound = low or high
+    return f" {bound[0]} {bound[1]:g}" if bound else ""
 
 
 def _optional(tp) -> tuple[Any, bool]:
