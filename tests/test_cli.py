@@ -76,9 +76,9 @@ def test_settings_never_share_a_folder(tmp_path, tiny_bert_dir, glue_dir):
     ("model=nope", "Available options in 'model'"),
     ("data.dir=/no/such/dir", "error: data.dir=/no/such/dir does not exist"),
     ("model.name_or_path=/no/such/model", "error: model.name_or_path=/no/such/model is not a model directory"),
-    ("train.select=worst", "error: select='worst' is not valid; choose one of best, last"),
-    ("train.packed_dropout=mine", "error: packed_dropout='mine' is not valid; choose one of per_setting, shared"),
-    ("train.compile=fast", "error: compile='fast' is not valid; choose one of false, true, default, reduce-overhead"),
+    ("train.select=worst", "error: train.select='worst' is not valid; choose one of best, last"),
+    ("train.packed_dropout=mine", "error: train.packed_dropout='mine' is not valid; choose one of per_setting, shared"),
+    ("train.compile=fast", "error: train.compile='fast' is not valid; choose one of false, true, default, reduce-overhead"),
     ("train.device=cuda", "error: train.device=cuda but CUDA is not available here"),
     ("data.dir=null", "error: cannot load nyu-mll/glue/rte from the Hugging Face hub"),
 ])
