@@ -53,19 +53,23 @@ def _jobs_to_check(argv: list[str]) -> tuple[list[str], bool] | None:
 
 
 def _check_before_hydra(argv: list[str]) -> None:
-    """Compose and check every job the command line would run (each job of a sweep, as `bitfit-plan` expands it);
-    Hydra's own composition errors (task=nope) are left to Hydra, which reports them before writing anything."""
+    """Compose and check every job the command line would run (each job of a sweep, as `bitfit-plan` expands it),
+    and that each runs_dir is a writable folder (Hydra writes its output folder there first). Hydra's composition
+    errors (task=nope) become one line with the valid choices, as in `bitfit-plan`."""
     from hydra.errors import HydraException
 
-    from bitfit_exp.plan import valid_jobs
+    from bitfit_exp.plan import one_line, valid_jobs
+    from bitfit_exp.records import check_runs_dir
 
     jobs = _jobs_to_check(argv)
     if jobs is None:
         return
     try:
-        valid_jobs(*jobs)
-    except HydraException:
-        return
+        checked = valid_jobs(*jobs)
+    except HydraException as e:
+        raise UserError(one_line(str(e))) from None
+    for runs_dir in dict.fromkeys(str(cfg.runs_dir) for _, cfg in checked):
+        check_runs_dir(runs_dir)
 
 
 def run() -> None:
