@@ -295,6 +295,32 @@ def scan(root) -> tuple[list[tuple[Path, dict]], list[str]]:
     return [(p, r) for p, r in found if p.parent not in adopted], warnings
 
 
+def once_per_seed(found, read) -> tuple[list, list[str]]:
+    """read(path, record) for scan's records, once per seed folder (model, setting hash, seed): a seed found twice
+    under the root (a runs folder copied below it) counts once, the record that finished last. A record `read` finds
+    malformed (KeyError, TypeError, ValueError, AttributeError) is left out. Returns what `read` returned, in the
+    order found, and one warning per record left out."""
+    kept, warnings = {}, []  # (model, hash, seed) -> (path, finished_at, what read returned)
+    for path, record in found:
+        try:
+            value = read(path, record)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            warnings.append(f"{path}: malformed run record ({type(e).__name__}: {e}); ignored")
+            continue
+        key = (record["setting"]["model"], record["setting"]["hash"], int(record["seed"]))
+        finished_at = str((record.get("timings") or {}).get("finished_at") or "")
+        if key in kept:
+            other, other_finished_at, _ = kept[key]
+            newer = finished_at > other_finished_at
+            keep, drop = (path, other) if newer else (other, path)
+            warnings.append(f"{drop}: duplicate of {keep} (setting {key[1]}, seed {key[2]}); counted once, keeping "
+                            f"the newer")
+            if not newer:
+                continue
+        kept[key] = (path, finished_at, value)
+    return [value for _, _, value in kept.values()], warnings
+
+
 def find_done(root, cfg: dict, seeds) -> dict[str | None, set[int]]:
     """Without fingerprints (nothing loaded): the done seeds of the setting of `cfg` under `root`, per checkpoint and
     data identity found (a JSON string of `identity`; None: schema-1 records, adoptable by any). `bitfit-plan` counts

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bitfit_exp.labels import METHODS, MODELS, TASKS, row_label
-from bitfit_exp.records import protocol, scan
+from bitfit_exp.records import once_per_seed, protocol, scan
 
 KEY = ["model", "task", "method"]
 GROUP = [*KEY, "protocol_id"]  # one protocol of one (model, task, method): its settings differ only in the lr
@@ -120,31 +120,15 @@ def collect(runs_dir, epoch: str | None = None) -> tuple[pd.DataFrame, list[str]
     plus warnings for what was skipped.
 
     Diverged records are rows with score NaN and `diverged` True: count them, never average them away. Corrupt,
-    unfinished or malformed records are skipped with a warning naming the file. A (setting hash, seed) found twice
-    (e.g. a runs folder copied under the root) is counted once: the newest finished_at wins.
+    unfinished or malformed records are skipped with a warning naming the file. A seed found twice (e.g. a runs
+    folder copied under the root) is counted once: the newest finished_at wins (records.once_per_seed).
     """
     if epoch not in (None, "best", "last"):
         raise ValueError(f"epoch must be 'best', 'last' or None, not {epoch!r}")
     found, warnings = scan(runs_dir)
-    warnings = [w.replace("; ignored", "; skipped") for w in warnings]
-    kept = {}  # (hash, seed) -> (path, finished_at, rows)
-    for path, record in found:
-        try:
-            rows = record_rows(record, path, epoch)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            warnings.append(f"{path}: malformed run record ({type(e).__name__}: {e}); skipped")
-            continue
-        key = (rows[0]["hash"], rows[0]["seed"])
-        if key in kept:
-            other, other_done, _ = kept[key]
-            newer = rows[0]["finished_at"] > other_done
-            keep, drop = (path, other) if newer else (other, path)
-            warnings.append(f"{drop}: duplicate of {keep} (setting {key[0]}, seed {key[1]}); counted once, "
-                            f"keeping the newer")
-            if not newer:
-                continue
-        kept[key] = (path, rows[0]["finished_at"], rows)
-    df = pd.DataFrame([r for _, _, rows in kept.values() for r in rows], columns=ROW_COLUMNS)
+    kept, more = once_per_seed(found, lambda path, record: record_rows(record, path, epoch))
+    warnings = [w.replace("; ignored", "; skipped") for w in warnings + more]
+    df = pd.DataFrame([r for rows in kept for r in rows], columns=ROW_COLUMNS)
     for flag in ("main", "diverged", "at_last"):
         df[flag] = df[flag].astype(bool)
     return df.sort_values([*KEY, "lr", "hash", "seed"], kind="stable", ignore_index=True), warnings
