@@ -31,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 
 from bitfit_exp.methods import BIAS_COMPONENTS, PAPER_LABELS, bias_component
 from bitfit_exp.patch import bias_changes
-from bitfit_exp.records import DONE, RECORD, CorruptRecord, protocol, read_record, scan
+from bitfit_exp.records import DONE, RECORD, CorruptRecord, once_per_seed, protocol, read_record, scan
 
 PATCH = "patch.safetensors"
 FINISHED, DIVERGED = "finished", "diverged"
@@ -340,23 +340,9 @@ def run_table(runs_dir, epoch: str | None = None, found=None) -> tuple[pd.DataFr
     warnings: list[str] = []
     if found is None:
         found, warnings = scan(runs_dir)
-    kept: dict[tuple, dict] = {}
-    for path, record in found:
-        try:
-            row = run_row(path, record, epoch)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            warnings.append(f"{path}: malformed run record ({type(e).__name__}: {e}); ignored")
-            continue
-        key = (row["model"], row["hash"], row["seed"])
-        if key in kept:
-            newer = row["finished_at"] > kept[key]["finished_at"]
-            keep, drop = (row, kept[key]) if newer else (kept[key], row)
-            warnings.append(f"{drop['path']}: duplicate of {keep['path']} (setting {key[1]}, seed {key[2]}); "
-                            f"counted once, keeping the newer")
-            row = keep
-        kept[key] = row
-    df = pd.DataFrame(list(kept.values()), columns=RUN_COLUMNS)
-    return df.sort_values(["model", "task", "method", "lr", "hash", "seed"], ignore_index=True), warnings
+    rows, more = once_per_seed(found, lambda path, record: run_row(path, record, epoch))
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    return df.sort_values(["model", "task", "method", "lr", "hash", "seed"], ignore_index=True), warnings + more
 
 
 def _counted(df: pd.DataFrame, by: list[str], stats: dict) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bitfit_exp.claims import Claim
 from bitfit_exp.data import encode, load_splits, subset_rows
 from bitfit_exp.errors import UserError
 from bitfit_exp.fingerprint import data_fingerprint, model_fingerprint
@@ -27,7 +28,6 @@ from bitfit_exp.packed import train_packed
 from bitfit_exp.patch import load_trained_state, save_patch, trained_state
 from bitfit_exp.records import (
     RECORD,
-    Claim,
     adopt_v1,
     backup,
     check_runs_dir,
