@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from bitfit_exp.claims import Claim
 from bitfit_exp.errors import UserError
+from bitfit_exp.fingerprint import of_config
 from bitfit_exp.metrics import compute_metrics
 from bitfit_exp.records import seed_dir, setting_key, write_json_atomic
 
@@ -212,7 +213,8 @@ def test_bad_checkpoints_leftover_temporaries_and_dead_claims_do_not_block_a_rer
     from bitfit_exp.runner import run_job
 
     cfg = compose(*quick(tiny_bert_dir, tmp_path, f"train.packed={str(packed).lower()}", "train.save_patch=true"))
-    folder = seed_dir(tmp_path, setting_key(OmegaConf.to_container(cfg, resolve=True)), 0)
+    fingerprints = of_config(cfg)  # the setting's folder depends on the checkpoint and data it reads
+    folder = seed_dir(tmp_path, setting_key(OmegaConf.to_container(cfg, resolve=True), fingerprints), 0)
     folder.mkdir(parents=True)
     (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
     leftovers = [".record.json.999999.tmp", ".checkpoint.pt.tmp", ".patch.safetensors.tmp"]
