@@ -286,3 +286,15 @@ def test_deberta_and_masked_selections_fall_back_with_their_line():
     gpt2 = tiny("gpt2")
     assert "GPT-2's b_q alone" in packing_problem(gpt2, select("bq", gpt2))
     assert packing_problem(gpt2, select("bm2", gpt2)) is None
+
+
+@pytest.mark.parametrize("group, checkpoint", [
+    ("roberta_large", "roberta-large"), ("xlm_roberta_base", "FacebookAI/xlm-roberta-base"),
+    ("electra_base", "google/electra-base-discriminator"), ("distilbert_base", "distilbert-base-uncased"),
+    ("albert_base", "albert/albert-base-v2"), ("deberta_v3_base", "microsoft/deberta-v3-base"),
+    ("gpt2", "openai-community/gpt2"), ("qwen2_0_5b", "Qwen/Qwen2.5-0.5B")])
+def test_model_groups_of_the_mapped_families(group, checkpoint):
+    from conftest import compose
+
+    cfg = compose(f"model={group}")
+    assert (cfg.model.name, cfg.model.name_or_path) == (group, checkpoint)
