@@ -298,3 +298,22 @@ def test_model_groups_of_the_mapped_families(group, checkpoint):
 
     cfg = compose(f"model={group}")
     assert (cfg.model.name, cfg.model.name_or_path) == (group, checkpoint)
+
+
+def test_a_packed_job_on_deberta_trains_one_by_one_with_its_note(tmp_path, glue_dir, capsys):
+    from conftest import MINILM, compose, quick
+
+    from bitfit_exp.models import load_tokenizer
+    from bitfit_exp.runner import run_job
+
+    folder = tmp_path / "deberta"
+    torch.manual_seed(0)
+    tf.AutoModel.from_config(tf.DebertaV2Config(**{**COMMON, "vocab_size": 30522, "max_position_embeddings": 64},
+                                                relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                                position_buckets=8, max_relative_positions=16)).save_pretrained(folder)
+    load_tokenizer(MINILM).save_pretrained(folder)
+    (records,) = run_job(compose(*quick(folder, tmp_path / "runs", "train.packed=true", "seeds=[0,1]",
+                                        "train.epochs=1")))
+    out = capsys.readouterr().out
+    assert "note: DeBERTa-v2 applies its query/key projections" in out and "training one seed at a time" in out
+    assert sorted(r["seed"] for r in records) == [0, 1] and all("packed" not in r for r in records)
