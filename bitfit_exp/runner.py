@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from bitfit_exp.data import encode, load_splits, subset_rows
 from bitfit_exp.errors import UserError
 from bitfit_exp.methods import PACKABLE, encoder_parameters, head_parameter_names, packable, select
+from bitfit_exp.metrics import baseline_note
 from bitfit_exp.models import load_model, load_tokenizer
 from bitfit_exp.packed import train_packed
 from bitfit_exp.patch import load_trained_state, save_patch, trained_state
@@ -340,6 +341,7 @@ def run_job(cfg) -> list[list[dict]]:
         mean, std = mean_std([score(r) for r in mine])
         main = mine[0]["main"]
         log(f"{describe(setting)}: {main['metric']} ({main['split']}, {main['select']} epoch) "
-            f"{100 * mean:.2f}±{100 * std:.2f} over {len(mine)} seeds")
+            f"{100 * mean:.2f}±{100 * std:.2f} over {len(mine)} seeds"
+            + baseline_note(main["metric"], prepared and prepared.dev[main["split"]].labels))
     sys.stdout.flush()
     return out
