@@ -5,7 +5,7 @@ DATA_DIR ?= ../shared/data/glue
 RUNS_DIR ?= $(or $(BITFIT_RUNS_DIR),$(HOME)/bitfit-runs)
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install test test-slow test-all lint demo tables figures
+.PHONY: install test test-slow test-all test-min lint demo tables figures
 
 # torch first, pinned: an unpinned torch pulls whatever build the index serves (a multi-GB CUDA one on Linux).
 # On a CUDA box with torch already installed, the installed build is kept.
@@ -21,6 +21,16 @@ test-slow:
 
 test-all:
 	$(OFFLINE) $(PYTHON) -m pytest -q
+
+# The lowest dependency versions pyproject.toml allows (.ci/min-versions.txt), in a second venv, against the tests of
+# the code that leans hardest on them (transformers' attention/mask interfaces, training, the CLI through Hydra).
+MIN_VENV ?= .venv-min
+MIN_TESTS = tests/test_packed.py tests/test_methods.py tests/test_training.py tests/test_cli.py tests/test_optim.py
+test-min:
+	[ -x $(MIN_VENV)/bin/python ] || python3 -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q -c .ci/min-versions.txt -e ".[dev]"
+	$(MIN_VENV)/bin/python -m pip check
+	$(OFFLINE) $(MIN_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider $(MIN_TESTS)
 
 lint:
 	$(PYTHON) -m ruff check bitfit_exp tests scripts
