@@ -35,10 +35,11 @@ test-min:
 lint:
 	$(PYTHON) -m ruff check bitfit_exp tests scripts
 
-# Real MiniLM weights, a 400-example slice of RTE, 3 seeds x 3 epochs: about 5 minutes on a 2-core CPU.
+# Real MiniLM weights, BitFit on 1,000 SST-2 sentences, 3 seeds x 2 epochs; ends with the dev accuracy next to the
+# majority class (README: measured time and result).
 demo:
-	$(OFFLINE) bitfit-run task=rte method=bitfit model=minilm data.dir=$(DATA_DIR) seeds=[0,1,2] train.epochs=3 \
-		data.max_train_samples=400 data.max_eval_samples=277 data.train_eval_samples=200 data.padding=longest optim.lr=1e-3
+	$(OFFLINE) bitfit-run task=sst2 method=bitfit model=minilm data.dir=$(DATA_DIR) seeds=[0,1,2] train.epochs=2 \
+		data.max_train_samples=1000 data.train_eval_samples=300 data.max_length=64 data.padding=longest optim.lr=1e-3
 
 tables:
 	bitfit-tables --runs-dir $(RUNS_DIR) --table all --out results/tables
