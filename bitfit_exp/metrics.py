@@ -47,3 +47,31 @@ def compute_metrics(names: Sequence[str], predictions, labels) -> dict[str, floa
     if p.dtype.kind in "fc" and not np.isfinite(p).all():
         return dict.fromkeys(names, float("nan"))
     return {name: METRICS[name](p, y) for name in names}
+
+
+def constant_baseline(metric: str, labels) -> tuple[str, float]:
+    """What a constant predictor scores on `labels` with `metric`: the majority class for class ids, the mean for
+    regression scores (any correlation of a constant is 0). The yardstick a fine-tuned model must clearly beat.
+
+    >>> constant_baseline("accuracy", [1, 0, 1, 1])
+    ('majority class', 0.75)
+    >>> constant_baseline("pearson", [0.5, 3.0, 4.2])
+    ('mean predictor', 0.0)
+    """
+    y = np.asarray(labels)
+    if np.issubdtype(y.dtype, np.floating):
+        return "mean predictor", METRICS[metric](np.full(len(y), y.mean()), y)
+    values, counts = np.unique(y, return_counts=True)
+    return "majority class", METRICS[metric](np.full(len(y), values[counts.argmax()]), y)
+
+
+def baseline_note(metric: str, labels) -> str:
+    """`constant_baseline` as the tail of a summary line ("" without labels), in percent like the scores.
+
+    >>> baseline_note("accuracy", [1, 0, 1, 1])
+    '; majority class 75.00'
+    """
+    if labels is None:
+        return ""
+    name, value = constant_baseline(metric, labels)
+    return f"; {name} {100 * value:.2f}"

@@ -37,6 +37,7 @@ from bitfit_exp.data import Encoded, gather, padding
 from bitfit_exp.errors import UserError
 from bitfit_exp.methods import Selection
 from bitfit_exp.metrics import compute_metrics
+from bitfit_exp.optim import AdamWHF2021, optimizer_class
 from bitfit_exp.training import (
     SeedResult,
     Stopped,
@@ -211,14 +212,16 @@ class PackedAdamW(torch.optim.Optimizer):
     gradient-norm clipping, on [K, ...] parameters: a handful of kernels per step whatever K is.
 
     The group's `lr` is a schedule factor (LambdaLR scales it), so setting k steps with lrs[k] * lr.
+    `name="adamw_hf2021"` steps like the authors' 2021 transformers AdamW instead (bitfit_exp/optim.py).
     """
 
     def __init__(self, params: list[nn.Parameter], lrs, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 max_grad_norm: float | None = None):
+                 max_grad_norm: float | None = None, name: str = "adamw"):
         super().__init__(params, {"lr": 1.0, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.lrs = torch.as_tensor(lrs, dtype=torch.float32)
         self.max_grad_norm = max_grad_norm
         self.k = len(self.lrs)
+        self.hf2021 = optimizer_class(name) is AdamWHF2021
 
     def _flat(self, tensors) -> torch.Tensor:
         return torch.cat([t.reshape(self.k, -1) for t in tensors], dim=1)
@@ -243,12 +246,17 @@ class PackedAdamW(torch.optim.Optimizer):
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
         lr = self.lrs.to(grad.device)[:, None] * group["lr"]
         value = self._flat(params)
-        if group["weight_decay"]:
+        if group["weight_decay"] and not self.hf2021:
             value.mul_(1 - lr * group["weight_decay"])
         m.lerp_(grad, 1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(group["eps"])
-        value.sub_(m.div(denom).mul_(lr / (1 - b1**t)))
+        if self.hf2021:  # eps on the uncorrected sqrt(v); the bias correction goes into the step size
+            value.sub_(m.div(v.sqrt().add_(group["eps"])).mul_(lr * (math.sqrt(1 - b2**t) / (1 - b1**t))))
+            if group["weight_decay"]:  # decay after the update, as transformers' AdamW did
+                value.mul_(1 - lr * group["weight_decay"])
+        else:
+            denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(group["eps"])
+            value.sub_(m.div(denom).mul_(lr / (1 - b1**t)))
         torch._foreach_copy_(params, [part.view_as(p) for part, p in
                                       zip(value.split([p[0].numel() for p in params], dim=1), params, strict=True)])
         return None
@@ -326,7 +334,8 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
     model.to(device)
     forward = compiled(model, cfg.train.compile)
     optimizer = PackedAdamW(params.tensors, lrs, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                            weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.train.grad_clip)
+                            weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.train.grad_clip,
+                            name=cfg.optim.name)
     bsz, n = cfg.train.batch_size, len(train)
     steps_per_epoch = -(-n // bsz)
     schedule = lr_schedule(optimizer, steps_per_epoch, cfg)

@@ -23,6 +23,7 @@ from bitfit_exp.data import encode, load_splits, subset_rows
 from bitfit_exp.errors import UserError
 from bitfit_exp.fingerprint import data_fingerprint, model_fingerprint
 from bitfit_exp.methods import PACKABLE, encoder_parameters, head_parameter_names, packable, select
+from bitfit_exp.metrics import baseline_note
 from bitfit_exp.models import load_model, load_tokenizer
 from bitfit_exp.packed import packing_problem, train_packed
 from bitfit_exp.patch import load_trained_state, save_patch, trained_state
@@ -441,6 +442,10 @@ def run_job(cfg) -> list[list[dict]]:
                 records[m] = record
         mine = [records[m] for m in members if m in records]
         out.append(mine)
-        log(f"{describe(key)}: {summary(mine)}" if mine else f"{describe(key)}: no finished seed yet")
+        if not mine:
+            log(f"{describe(key)}: no finished seed yet")
+            continue
+        main = mine[0]["main"]
+        log(f"{describe(key)}: {summary(mine)}" + baseline_note(main["metric"], prepared.dev[main["split"]].labels))
     sys.stdout.flush()
     return out

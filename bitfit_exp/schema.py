@@ -71,6 +71,12 @@ def method_names() -> list[str]:
     return sorted(METHODS)
 
 
+def optimizer_names() -> list[str]:
+    from bitfit_exp.optim import OPTIMIZERS
+
+    return list(OPTIMIZERS)
+
+
 def metric_names() -> list[str]:
     from bitfit_exp.metrics import METRICS
 
@@ -118,7 +124,7 @@ class Method:
 
 @dataclass
 class Optim:
-    name: Literal["adamw"] = key()
+    name: str = key(choices=optimizer_names)
     lr: float = key(above=0)
     eps: float = key(above=0)
     betas: tuple[float, float] = key(at_least=0, below=1)

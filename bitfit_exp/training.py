@@ -22,6 +22,7 @@ from bitfit_exp.data import Encoded, batches, padding
 from bitfit_exp.errors import UserError
 from bitfit_exp.methods import Selection
 from bitfit_exp.metrics import compute_metrics
+from bitfit_exp.optim import optimizer_class
 from bitfit_exp.patch import load_trained_state, trained_state
 
 
@@ -76,8 +77,8 @@ def make_optimizer(model: nn.Module, selection: Selection, optim) -> torch.optim
     if masked:
         # AdamW's decoupled decay would shrink unselected entries too; masked tensors get it in `masked_decay`.
         groups.append({"params": masked, "weight_decay": 0.0, "masked": True})
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, eps=optim.eps,
-                             betas=tuple(optim.betas))
+    adamw = optimizer_class(optim.name)  # torch.optim.AdamW, or the authors' 2021 transformers AdamW
+    return adamw([g for g in groups if g["params"]], lr=optim.lr, eps=optim.eps, betas=tuple(optim.betas))
 
 
 @dataclass

@@ -80,3 +80,16 @@ def test_unknown_metric_names_valid_choices():
     for name in ["accuracy", "f1", "matthews", "pearson", "spearman"]:
         assert name in str(info.value)
     assert set(METRICS) == {"accuracy", "f1", "matthews", "pearson", "spearman"}
+
+
+def test_constant_baseline_per_metric():
+    from bitfit_exp.metrics import baseline_note, constant_baseline
+
+    labels = [0, 1, 1, 2, 1]  # majority class 1
+    assert constant_baseline("accuracy", labels) == ("majority class", 0.6)
+    assert constant_baseline("matthews", labels) == ("majority class", 0.0)
+    assert constant_baseline("f1", [1, 1, 0, 1]) == ("majority class", 6 / 7)  # all 1: precision 3/4, recall 1
+    assert constant_baseline("f1", [0, 0, 1]) == ("majority class", 0.0)
+    assert constant_baseline("spearman", np.array([0.0, 2.5, 5.0])) == ("mean predictor", 0.0)
+    assert baseline_note("accuracy", np.array([0, 0, 1])) == "; majority class 66.67"
+    assert baseline_note("accuracy", None) == ""

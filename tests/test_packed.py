@@ -18,11 +18,13 @@ def no_dropout_dir(request, tmp_path_factory):
     return save_tiny(folder, request.param, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-@pytest.mark.parametrize("method, padding", [("bitfit", "max_length"), ("bm2_bq", "longest"), ("frozen", "longest")])
-def test_packed_equals_separate_runs(method, padding, no_dropout_dir, tmp_path, glue_dir):
+@pytest.mark.parametrize("method, padding, optim", [("bitfit", "max_length", "adamw"), ("bm2_bq", "longest", "adamw"),
+                                                    ("frozen", "longest", "adamw"),
+                                                    ("bitfit", "longest", "adamw_hf2021")])
+def test_packed_equals_separate_runs(method, padding, optim, no_dropout_dir, tmp_path, glue_dir):
     # grad_clip 0.05 triggers on every step: a global norm over settings would couple them.
     cfg = compose(*quick(no_dropout_dir, tmp_path, f"method={method}", f"data.padding={padding}", "train.epochs=2",
-                         "train.grad_clip=0.05", "train.select=last", "optim.weight_decay=0.01"))
+                         "train.grad_clip=0.05", "train.select=last", "optim.weight_decay=0.01", f"optim={optim}"))
     prepared = Prepared(cfg)
     cpu = torch.device("cpu")
     alone = []

@@ -132,7 +132,10 @@ def test_prefetch_then_offline_run(tmp_path, glue_dir):
 
 def test_prefetch_offline_without_source_is_one_line(tmp_path):
     code = "from bitfit_exp.cli import prefetch; prefetch()"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     out = subprocess.run([sys.executable, "-c", code, "model=minilm", "tasks=[rte]", f"data.dir={tmp_path}"],
-                         capture_output=True, text=True, env=ENV)
+                         capture_output=True, text=True, env=ENV, cwd=cwd)
     assert out.returncode == 2 and "error: cannot load nyu-mll/glue/rte" in out.stderr
+    assert list(cwd.iterdir()) == []  # Hydra's job log (once cli.log, committed by accident) stays out of the cwd
     assert MINILM  # the packaged model needs no hub; only the data source failed
