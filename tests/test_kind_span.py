@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bitfit_exp.data import Encoded
 from bitfit_exp.errors import UserError
 from bitfit_exp.kinds import span
 from tests.conftest import MINILM, REPO, tiny_config
@@ -101,12 +102,11 @@ def test_bad_windows_are_one_line_errors(tokenizer):
         span.encode(frame, {"doc_stride": 8}, tokenizer, {"max_length": 20}, role="eval")
     # 25 - 10 - 3 = 12 context tokens a window, 4 new ones per window: starts 0, 4, ..., 48
     assert len(span.encode(frame, {"doc_stride": 8}, tokenizer, {"max_length": 25}, role="eval")) == 13
-    assert span.window_sizes({"doc_stride": 8}, {"max_length": 32, "doc_stride": 4}) == (32, 4)  # data key wins
     assert span.window_sizes({}, {"max_length": 384}) == (384, 128)
 
 
 def test_batch_labels_are_the_rows_positions():
-    data = span.SpanEncoded([[1]] * 3, None, np.array([[0, 0], [3, 5], [7, 7]]), np.zeros(3))
+    data = Encoded([[1]] * 3, None, np.array([[0, 0], [3, 5], [7, 7]]), np.zeros(3))
     targets = span.batch_labels(data, torch.tensor([2, 1]), width=16)
     assert targets["start_positions"].tolist() == [7, 3] and targets["end_positions"].tolist() == [7, 5]
 
@@ -114,12 +114,12 @@ def test_batch_labels_are_the_rows_positions():
 # ---------------------------------------------------------------- decoding
 
 def hand_data(offsets: list[list], example_index: list[int], contexts: list[str], max_answer_length=3, n_best=20):
-    return span.SpanEncoded([[0] * len(o) for o in offsets], None, np.zeros((len(offsets), 2), dtype=np.int64),
-                            np.array(example_index),
-                            extra={"offsets": offsets, "example_index": np.array(example_index),
-                                   "example_ids": [f"id{e}" for e in range(len(contexts))], "contexts": contexts,
-                                   "answers": [[] for _ in contexts], "max_answer_length": max_answer_length,
-                                   "n_best": n_best})
+    return Encoded([[0] * len(o) for o in offsets], None, np.zeros((len(offsets), 2), dtype=np.int64),
+                   np.array(example_index),
+                   extra={"offsets": offsets, "example_index": np.array(example_index),
+                          "example_ids": [f"id{e}" for e in range(len(contexts))], "contexts": contexts,
+                          "answers": [[] for _ in contexts], "max_answer_length": max_answer_length,
+                          "n_best": n_best})
 
 
 CONTEXT = "alpha beta gamma delta epsilon"

@@ -14,7 +14,7 @@ The standard recipe for BERT-style encoders (as transformers' run_qa.py):
 - `score`: exact match and F1 with the official SQuAD v1.1 answer normalisation, max over the gold answers.
 - `write_test`: the official `{id: answer}` JSON that SQuAD's evaluate-v1.1.py reads.
 
-Keys read from the task YAML (conf/task/squad.yaml): `doc_stride` (128; `data.doc_stride` overrides it when set),
+Keys read from the task YAML (conf/task/squad.yaml): `doc_stride` (128),
 `max_answer_length` (30), `n_best` (20). The window length is `data.max_length` (384 is the recipe's value).
 
 Data: columns id, title, context, question, answers{text: list[str], answer_start: list[int]} (rajpurkar/squad or
@@ -42,14 +42,13 @@ import json
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitfit_exp.data import Encoded
+from bitfit_exp.data import Encoded, columns_of, split_by_title  # noqa: F401 (split_by_title: re-export)
 from bitfit_exp.errors import UserError
 
 AUTO_CLASS = "AutoModelForQuestionAnswering"
@@ -60,66 +59,37 @@ DEFAULT_N_BEST = 20
 PUNCTUATION = frozenset(string.punctuation)
 
 
-@dataclass
-class SpanEncoded(Encoded):
-    """Encoded windows: `labels` [features, 2] (start, end token), `idx` the example index of each feature, and
-    `extra`: example_index (= idx), example_ids, contexts, answers (gold texts per example), offsets (eval and
-    test roles: per feature, per token (char start, char end) or None outside the context), max_answer_length,
-    n_best."""
-
-    extra: dict = field(default_factory=dict)
-
-
 def num_outputs(task) -> int:
     """Start and end logits per token."""
     return 2
 
 
+def model_config(task) -> dict:
+    return {}
+
+
+def check_file(path, task, test: bool = False, fix: str = "fix the file") -> None:
+    """A one-line UserError naming `path` unless it is a readable parquet file with rows and SQuAD's columns (id,
+    question, context; answers except in a test split; title too with task.title_split)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    needed = ["id", "question", "context", *([] if test else ["answers"]),
+              *(["title"] if task.get("title_split") else [])]
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: is not a readable parquet file: {type(e).__name__} ({fix})") from None
+    present = parquet.schema_arrow.names
+    missing = [c for c in needed if c not in present]
+    if missing:
+        raise UserError(f"{path}: has columns {', '.join(present) or 'none'}; a span task needs "
+                        f"{', '.join(needed)}; missing: {', '.join(missing)} ({fix})")
+    if parquet.metadata.num_rows == 0:
+        raise UserError(f"{path}: has no rows ({fix})")
+
+
 # ---------------------------------------------------------------- data
-
-def split_by_title(frame, dev_fraction: float, seed: int):
-    """Cut one split into (train, dev) parts with no article (`title`) in both, so no context is seen in training
-    and scored in dev: a `seed`-drawn permutation of the sorted titles, the first round(dev_fraction * titles)
-    (at least one) go to dev. Rows keep their order. Works on a pandas DataFrame or a datasets.Dataset.
-
-    Used where a task has no train split of its own (this machine's SQuAD copy has only validation): task key
-    `title_split: {dev_fraction, seed}` makes loading train on one part and evaluate on the other.
-
-    >>> import pandas as pd
-    >>> frame = pd.DataFrame({"title": ["a", "a", "b", "c", "c", "d"], "id": range(6)})
-    >>> train, dev = split_by_title(frame, 0.5, seed=0)
-    >>> sorted(set(train.title)), sorted(set(dev.title))
-    (['b', 'd'], ['a', 'c'])
-    """
-    if not 0 < dev_fraction < 1:
-        raise UserError(f"title_split.dev_fraction={dev_fraction} must be between 0 and 1 (the dev share of "
-                        f"articles)")
-    titles = list(frame["title"])
-    distinct = sorted(set(titles))
-    if len(distinct) < 2:
-        raise UserError(f"cannot split by title: the data has {len(distinct)} distinct title(s), at least 2 "
-                        f"needed")
-    order = np.random.default_rng(seed).permutation(len(distinct))
-    n_dev = min(len(distinct) - 1, max(1, round(dev_fraction * len(distinct))))
-    dev_titles = {distinct[i] for i in order[:n_dev]}
-    dev_rows = [r for r, t in enumerate(titles) if t in dev_titles]
-    train_rows = [r for r, t in enumerate(titles) if t not in dev_titles]
-    return _take(frame, train_rows), _take(frame, dev_rows)
-
-
-def _take(frame, rows: list[int]):
-    if hasattr(frame, "iloc"):
-        return frame.iloc[rows].reset_index(drop=True)
-    return frame.select(rows)
-
-
-def _columns(dataset, limit: int | None) -> dict[str, list]:
-    """Plain lists of the columns of the first `limit` examples of a DataFrame or datasets.Dataset."""
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    if hasattr(dataset, "iloc"):
-        return {c: dataset[c].iloc[:n].tolist() for c in dataset.columns}
-    return dataset.select(range(n))[:]
-
 
 def _gold(answers) -> tuple[list[str], list[int]]:
     """(texts, char starts) of one example's `answers` cell (lists, numpy arrays, or absent on a test split)."""
@@ -134,25 +104,30 @@ def _get(cfg, key: str, default=None):
 
 
 def window_sizes(task, data_cfg) -> tuple[int, int]:
-    """(max_length, doc_stride): the window length from data.max_length, the overlap from data.doc_stride if set,
-    else the task's doc_stride (128)."""
+    """(max_length, doc_stride): the window length from data.max_length, the overlap from the task's doc_stride
+    (128 when absent)."""
     max_length = int(data_cfg["max_length"])
-    stride = int(_get(data_cfg, "doc_stride", _get(task, "doc_stride", DEFAULT_DOC_STRIDE)))
+    stride = int(_get(task, "doc_stride", DEFAULT_DOC_STRIDE))
     if not 0 <= stride < max_length:
         raise UserError(f"doc_stride={stride} must be at least 0 and less than data.max_length={max_length} "
                         f"(it is the overlap of consecutive windows, in tokens)")
     return max_length, stride
 
 
-def encode(dataset, task, tokenizer, data_cfg, role: str, limit: int | None = None) -> SpanEncoded:
-    """Windows of the first `limit` examples of `dataset` (see the module docstring); role: train|eval|test."""
+def encode(dataset, task, tokenizer, data_cfg, role: str, limit: int | None = None) -> Encoded:
+    """Windows of the first `limit` examples of `dataset` (see the module docstring); role: train|eval|test.
+
+    The result's `labels` are [features, 2] (start, end token), `idx` the example index of each feature, and
+    `extra`: example_index (= idx), example_ids, contexts, answers (gold texts per example), offsets (eval and test
+    roles: per feature, per token (char start, char end) or None outside the context), max_answer_length, n_best.
+    """
     if role not in ("train", "eval", "test"):
         raise ValueError(f"role must be train, eval or test, not {role!r}")
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"the span kind needs a fast tokenizer (character offsets); {type(tokenizer).__name__} "
                         f"is not one")
     max_length, stride = window_sizes(task, data_cfg)
-    columns = _columns(dataset, limit)
+    columns = columns_of(dataset, limit)
     questions = [q.lstrip() for q in columns["question"]]  # some SQuAD questions open with long runs of spaces
     contexts = columns["context"]
     golds = [_gold(a) for a in columns.get("answers", [None] * len(contexts))]
@@ -168,7 +143,7 @@ def encode(dataset, task, tokenizer, data_cfg, role: str, limit: int | None = No
              "n_best": int(_get(task, "n_best", DEFAULT_N_BEST))}
     if role != "train":  # training needs no offsets; 88k windows x 384 tuples would be memory for nothing
         extra["offsets"] = context_offsets
-    return SpanEncoded(out["input_ids"], out.get("token_type_ids"), labels, example_index, extra=extra)
+    return Encoded(out["input_ids"], out.get("token_type_ids"), labels, example_index, extra=extra)
 
 
 def _tokenize(tokenizer, questions, contexts, max_length: int, stride: int):
@@ -212,7 +187,7 @@ def _answer_tokens(offsets: list, gold: tuple[list[str], list[int]]) -> tuple[in
 
 # ---------------------------------------------------------------- training
 
-def batch_labels(data: SpanEncoded, index: torch.LongTensor, width: int) -> dict[str, torch.Tensor]:
+def batch_labels(data: Encoded, index: torch.LongTensor, width: int) -> dict[str, torch.Tensor]:
     """The forward's loss targets of rows `index` (answer token positions lie inside their row, so any width
     holds them)."""
     positions = torch.from_numpy(data.labels[index.numpy()])
@@ -248,7 +223,7 @@ def _setting_ce(logits: torch.Tensor, positions: torch.Tensor, k: int, width: in
 
 # ---------------------------------------------------------------- predictions
 
-def decode(logits_batches, data: SpanEncoded) -> dict[str, str]:
+def decode(logits_batches, data: Encoded) -> dict[str, str]:
     """{example id: answer text}: the best valid span over all windows of each example (see the module
     docstring); "" for an example with no valid span. `logits_batches` holds every feature's logits in order,
     one entry per batch, each padded to its batch's width."""
@@ -335,7 +310,7 @@ def f1(prediction: str, gold: str) -> float:
 _SCORERS = {"exact_match": exact_match, "f1": f1}
 
 
-def score(predictions: dict[str, str], data: SpanEncoded, metrics: list[str]) -> dict[str, float]:
+def score(predictions: dict[str, str], data: Encoded, metrics: list[str]) -> dict[str, float]:
     """Mean over the examples with gold answers of the max over their golds, per metric (fractions in [0, 1]); a
     missing prediction counts as ""."""
     unknown = [m for m in metrics if m not in _SCORERS]
@@ -348,7 +323,7 @@ def score(predictions: dict[str, str], data: SpanEncoded, metrics: list[str]) ->
     return {m: float(np.mean([max(_SCORERS[m](p, g) for g in golds) for p, golds in pairs])) for m in metrics}
 
 
-def write_test(predictions: dict[str, str], data: SpanEncoded, task, path) -> Path:
+def write_test(predictions: dict[str, str], data: Encoded, task, path) -> Path:
     """Write the official SQuAD prediction file, {id: answer} JSON, one entry per example of `data` in order."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
