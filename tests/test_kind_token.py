@@ -250,3 +250,17 @@ def test_pos_task_finds_the_shared_ewt_copy_by_local_name(tokenizer):
     assert data.extra["ids"][0] == splits["validation"]["sent_id"][0]
     assert all(np.count_nonzero(np.asarray(row) != -100) == len(words)
                for row, words in zip(data.labels, data.extra["words"], strict=True))
+
+
+def test_without_data_dir_offline_the_hub_error_is_one_line(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    task = OmegaConf.load(REPO / "conf" / "task" / "pos.yaml")
+    with pytest.raises(UserError) as e:
+        kind.load_splits(task, OmegaConf.create({"dir": None}))
+    assert str(e.value) == ("cannot load universal-dependencies/universal_dependencies from the Hugging Face hub "
+                            "(ConnectionError); offline, pass data.dir (layout <dir>/ud_ewt/<split>.parquet)")
