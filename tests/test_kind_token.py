@@ -9,13 +9,20 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from bitfit_exp.data import load_splits
 from bitfit_exp.errors import UserError
 from bitfit_exp.kinds import token as kind
 from tests.conftest import MINILM, REPO, tiny_config
 
 UD_EWT = REPO.parent / "shared" / "data" / "ud_ewt"
-TASK = {"name": "toy", "label_names": ["DT", "NN", "VBZ", ".", ",", "NNP", "-LRB-", "-RRB-"],
+TASK = {"name": "toy", "kind": "token", "label_names": ["DT", "NN", "VBZ", ".", ",", "NNP", "-LRB-", "-RRB-"],
         "eval_splits": {"validation": "toy"}, "test_splits": {"test": "toy.conll"}}
+
+
+def load(task: dict, data_dir) -> dict:
+    """The task's splits as the runner loads them (bitfit_exp.data.load_splits)."""
+    return load_splits(OmegaConf.create(task), OmegaConf.create({"dir": None if data_dir is None else str(data_dir),
+                                                                   "hub_name": "nyu-mll/glue"}))
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +107,7 @@ def test_a_tag_outside_label_names_is_one_line_naming_it(tokenizer, tmp_path):
     frame([("The", "DT")]).to_parquet(folder / "train.parquet")
     frame([("cat", "NN"), ("!", "XX")]).to_parquet(folder / "validation.parquet")
     with pytest.raises(UserError, match=f"^{folder / 'validation.parquet'}: tag 'XX' ") as e:
-        kind.load_splits(TASK, {"dir": str(tmp_path)})
+        load(TASK, tmp_path)
     assert "\n" not in str(e.value)
 
 
@@ -203,14 +210,14 @@ def test_convert_writes_the_layout_load_splits_reads(tmp_path):
     for split in ["train", "validation"]:
         assert kind.convert(text, root / "ptb" / f"{split}.parquet") == 2
     task = {**TASK, "local_name": "ptb"}
-    splits = kind.load_splits(task, {"dir": str(root)})
+    splits = load(task, root)
     assert sorted(splits) == ["train", "validation"]  # test is optional: no test predictions then
     assert splits["train"]["tokens"][:] == [["The", "cat", "."], ["It"]]
     assert splits["train"]["xpos"][:] == [["DT", "NN", "."], ["NNP"]]
-    with pytest.raises(UserError, match=r"lacks validation.parquet; the toy task reads <data.dir>/toy/"):
+    with pytest.raises(UserError, match=r"/toy lacks validation.parquet; fetch the task"):
         (root / "toy").mkdir()
         kind.convert(text, root / "toy" / "train.parquet")
-        kind.load_splits(TASK, {"dir": str(root)})
+        load(TASK, root)
 
 
 def test_convert_command_line(tmp_path, capsys):
@@ -244,7 +251,7 @@ def test_pos_task_finds_the_shared_ewt_copy_by_local_name(tokenizer):
     if not (UD_EWT / "validation.parquet").is_file():
         pytest.skip(f"local UD English-EWT copy not found at {UD_EWT}")
     task = OmegaConf.load(REPO / "conf" / "task" / "pos.yaml")
-    splits = kind.load_splits(task, OmegaConf.create({"dir": str(UD_EWT.parent)}))
+    splits = load(OmegaConf.to_container(task), UD_EWT.parent)
     assert {s: len(d) for s, d in splits.items()} == {"train": 12544, "validation": 2001, "test": 2077}
     data = kind.encode(splits["validation"], task, tokenizer, {"max_length": 128}, role="eval", limit=3)
     assert data.extra["ids"][0] == splits["validation"]["sent_id"][0]
@@ -255,12 +262,18 @@ def test_pos_task_finds_the_shared_ewt_copy_by_local_name(tokenizer):
 def test_without_data_dir_offline_the_hub_error_is_one_line(monkeypatch):
     import datasets
 
+    calls = []
+
     def offline(*args, **kwargs):
+        calls.append((args, kwargs))
         raise ConnectionError("Couldn't reach the Hub")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     task = OmegaConf.load(REPO / "conf" / "task" / "pos.yaml")
     with pytest.raises(UserError) as e:
-        kind.load_splits(task, OmegaConf.create({"dir": None}))
+        load(OmegaConf.to_container(task), None)
     assert str(e.value) == ("cannot load universal-dependencies/universal_dependencies from the Hugging Face hub "
-                            "(ConnectionError); offline, pass data.dir (layout <dir>/ud_ewt/<split>.parquet)")
+                            "(ConnectionError: Couldn't reach the Hub); offline, pass data.dir=/path/to/data (layout "
+                            "ud_ewt/<split>.parquet) or prefetch it with `bitfit-prefetch task=pos`")
+    assert calls == [(("universal-dependencies/universal_dependencies",),
+                      {"data_dir": "en_ewt", "revision": "refs/convert/parquet"})]  # the task's own hub copy

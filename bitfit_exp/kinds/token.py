@@ -18,10 +18,10 @@ The standard recipe for BERT-style encoders (as transformers' run_ner.py):
 Keys read from the task YAML (conf/task/pos.yaml): `label_names` (the fixed tag list: a tag's id is its position,
 so ids never depend on the data; a tag outside the list is an error naming the tag and the file or split),
 `words_field` (default `tokens`), `tags_field` (default `xpos`), `id_field` (default `sent_id`; the row number
-when the column is absent), `local_name` (the folder under `data.dir`; default the task name), and for the hub
-`hub_name`, `hub_data_dir`, `hub_revision`. A null tag marks a token that is not a word to tag: the hub copy of
-Universal Dependencies keeps multi-word-token ranges such as "don't" next to their words "do" "n't", with a null
-XPOS; such tokens are dropped.
+when the column is absent); `bitfit_exp.data.load_splits` reads `local_name` (the folder under `data.dir`; default
+the task name), and for the hub `hub_name`, `hub_data_dir`, `hub_revision`. A null tag marks a token that is not
+a word to tag: the hub copy of Universal Dependencies keeps multi-word-token ranges such as "don't" next to their
+words "do" "n't", with a null XPOS; such tokens are dropped.
 
 Your own Penn Treebank copy
 ---------------------------
@@ -57,7 +57,6 @@ The converter drops PTB trace tokens (tag `-NONE-`: empty elements, not words). 
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,19 +73,28 @@ CUT = -1  # the prediction for a word cut off by truncation: never a tag id, so 
 TRACE_TAG = "-NONE-"  # PTB empty elements (traces); the converter drops them
 
 
-@dataclass
-class TokenEncoded(Encoded):
-    """Encoded sentences, one feature each: `labels` per feature (tag id at each word's first sub-token, else -100),
-    `idx` the example index, and `extra`: words (per example), tags (gold tag ids per word, every word, or None
-    when the split has no tags), first_positions (per feature: the token position of each word that fits),
-    ids (sentence ids), label_names."""
-
-    extra: dict = field(default_factory=dict)
-
-
 def num_outputs(task) -> int:
     """One logit per tag."""
     return len(task["label_names"])
+
+
+def model_config(task) -> dict:
+    return {}
+
+
+def check_file(path, task, test: bool = False, fix: str = "fix the file") -> None:
+    """A one-line UserError naming `path` unless its sentences are usable: the words column, as many tags as
+    words, every tag in label_names (a split without tags only when `test`)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        raise UserError(f"{path}: is not a readable parquet file: {type(e).__name__} ({fix})") from None
+    _, _, tags = _sentences(frame, task, str(path))
+    if tags is None and not test:
+        raise UserError(f"{path}: has no {task.get('tags_field', 'xpos')!r} column (it has: "
+                        f"{', '.join(frame.columns)}); set task.tags_field to the column of tags")
 
 
 # ---------------------------------------------------------------- data
@@ -180,7 +188,7 @@ def first_subtoken_labels(word_ids: list[int | None], tags: list[int] | None) ->
     return labels, positions
 
 
-def encode(dataset, task, tokenizer, data_cfg, role: str, limit: int | None = None) -> TokenEncoded:
+def encode(dataset, task, tokenizer, data_cfg, role: str, limit: int | None = None) -> Encoded:
     """Tokenize the sentences of `dataset` (a datasets.Dataset or pandas DataFrame), the first `limit` of them.
 
     A split without the tags column is allowed for role "test" only (nothing to score, predictions still written).
@@ -202,10 +210,10 @@ def encode(dataset, task, tokenizer, data_cfg, role: str, limit: int | None = No
         positions.append(row_positions)
     extra = {"words": words, "tags": tags, "first_positions": positions, "ids": ids,
              "label_names": list(task["label_names"])}
-    return TokenEncoded(out["input_ids"], out.get("token_type_ids"), labels, np.arange(len(words)), extra=extra)
+    return Encoded(out["input_ids"], out.get("token_type_ids"), labels, np.arange(len(words)), extra=extra)
 
 
-def truncation_counts(data: TokenEncoded) -> dict[str, int]:
+def truncation_counts(data: Encoded) -> dict[str, int]:
     """How many sentences of `data` were cut by max_length, and how many of their words got no prediction."""
     cut = [len(w) - len(p) for w, p in zip(data.extra["words"], data.extra["first_positions"], strict=True)]
     return {"sentences": sum(c > 0 for c in cut), "words": sum(cut)}
@@ -213,7 +221,7 @@ def truncation_counts(data: TokenEncoded) -> dict[str, int]:
 
 # ---------------------------------------------------------------- training
 
-def batch_labels(data: TokenEncoded, index: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
+def batch_labels(data: Encoded, index: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
     """The `labels` [len(index), width] of rows `index`, -100 past each row's end."""
     labels = torch.full((len(index), width), IGNORE, dtype=torch.long)
     for r, row in enumerate(index.tolist()):
@@ -235,7 +243,7 @@ def setting_losses(logits: torch.Tensor, targets: dict, k: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- predictions
 
-def decode(logits_batches, data: TokenEncoded) -> list[list[int]]:
+def decode(logits_batches, data: Encoded) -> list[list[int]]:
     """Per sentence, the tag id of each word: the argmax at its first sub-token, `CUT` (-1) for a word cut off.
 
     `logits_batches`: [rows, width, labels] per batch, in feature order; each batch may have its own width.
@@ -254,7 +262,7 @@ def decode(logits_batches, data: TokenEncoded) -> list[list[int]]:
     return predictions
 
 
-def score(predictions: list[list[int]], data: TokenEncoded, metrics) -> dict[str, float]:
+def score(predictions: list[list[int]], data: Encoded, metrics) -> dict[str, float]:
     """`accuracy` over every word of the split (a word cut off by truncation is an error)."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -267,7 +275,7 @@ def score(predictions: list[list[int]], data: TokenEncoded, metrics) -> dict[str
     return {name: correct / words if words else 0.0 for name in metrics}
 
 
-def write_test(predictions: list[list[int]], data: TokenEncoded, task, path) -> None:
+def write_test(predictions: list[list[int]], data: Encoded, task, path) -> None:
     """The predicted tags as a CoNLL-like file: `# sent_id = <id>`, `word<TAB>tag` lines (`_` for a word cut off by
     truncation), a blank line after each sentence."""
     names = list(task["label_names"])
@@ -279,34 +287,6 @@ def write_test(predictions: list[list[int]], data: TokenEncoded, task, path) -> 
 
 
 # ---------------------------------------------------------------- loading and converting
-
-def load_splits(task, data_cfg) -> dict:
-    """{split: datasets.Dataset}: from <data.dir>/<local_name>/<split>.parquet (tags checked against label_names,
-    errors naming the file), or from the hub copy named by the task's hub_name / hub_data_dir / hub_revision."""
-    import datasets
-
-    if data_cfg.get("dir"):
-        root = Path(str(data_cfg["dir"])).expanduser()
-        folder = root / str(task.get("local_name") or task["name"])
-        files = {s: folder / f"{s}.parquet" for s in ["train", *task["eval_splits"], *task["test_splits"]]}
-        missing = [f.name for s, f in files.items() if not f.is_file() and s not in task["test_splits"]]
-        if missing:
-            raise UserError(f"{folder} lacks {', '.join(missing)}; the {task['name']} task reads "
-                            f"<data.dir>/{folder.name}/<split>.parquet (columns tokens, xpos)")
-        files = {s: str(f) for s, f in files.items() if f.is_file()}
-        splits = dict(datasets.load_dataset("parquet", data_files=files))
-        for split, dataset in splits.items():
-            _sentences(dataset, task, files[split])
-        return splits
-    try:
-        loaded = datasets.load_dataset(task["hub_name"], data_dir=task.get("hub_data_dir"),
-                                       revision=task.get("hub_revision"))
-    except Exception as e:  # the hub raises many types (ConnectionError, OfflineModeIsEnabled, ...)
-        raise UserError(f"cannot load {task['hub_name']} from the Hugging Face hub ({type(e).__name__}); "
-                        f"offline, pass data.dir (layout <dir>/{task.get('local_name') or task['name']}/"
-                        f"<split>.parquet)") from None
-    return dict(loaded)
-
 
 def _fields(line: str) -> list[str]:
     return line.split("\t") if "\t" in line else line.split()
