@@ -9,7 +9,7 @@ Where a task's data is read from:
   `hub_revision`) loads that; otherwise `data.hub_name` (nyu-mll/glue) with the task's name as the config.
 - A task with `title_split: {dev_fraction, seed}` has no train split of its own: its first eval split is cut by
   article title into a training part and a dev part with no title in both (`split_by_title`), seeded; the run
-  says so in one line. Used for SQuAD, whose train split this machine lacks.
+  says so in one line (for a QA task whose train split is not at hand).
 
 >>> from omegaconf import OmegaConf
 >>> from bitfit_exp.data import load_splits
@@ -250,8 +250,8 @@ def hub_source(task, hub_name: str) -> tuple[str, dict]:
 
     >>> hub_source({"name": "rte"}, "nyu-mll/glue")
     ('nyu-mll/glue', {'name': 'rte'})
-    >>> hub_source({"name": "squad", "hub_name": "rajpurkar/squad", "hub_config": "plain_text"}, "nyu-mll/glue")
-    ('rajpurkar/squad', {'name': 'plain_text'})
+    >>> hub_source({"name": "qa", "hub_name": "org/qa", "hub_config": "plain_text"}, "nyu-mll/glue")
+    ('org/qa', {'name': 'plain_text'})
     """
     if not task.get("hub_name"):
         return str(hub_name), {"name": task["name"]}
