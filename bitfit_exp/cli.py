@@ -2,6 +2,9 @@
 
     bitfit-run task=rte method=bitfit model=minilm data.dir=../shared/data/glue seeds=[0] train.epochs=1
     bitfit-prefetch model=bert_base tasks=[rte,mrpc] data.dir=~/glue models_dir=~/models
+
+`bitfit-run` checks the config of every job against bitfit_exp/schema.py before Hydra starts (Hydra writes its
+output folder before the job runs): a bad value is one line and exit code 2, with nothing written.
 """
 
 import sys
@@ -24,7 +27,7 @@ def conf_dir() -> str:
 
 
 def _fail(e: UserError):
-    print(f"error: {e}", file=sys.stderr)
+    print("\n".join(f"error: {line}" for line in str(e).splitlines()), file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -35,29 +38,58 @@ def _needs_hub(cfg) -> bool:
     return not cfg.data.get("dir") or not Path(model).exists()
 
 
-def _check_choices(cfg) -> None:
-    valid = {"select": ("best", "last"), "padding": ("max_length", "longest"),
-             "packed_dropout": ("per_setting", "shared"),
-             "compile": ("false", "true", "default", "reduce-overhead", "max-autotune")}
-    for key, value in (("select", cfg.train.select), ("padding", cfg.data.padding),
-                       ("packed_dropout", cfg.train.packed_dropout), ("compile", str(cfg.train.compile).lower())):
-        if value not in valid[key]:
-            raise UserError(f"{key}={value!r} is not valid; choose one of {', '.join(valid[key])}")
-    if not cfg.seeds:
-        raise UserError("seeds is empty; give at least one, e.g. seeds=[0]")
+def _jobs_to_check(argv: list[str]) -> tuple[list[str], bool] | None:
+    """(overrides, sweep) of a command line that would run jobs; None for Hydra's informational flags (--help,
+    --cfg, --info, ...) and for other config folders or files (--config-dir/-path/-name), which the job itself checks."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    informational = (args.help, args.hydra_help, args.cfg, args.info, args.shell_completion, args.experimental_rerun,
+                     args.config_path, args.config_name, args.config_dir)
+    if any(informational):
+        return None
+    sweep = args.multirun or "hydra.mode=MULTIRUN" in args.overrides
+    return args.overrides, sweep
+
+
+def _check_before_hydra(argv: list[str]) -> None:
+    """Compose and check every job the command line would run (each job of a sweep, as `bitfit-plan` expands it),
+    and that each runs_dir is a writable folder (Hydra writes its output folder there first). Hydra's composition
+    errors (task=nope) become one line with the valid choices, as in `bitfit-plan`."""
+    from hydra.errors import HydraException
+
+    from bitfit_exp.plan import one_line, valid_jobs
+    from bitfit_exp.records import check_runs_dir
+
+    jobs = _jobs_to_check(argv)
+    if jobs is None:
+        return
+    try:
+        checked = valid_jobs(*jobs)
+    except HydraException as e:
+        raise UserError(one_line(str(e))) from None
+    for runs_dir in dict.fromkeys(str(cfg.runs_dir) for _, cfg in checked):
+        check_runs_dir(runs_dir)
+
+
+def run() -> None:
+    """`bitfit-run`: check the config of every job, then hand the command line to Hydra."""
+    try:
+        _check_before_hydra(sys.argv[1:])
+    except UserError as e:
+        _fail(e)
+    _run_job()
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
-def run(cfg: DictConfig) -> float | None:
+def _run_job(cfg: DictConfig) -> float | None:
     """Train one setting (or its lr grid) for every seed; returns the best mean main dev score (for Hydra sweepers)."""
     from bitfit_exp.hub import settle_offline_mode
-    from bitfit_exp.methods import METHODS
+    from bitfit_exp.schema import check
     from bitfit_exp.training import Stopped
 
     try:
-        _check_choices(cfg)
-        if cfg.method.name not in METHODS:
-            raise UserError(f"unknown method {cfg.method.name!r}; valid: {', '.join(sorted(METHODS))}")
+        check(cfg)  # again: a config from --config-dir, or a job launched by Hydra alone
         if _needs_hub(cfg):
             settle_offline_mode()
         from bitfit_exp.runner import objective, run_job

@@ -9,6 +9,7 @@ method (else the same model), times the task's train size, epochs and missing se
 from the same records.
 """
 
+import copy
 import json
 import shlex
 import statistics
@@ -17,10 +18,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bitfit_exp.cli import conf_dir
 from bitfit_exp.errors import UserError
@@ -35,6 +38,7 @@ from bitfit_exp.records import (
     read_record,
     setting_key,
 )
+from bitfit_exp.schema import ConfigError, check, unknown_override_keys
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
@@ -48,6 +52,54 @@ def expand(overrides: list[str]) -> list[list[str]]:
         params[o.split("=", 1)[0]] = o
     parsed = parser.parse_overrides(list(params.values()))
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def compose_jobs(jobs: list[list[str]]) -> list[DictConfig]:
+    """Each job's config as Hydra composes it for the run: composed once per distinct set of config-group choices,
+    then the job's value overrides applied in order by Hydra's own loader step (table3: 64 compositions, not 256)."""
+    parser, composed, configs = OverridesParser.create(), {}, []
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        repo = GlobalHydra.instance().config_loader().repository
+        for job in jobs:
+            overrides = parser.parse_overrides(job)
+            # As Hydra's defaults list splits them: a dict value or a key that is no group is a value override.
+            is_group = [repo.group_exists(o.key_or_group) and not isinstance(o.value(), dict) for o in overrides]
+            choices = tuple(o.input_line for o, group in zip(overrides, is_group, strict=True) if group)
+            if choices not in composed:
+                composed[choices] = compose("config", overrides=list(choices))
+            cfg = copy.deepcopy(composed[choices])
+            values = [o for o, group in zip(overrides, is_group, strict=True) if not group and not o.is_hydra_override()]
+            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+            configs.append(cfg)
+    return configs
+
+
+def valid_jobs(overrides: list[str], sweep: bool = True) -> list[tuple[list[str], DictConfig]]:
+    """(overrides, config) of every job (of the sweep, or the single run), each config checked against the schema:
+    ConfigError lists every bad value. A key that no group has is named as such even where Hydra refuses it first
+    (`train.epoch=3`); other composition errors are Hydra's (HydraException)."""
+    try:
+        jobs = expand(overrides) if sweep else [overrides]
+        configs = compose_jobs(jobs)
+    except HydraException:
+        unknown = unknown_override_keys(_value_overrides(overrides))
+        if unknown:
+            raise ConfigError(unknown) from None
+        raise
+    check(configs)
+    return list(zip(jobs, configs, strict=True))
+
+
+def _value_overrides(overrides: list[str]) -> list[tuple[str, object]]:
+    """(key, value) of the overrides that set config values (not group choices, not sweeps, not deletions)."""
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        repo = GlobalHydra.instance().config_loader().repository
+        try:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+        except HydraException:
+            return []
+        return [(o.key_or_group, o.value()) for o in parsed
+                if not repo.group_exists(o.key_or_group) and not o.is_sweep_override() and not o.is_delete()]
 
 
 def throughput(runs_dir: Path) -> dict:
@@ -84,23 +136,21 @@ def done_seeds(root: Path, cfg, config: dict, seeds, identities: dict) -> set[in
 def plan(overrides: list[str]) -> list[dict]:
     """One entry per job: its settings' keys, seeds finished / in all, and the training samples still to run
     (`samples`: what one process works through; a packed job trains its settings side by side)."""
-    jobs, expanded, identities = [], expand(overrides), {}
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        for job in expanded:
-            cfg = compose("config", overrides=job)
-            root = Path(cfg.runs_dir).expanduser()
-            size = min(cfg.task.train_size, cfg.data.max_train_samples or cfg.task.train_size)
-            packed = bool(cfg.train.packed) and packable(cfg.method.name)
-            keys, done, missing = [], 0, 0
-            seeds = list(dict.fromkeys(cfg.seeds))
-            for setting in job_settings(cfg):
-                config = OmegaConf.to_container(setting, resolve=True)
-                keys.append(setting_key(config, None))
-                finished_here = len(done_seeds(root, cfg, config, seeds, identities))
-                done, missing = done + finished_here, missing + len(seeds) - finished_here
-            samples = size * cfg.train.epochs * (min(missing, 1) if packed else missing)
-            jobs.append({"key": keys[0], "keys": keys, "seeds": len(cfg.seeds) * len(keys), "done": done,
-                         "runs_dir": root, "packed": packed, "samples": samples, "overrides": job})
+    jobs, identities = [], {}
+    for job, cfg in valid_jobs(overrides):
+        root = Path(cfg.runs_dir).expanduser()
+        size = min(cfg.task.train_size, cfg.data.max_train_samples or cfg.task.train_size)
+        packed = bool(cfg.train.packed) and packable(cfg.method.name)
+        keys, done, missing = [], 0, 0
+        seeds = list(dict.fromkeys(cfg.seeds))
+        for setting in job_settings(cfg):
+            config = OmegaConf.to_container(setting, resolve=True)
+            keys.append(setting_key(config, None))
+            finished_here = len(done_seeds(root, cfg, config, seeds, identities))
+            done, missing = done + finished_here, missing + len(seeds) - finished_here
+        samples = size * cfg.train.epochs * (min(missing, 1) if packed else missing)
+        jobs.append({"key": keys[0], "keys": keys, "seeds": len(seeds) * len(keys), "done": done,
+                     "runs_dir": root, "packed": packed, "samples": samples, "overrides": job})
     return jobs
 
 
@@ -135,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in args if a not in ("--multirun", "-m", "--todo")]
     try:
         jobs = plan(overrides)
+    except ConfigError as e:
+        print("\n".join(f"error: {line}" for line in e.lines), file=sys.stderr)
+        return 2
     except (UserError, HydraException) as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2

@@ -71,21 +71,22 @@ def test_settings_never_share_a_folder(tmp_path, tiny_bert_dir, glue_dir):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("task=nope", "Available options in 'task'"),
-    ("method=nope", "Available options in 'method'"),
-    ("model=nope", "Available options in 'model'"),
+    ("task=nope", "error: In 'config': Could not find 'task/nope'; valid: cola, mnli, mrpc"),
+    ("method=nope", "error: In 'config': Could not find 'method/nope'; valid: biases, bitfit, bm2"),
+    ("model=nope", "error: In 'config': Could not find 'model/nope'; valid: bert_base"),
+    ("runs_dir=/dev/null", "error: /dev/null: runs_dir is not a folder"),
     ("data.dir=/no/such/dir", "error: data.dir=/no/such/dir does not exist"),
     ("model.name_or_path=/no/such/model", "error: model.name_or_path=/no/such/model is not a model directory"),
-    ("train.select=worst", "error: select='worst' is not valid; choose one of best, last"),
-    ("train.packed_dropout=mine", "error: packed_dropout='mine' is not valid; choose one of per_setting, shared"),
-    ("train.compile=fast", "error: compile='fast' is not valid; choose one of false, true, default, reduce-overhead"),
+    ("train.select=worst", "error: train.select='worst' is not valid; choose one of best, last"),
+    ("train.packed_dropout=mine", "error: train.packed_dropout='mine' is not valid; choose one of per_setting, shared"),
+    ("train.compile=fast", "error: train.compile='fast' is not valid; choose one of false, true, default, reduce-overhead"),
     ("train.device=cuda", "error: train.device=cuda but CUDA is not available here"),
     ("data.dir=null", "error: cannot load nyu-mll/glue/rte from the Hugging Face hub"),
 ])
 def test_bad_input_gives_one_clear_line(override, message, tmp_path, tiny_bert_dir):
     out = bitfit_run(*quick(tiny_bert_dir, tmp_path, override))
-    assert out.returncode != 0
-    assert message in out.stderr
+    assert out.returncode == 2
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "Traceback" not in out.stderr
     assert not records(tmp_path)
 

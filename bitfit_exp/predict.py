@@ -1,0 +1,147 @@
+"""`bitfit-predict`: the multi-task engine (bitfit_exp.multitask) on files: CSV, TSV, JSONL or Parquet in, the same
+rows plus predictions out.
+
+    bitfit-predict ~/bitfit-runs/minilm/sst2 ~/bitfit-runs/minilm/rte/bitfit --input in.csv --output out.parquet
+
+Each row's task comes from `--task` (all rows) or a `task` column (mixed files; rows of different tasks share forward
+passes). Its text comes from the task's own columns when the file has them (`sentence`, `sentence1`/`sentence2`,
+...), else from `text` / `text_pair` (or `--text-column` / `--pair-column`). Added columns: `label` (the predicted
+label's name; empty for regression), `score` (its probability, or the regression score), `probabilities` (JSON),
+`truncated` (the text was cut to the run's max_length, as in training).
+
+>>> from bitfit_exp.predict import table_format
+>>> table_format("data/in.jsonl"), table_format("out.PARQUET")
+('jsonl', 'parquet')
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from bitfit_exp.errors import UserError
+from bitfit_exp.multitask import BadInput, MultiTaskEngine, TaskPatch
+from bitfit_exp.serve import build_engine, engine_arguments
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def table_format(path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(f"{path}: unknown file type {suffix or '(none)'}; use {', '.join(FORMATS)}")
+    return FORMATS[suffix]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    kind = table_format(path)
+    if not path.is_file():
+        raise UserError(f"--input {path} does not exist")
+    if kind == "parquet":
+        return pd.read_parquet(path)
+    if kind == "jsonl":
+        return pd.read_json(path, lines=True, dtype=False)
+    return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", keep_default_na=False, dtype=str)
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    kind = table_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "parquet":
+        frame.to_parquet(path, index=False)
+    elif kind == "jsonl":
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    else:
+        frame.to_csv(path, sep="\t" if kind == "tsv" else ",", index=False)
+
+
+def _value(row, column: str | None):
+    if column is None:
+        return None
+    value = row.get(column)
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) or value == "" else value
+
+
+def text_columns(patch: TaskPatch, columns, text: str | None, pair: str | None) -> tuple[str, str | None]:
+    """Which columns hold a task's text (and pair): the flags, the task's own fields, or text / text_pair."""
+    pair_task = len(patch.text_fields) == 2
+    if text:
+        return text, (pair or "text_pair") if pair_task else None
+    if all(f in columns for f in patch.text_fields):
+        return patch.text_fields[0], patch.text_fields[1] if pair_task else None
+    if "text" in columns:
+        return "text", "text_pair" if pair_task else None
+    raise UserError(f"no text columns for task {patch.name}: the file has {', '.join(map(str, columns))}; expected "
+                    f"{' + '.join(patch.text_fields)}, text{' + text_pair' if pair_task else ''}, or --text-column")
+
+
+def items_of(frame: pd.DataFrame, engine: MultiTaskEngine, args) -> list[dict]:
+    """One request item per row: {"task", "text"[, "text_pair"]}."""
+    if args.task is None and args.task_column not in frame.columns:
+        raise UserError(f"no --task and no {args.task_column!r} column in {args.input}; say which task(s) to run")
+    tasks = [args.task] * len(frame) if args.task else frame[args.task_column].astype(str).tolist()
+    unknown = sorted(set(tasks) - set(engine.ids))
+    if unknown:
+        raise UserError(f"unknown task {unknown[0]!r} in {args.input}; serving: {', '.join(engine.ids)}")
+    columns = {t: text_columns(engine.patches[engine.ids[t]], frame.columns, args.text_column, args.pair_column)
+               for t in set(tasks)}
+    items = []
+    for task, (_, row) in zip(tasks, frame.iterrows(), strict=True):
+        text, pair = columns[task]
+        items.append({"task": task, "text": _value(row, text), "text_pair": _value(row, pair)})
+    return items
+
+
+def predictions(engine: MultiTaskEngine, items: list[dict], progress: bool | None) -> pd.DataFrame:
+    try:
+        rows = engine.prepare(items, noun="row")
+    except BadInput as e:
+        raise UserError(str(e)) from None
+    with tqdm(total=len(rows), desc="bitfit-predict", unit="row", disable=None if progress is None else not progress,
+              file=sys.stderr) as bar:
+        logits = engine.logits(rows, bar.update)
+    results = [engine.result(r, v) for r, v in zip(rows, logits, strict=True)]
+    return pd.DataFrame({
+        "label": [r.get("label") for r in results],
+        "score": [r["score"] if "score" in r else r["probabilities"][r["label"]] for r in results],
+        "probabilities": [json.dumps(r.get("probabilities", {})) for r in results],
+        "truncated": [row.truncated for row in rows],
+    })
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bitfit-predict", description=__doc__.splitlines()[0])
+    engine_arguments(p)
+    p.add_argument("--input", required=True, type=Path, help="CSV, TSV, JSONL or Parquet file")
+    p.add_argument("--output", required=True, type=Path, help="where the rows with predictions go (type by suffix)")
+    p.add_argument("--task", help="task of every row (else the --task-column column)")
+    p.add_argument("--task-column", default="task")
+    p.add_argument("--text-column", help="column of the (first) text; default: the task's own, else `text`")
+    p.add_argument("--pair-column", help="column of the second text of pair tasks; default: the task's, else "
+                   "`text_pair`")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: on a terminal)")
+    args = p.parse_args(argv)
+    try:
+        table_format(args.output)
+        frame = read_table(args.input)
+        engine = build_engine(args)
+        items = items_of(frame, engine, args)
+        added = predictions(engine, items, args.progress)
+        clash = [c for c in added.columns if c in frame.columns]
+        if clash:
+            raise UserError(f"{args.input} already has column(s) {', '.join(clash)}; rename them first")
+        write_table(pd.concat([frame.reset_index(drop=True), added], axis=1), args.output)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(frame)} rows ({', '.join(sorted({i['task'] for i in items}))}) in {engine.forward_passes} forward "
+          f"passes -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,224 @@
+"""`bitfit-serve`: many BitFit task patches over one frozen backbone, as a JSON HTTP API (Starlette under uvicorn).
+
+    bitfit-serve ~/bitfit-runs/minilm/rte/bitfit ~/bitfit-runs/minilm/sst2 --port 8000
+
+Endpoints:
+- `GET /health`: status, served checkpoint and its fingerprint, task count, forward passes and rows so far.
+- `GET /tasks`: every served task: name, task, method, labels (empty for regression), pair or single text,
+  max_length, metric, seed, patch.
+- `POST /predict`: one item `{"task": "sst2", "text": "..."}` or a mixed list
+  `{"items": [{"task": "rte", "text": "...", "text_pair": "..."}, ...]}` (a top-level "task" is the default of items
+  that name none). Answer: `{"predictions": [...], "batch": {...}}`, one prediction per item in order: label,
+  label_id and probabilities (or score for regression), logits, and `truncated` when the text was cut to the run's
+  max_length as in training. `batch` says what the request was run with: how many requests, rows and tasks the
+  batching window collected and how many forward passes they took.
+
+Requests that arrive within `--window-ms` of each other are collected (up to `--max-batch` rows) and run together:
+rows of different tasks share one forward pass (bitfit_exp.multitask). Bad input is a 4xx with a one-line
+`{"error": ...}`; the server keeps serving.
+
+>>> from bitfit_exp.serve import parse_body
+>>> parse_body({"task": "sst2", "items": [{"text": "a"}, {"task": "rte", "text": "b", "text_pair": "c"}]})
+([{'text': 'a'}, {'task': 'rte', 'text': 'b', 'text_pair': 'c'}], 'sst2')
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bitfit_exp.errors import UserError
+from bitfit_exp.multitask import BadInput, MultiTaskEngine, Row, find_patches
+
+
+def parse_body(body) -> tuple[list, str | None]:
+    """(items, default task) of a /predict body: one item object, or {"items": [...], "task"?: default}."""
+    if not isinstance(body, dict):
+        raise BadInput(f"the body must be a JSON object (one item, or {{\"items\": [...]}}), got {type(body).__name__}",
+                       400)
+    if "items" not in body:
+        return [body], None
+    items = body["items"]
+    if not isinstance(items, list) or not items:
+        raise BadInput("'items' must be a non-empty list of {task, text[, text_pair]} objects", 400)
+    return items, body.get("task")
+
+
+@dataclass
+class Pending:
+    rows: list[Row]
+    future: asyncio.Future
+
+
+class Batcher:
+    """Collects requests for up to `window_s` after the first one (or until `max_rows` rows) and runs them as one
+    list through the engine, in a worker thread so the server keeps accepting requests meanwhile."""
+
+    def __init__(self, engine: MultiTaskEngine, window_s: float, max_rows: int):
+        self.engine, self.window_s, self.max_rows = engine, window_s, max_rows
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="bitfit-forward")
+
+    async def submit(self, rows: list[Row]) -> tuple[list, dict]:
+        pending = Pending(rows, asyncio.get_running_loop().create_future())
+        await self.queue.put(pending)
+        return await pending.future
+
+    async def _collect(self) -> list[Pending]:
+        group = [await self.queue.get()]
+        deadline = asyncio.get_running_loop().time() + self.window_s
+        while sum(len(p.rows) for p in group) < self.max_rows:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                group.append(await asyncio.wait_for(self.queue.get(), left))
+            except TimeoutError:
+                break
+        return group
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            group = await self._collect()
+            rows = [r for p in group for r in p.rows]
+            before = self.engine.forward_passes
+            try:
+                logits = await loop.run_in_executor(self.worker, self.engine.logits, rows)
+            except Exception as e:  # a failed forward fails its requests, not the server
+                traceback.print_exc()
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            info = {"requests": len(group), "rows": len(rows), "tasks": len({r.task for r in rows}),
+                    "forward_passes": self.engine.forward_passes - before}
+            start = 0
+            for p in group:
+                if not p.future.done():  # the client may have gone
+                    p.future.set_result((logits[start:start + len(p.rows)], info))
+                start += len(p.rows)
+
+
+def error(message: str, status: int):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int = 1024):
+    """The Starlette app serving `engine`: /health, /tasks, /predict (see the module docstring)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    batcher = Batcher(engine, window_ms / 1000, engine.max_batch)
+
+    async def health(request):
+        return JSONResponse({"status": "ok", "model": engine.name_or_path, "model_fingerprint": engine.fingerprint,
+                             "tasks": len(engine.patches), "forward_passes": engine.forward_passes,
+                             "device": str(engine.device)})
+
+    async def tasks(request):
+        return JSONResponse({"tasks": [p.describe() for p in engine.patches]})
+
+    async def predict(request):
+        try:
+            try:
+                body = json.loads(await request.body())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise BadInput(f"the body is not JSON ({str(e).splitlines()[0]})", 400) from None
+            items, default = parse_body(body)
+            if len(items) > max_items:
+                raise BadInput(f"{len(items)} items; at most {max_items} per request (--max-items)", 413)
+            rows = engine.prepare(items, default)
+        except BadInput as e:
+            return error(str(e), e.status)
+        try:
+            logits, info = await batcher.submit(rows)
+        except Exception as e:
+            return error(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 500)
+        return JSONResponse({"predictions": [engine.result(r, v) for r, v in zip(rows, logits, strict=True)],
+                             "batch": info})
+
+    @asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.create_task(batcher.run())
+        yield
+        task.cancel()
+        batcher.worker.shutdown(wait=False)
+
+    return Starlette(routes=[Route("/health", health), Route("/tasks", tasks),
+                             Route("/predict", predict, methods=["POST"])], lifespan=lifespan)
+
+
+def model_argument(value: str | None) -> str | None:
+    """--model: a model config name (`minilm`, `bert_base`: conf/model/<name>.yaml) or a name_or_path."""
+    if value is None:
+        return None
+    from omegaconf import OmegaConf
+
+    from bitfit_exp.cli import conf_dir
+
+    config = Path(conf_dir()) / "model" / f"{value}.yaml"
+    return str(OmegaConf.load(config).name_or_path) if config.is_file() else value
+
+
+def engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments bitfit-serve and bitfit-predict share: patches, the model, device and batch size."""
+    p.add_argument("patches", nargs="+", metavar="PATCH",
+                   help="run folder (seed<k>/), patch file in one, or a folder of runs; NAME=PATH names a task")
+    p.add_argument("--model", help="checkpoint to serve (config name such as minilm, or name_or_path); default: the "
+                   "one the patches were trained on")
+    p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
+    p.add_argument("--max-batch", type=int, default=64, help="rows per forward pass (larger inputs are split)")
+
+
+def build_engine(args) -> MultiTaskEngine:
+    from bitfit_exp.training import pick_device
+
+    if args.max_batch < 1:
+        raise UserError(f"--max-batch={args.max_batch}; give at least 1")
+    patches = find_patches(args.patches)
+    engine = MultiTaskEngine(patches, model_argument(args.model), pick_device(args.device), args.max_batch,
+                             getattr(args, "max_chars", 100_000))
+    for p in patches:
+        print(f"task {p.name}: {p.task} {p.method} lr={p.lr:g} seed {p.seed} epoch {p.epoch} "
+              f"({'score' if p.num_labels == 1 else '/'.join(p.labels())}) <- {p.path}", flush=True)
+    return engine
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bitfit-serve", description=__doc__.splitlines()[0])
+    engine_arguments(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--window-ms", type=float, default=5.0,
+                   help="how long to collect concurrent requests into one batch after the first arrives")
+    p.add_argument("--max-items", type=int, default=1024, help="most items one request may hold")
+    p.add_argument("--max-chars", type=int, default=100_000, help="longest text (characters) an item may hold")
+    p.add_argument("--log-level", default="warning", help="uvicorn's log level (info logs every request)")
+    args = p.parse_args(argv)
+    try:
+        engine = build_engine(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    memory = engine.memory()
+    print(f"bitfit-serve: {len(engine.patches)} tasks over {engine.name_or_path} (fingerprint {engine.fingerprint}, "
+          f"{memory['backbone_bytes'] / 2**20:.1f} MiB backbone + {memory['task_tables_bytes'] / 2**20:.2f} MiB task "
+          f"tables) on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(create_app(engine, args.window_ms, args.max_items), host=args.host, port=args.port,
+                log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
