@@ -92,3 +92,22 @@ def test_packed_logits_split_by_setting():
     assert isinstance(logits, tuple) and len(logits) == 2  # the loss is not a logit
     second = rows_of(logits, 2, 1)
     assert second[0].tolist() == start[2:].tolist() and second[1].tolist() == end[2:].tolist()
+
+
+def test_the_config_schema_knows_each_kinds_task_keys():
+    from bitfit_exp.schema import problems
+
+    base = ["task.title_split={dev_fraction:0.5,seed:0}"]
+    for task in ["rte", "stsb", "squad", "pos"]:
+        assert problems(compose(f"task={task}", *(base if task == "squad" else []))) == [], task
+    assert problems(compose("task=squad", "task.metrics=[f1,matthews]", "task.doc_stride=-1",
+                            "task.title_split={dev_fraction:1.5,seed:0}")) == [
+        "task.doc_stride=-1 is not valid; expected an integer >= 0",
+        "task.metrics=['f1', 'matthews'] is not valid: matthews is not a metric of span tasks; choose "
+        "among exact_match, f1",
+        "task.title_split={dev_fraction: 1.5, seed: 0} is not valid; expected null or {dev_fraction: a number in "
+        "(0, 1), seed: an integer >= 0}"]
+    assert problems(compose("task=pos", "task.kind=ner", "~task.label_names")) == [
+        "task.kind='ner' is not valid; choose one of sequence, span, token"]
+    assert problems(compose("task=rte", "~task.text_fields")) == [
+        "task.text_fields is missing; a sequence task needs it"]

@@ -27,7 +27,8 @@ The interface (module-level names; `task` is the task YAML, an OmegaConf DictCon
   scores; {example id: answer text}; per sentence, the tag id of each word). The trainers check the logits for
   non-finite values before decoding: a split with any scores NaN on every metric (a diverged model), so kinds
   decode finite logits only.
-- `score(predictions, data, metrics) -> dict[str, float]`: each metric named in the task's `metrics`.
+- `score(predictions, data, metrics) -> dict[str, float]`: each metric named in the task's `metrics`, which the
+  config schema checks against the kind's `METRICS` (the names it computes).
 - `write_test(predictions, data, task, path)`: the file the task's benchmark wants at `path` (the name is the
   value of the split in the task's `test_splits`).
 
@@ -62,6 +63,11 @@ def kind_of(task) -> ModuleType:
     if name not in KINDS:
         raise UserError(f"task {task.get('name')} has kind {name!r}; valid kinds: {', '.join(KINDS)}")
     return importlib.import_module(KINDS[name])
+
+
+def metrics_of(name: str) -> tuple[str, ...]:
+    """The metrics a kind computes (its module's METRICS)."""
+    return tuple(importlib.import_module(KINDS[name]).METRICS)
 
 
 def model_logits(outputs) -> torch.Tensor | tuple[torch.Tensor, ...]:

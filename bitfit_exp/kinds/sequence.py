@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from bitfit_exp.data import Encoded, check_split_file, columns_of
+from bitfit_exp.metrics import METRICS as _METRICS
 from bitfit_exp.metrics import compute_metrics
 
 AUTO_CLASS = "AutoModelForSequenceClassification"
+METRICS = tuple(_METRICS)
 
 
 def num_outputs(task) -> int:
