@@ -29,9 +29,10 @@ from pathlib import Path
 import pandas as pd
 from safetensors import SafetensorError, safe_open
 
-from bitfit_exp.methods import BIAS_COMPONENTS, PAPER_LABELS, bias_component
+from bitfit_exp.architectures import ALBERT, part_slice, role_parts
+from bitfit_exp.methods import BIAS_COMPONENTS, PAPER_LABELS
 from bitfit_exp.patch import bias_changes
-from bitfit_exp.records import DONE, RECORD, CorruptRecord, protocol, read_record, scan
+from bitfit_exp.records import DONE, RECORD, CorruptRecord, once_per_seed, protocol, read_record, scan
 
 PATCH = "patch.safetensors"
 FINISHED, DIVERGED = "finished", "diverged"
@@ -146,19 +147,24 @@ def bias_change(path) -> pd.DataFrame:
     """Mean absolute change 1/dim(b) * ||b0 - bF||_1 of every per-layer bias in one patch.
 
     Rows: COMPONENTS (q ... ln2), columns: layer numbers 1..L; NaN where the patch holds no such bias (methods that
-    train a subset of the biases). Works for any model whose layers are `<prefix>.encoder.layer.N.` (BERT, RoBERTa).
+    train a subset of the biases, or a family without that role, e.g. Qwen2's m1..ln2). Works for every family of
+    bitfit_exp.architectures: a fused bias (GPT-2's q|k|v `c_attn.bias`) gives one cell per third. ALBERT shares
+    one layer across all its layers: its table has one column (the layer group), and `table.attrs["note"]` says so.
     """
-    cells = {}
+    cells, shared = {}, False
     for name, (initial, final) in bias_changes(Path(path)).items():
-        hit = bias_component(name)
-        if hit is not None:
-            cells[(hit[1], hit[0] + 1)] = float((initial.double() - final.double()).abs().mean())
+        for layer, key, part in role_parts(name):
+            cut = part_slice(initial.shape[0], part)
+            cells[(key, layer + 1)] = float((initial[cut].double() - final[cut].double()).abs().mean())
+            shared = shared or ALBERT.split(name) is not None
     if not cells:
         raise ValueError(f"{path}: no per-layer encoder biases with initial values (not a bias patch?)")
     layers = range(1, max(layer for _, layer in cells) + 1)
     table = pd.DataFrame(math.nan, index=COMPONENTS, columns=list(layers))
     for (key, layer), value in cells.items():
         table.loc[key, layer] = value
+    if shared:
+        table.attrs["note"] = "ALBERT: one layer's biases shared by all layers (one column per layer group)"
     return table
 
 
@@ -340,23 +346,9 @@ def run_table(runs_dir, epoch: str | None = None, found=None) -> tuple[pd.DataFr
     warnings: list[str] = []
     if found is None:
         found, warnings = scan(runs_dir)
-    kept: dict[tuple, dict] = {}
-    for path, record in found:
-        try:
-            row = run_row(path, record, epoch)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            warnings.append(f"{path}: malformed run record ({type(e).__name__}: {e}); ignored")
-            continue
-        key = (row["model"], row["hash"], row["seed"])
-        if key in kept:
-            newer = row["finished_at"] > kept[key]["finished_at"]
-            keep, drop = (row, kept[key]) if newer else (kept[key], row)
-            warnings.append(f"{drop['path']}: duplicate of {keep['path']} (setting {key[1]}, seed {key[2]}); "
-                            f"counted once, keeping the newer")
-            row = keep
-        kept[key] = row
-    df = pd.DataFrame(list(kept.values()), columns=RUN_COLUMNS)
-    return df.sort_values(["model", "task", "method", "lr", "hash", "seed"], ignore_index=True), warnings
+    rows, more = once_per_seed(found, lambda path, record: run_row(path, record, epoch))
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    return df.sort_values(["model", "task", "method", "lr", "hash", "seed"], ignore_index=True), warnings + more
 
 
 def _counted(df: pd.DataFrame, by: list[str], stats: dict) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import sys
 import pandas as pd
 from scipy import stats
 
-from bitfit_exp.tables import collect
+from bitfit_exp.selection import collect
 
 GROUP = ["model", "task", "method", "protocol_id", "lr", "column"]
 CELL_COLUMNS = [*GROUP, "hash", "mean_a", "std_a", "n_a", "diverged_a", "mean_b", "std_b", "n_b", "diverged_b",

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from bitfit_exp.errors import UserError
+from bitfit_exp.errors import UserError, first_line
 from bitfit_exp.kinds import kind_of
 
 
@@ -200,12 +200,7 @@ def _read_columns(path: Path, task, fix: str) -> pa.Table:
                             f"{', '.join(needed_columns(task))}; missing: {', '.join(missing)} ({fix})")
         return parquet.read(columns=needed_columns(task))
     except (pa.ArrowException, OSError) as e:  # bad footer: ArrowInvalid; damaged pages: OSError
-        raise UserError(f"{path}: is not a readable parquet file: {_first_line(e)} ({fix})") from None
-
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:160] if lines else ''}"
+        raise UserError(f"{path}: is not a readable parquet file: {first_line(e)} ({fix})") from None
 
 
 def _where(mask: np.ndarray) -> str:

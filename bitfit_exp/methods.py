@@ -11,29 +11,27 @@ only those entries). The classification head is always trained in full.
 ['bert.encoder.layer.0.attention.self.query.bias', 'bert.pooler.dense.bias', 'classifier.bias', 'classifier.weight']
 """
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
+from bitfit_exp.architectures import (  # noqa: F401 (PAPER_LABELS: re-exported for analysis)
+    BERT,
+    PAPER_LABELS,
+    ROLES,
+    model_type,
+    require_architecture,
+    role_parts,
+    role_selection,
+)
 from bitfit_exp.errors import UserError
 
-# Appendix A.1: the paper's bias notation -> the Hugging Face module path inside `encoder.layer.N`.
-BIAS_COMPONENTS = {
-    "q": "attention.self.query.bias",
-    "k": "attention.self.key.bias",
-    "v": "attention.self.value.bias",
-    "m1": "attention.output.dense.bias",
-    "ln1": "attention.output.LayerNorm.bias",
-    "m2": "intermediate.dense.bias",
-    "m3": "output.dense.bias",
-    "ln2": "output.LayerNorm.bias",
-}
-PAPER_LABELS = {"q": "b_q", "k": "b_k", "v": "b_v", "m1": "b_m1", "ln1": "b_LN1", "m2": "b_m2", "m3": "b_m3",
-                "ln2": "b_LN2"}
-_LAYER = re.compile(r"\.encoder\.layer\.(\d+)\.(.+)$")
+# Appendix A.1: the paper's bias notation -> the Hugging Face path inside BERT's `encoder.layer.N` (other families:
+# bitfit_exp.architectures).
+BIAS_COMPONENTS = dict(BERT.roles)
 
 
 @dataclass
@@ -72,20 +70,25 @@ def encoder_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 def bias_component(name: str) -> tuple[int, str] | None:
     """`bert.encoder.layer.3.intermediate.dense.bias` -> (3, "m2"); None for anything not in Appendix A.1.
 
-    Matches the exact path after `layer.N.`, so `output.dense.bias` (m3) never matches the attention output (m1).
+    Matches the exact path after the layer prefix, so `output.dense.bias` (m3) never matches the attention output
+    (m1). Any mapped family (bitfit_exp.architectures); None for a fused bias holding several roles (GPT-2's
+    `c_attn.bias`: see `role_parts`).
     """
-    hit = _LAYER.search(name)
-    if not hit:
-        return None
-    for key, path in BIAS_COMPONENTS.items():
-        if hit.group(2) == path:
-            return int(hit.group(1)), key
-    return None
+    parts = role_parts(name)
+    return (parts[0][0], parts[0][1]) if len(parts) == 1 and parts[0][2] is None else None
 
 
 def all_bias_names(model: nn.Module) -> list[str]:
     """Every bias of the pre-trained model: the per-layer ones plus embedding LayerNorm and pooler biases."""
     return [n for n in encoder_parameters(model) if n.endswith(".bias")]
+
+
+def require_biases(model: nn.Module, method: str) -> None:
+    """One line for a model without any bias term (Llama, Mistral, ModernBERT): the bias methods would train the
+    classification head only."""
+    if not all_bias_names(model):
+        raise UserError(f"method={method}: this {model_type(model)} model has no bias terms, so it would train only "
+                        f"the classification head; method=frozen trains just that, method=full everything")
 
 
 def pooler_bias_names(model: nn.Module) -> list[str]:
@@ -124,11 +127,15 @@ def select(name: str, model: nn.Module, generator: torch.Generator | None = None
     return METHODS[name](model, generator=generator or torch.Generator().manual_seed(0), **options)
 
 
-def component_names(model: nn.Module, keys) -> list[str]:
-    bad = [k for k in keys if k not in BIAS_COMPONENTS]
+def component_selection(model: nn.Module, keys, method: str) -> dict[str, torch.Tensor | None]:
+    """The per-layer biases of roles `keys` in `model`'s family: name -> None, or a mask for part of a fused bias."""
+    bad = [k for k in keys if k not in ROLES]
     if bad:
-        raise UserError(f"unknown bias component {bad[0]!r}; valid: {', '.join(BIAS_COMPONENTS)}")
-    return [n for n in encoder_parameters(model) if (hit := bias_component(n)) and hit[1] in keys]
+        raise UserError(f"unknown bias component {bad[0]!r}; valid: {', '.join(ROLES)}")
+    if not keys:
+        return {}
+    require_biases(model, method)
+    return role_selection(model, keys, method)
 
 
 @register("full")
@@ -138,6 +145,7 @@ def full(model, **_):
 
 @register("bitfit", packable=True)
 def bitfit(model, **_):
+    require_biases(model, "bitfit")
     return with_head(model, all_bias_names(model))
 
 
@@ -148,35 +156,38 @@ def flag(option: str, value) -> bool:
     return value
 
 
-def bias_subset(model: nn.Module, keys, pooler_bias: bool = True) -> Selection:
+def bias_subset(model: nn.Module, keys, pooler_bias: bool = True, method: str = "biases") -> Selection:
     """Per-layer bias components `keys`, plus the pooler bias when `keys` is not empty (and `pooler_bias`), + head.
 
     The authors' code adds `pooler.dense.bias` to every non-empty trainable subset (`_deactivate_relevant_gradients`),
     so Table 3's bq, bm2 and bm2,bq rows trained it too; an empty subset trains the head only, like `frozen`.
-    `pooler_bias=False` gives the subset as the paper's text names it, without the pooler.
+    `pooler_bias=False` gives the subset as the paper's text names it, without the pooler. Roles are found through
+    `model`'s family table (bitfit_exp.architectures); a family without one of `keys` raises one line naming it.
     """
-    names = component_names(model, keys)
-    return with_head(model, names + pooler_bias_names(model) if keys and flag("pooler_bias", pooler_bias) else names)
+    chosen = component_selection(model, keys, method)
+    if keys and flag("pooler_bias", pooler_bias):
+        chosen.update(dict.fromkeys(pooler_bias_names(model)))
+    return Selection({**chosen, **{n: None for n in head_parameter_names(model)}})
 
 
 @register("bm2_bq", packable=True)
 def bm2_bq(model, pooler_bias=True, **_):
-    return bias_subset(model, ["m2", "q"], pooler_bias)
+    return bias_subset(model, ["m2", "q"], pooler_bias, "bm2_bq")
 
 
 @register("bm2", packable=True)
 def bm2(model, pooler_bias=True, **_):
-    return bias_subset(model, ["m2"], pooler_bias)
+    return bias_subset(model, ["m2"], pooler_bias, "bm2")
 
 
 @register("bq", packable=True)
 def bq(model, pooler_bias=True, **_):
-    return bias_subset(model, ["q"], pooler_bias)
+    return bias_subset(model, ["q"], pooler_bias, "bq")
 
 
 @register("biases", packable=True)
 def biases(model, components=(), pooler_bias=True, **_):
-    return bias_subset(model, list(components), pooler_bias)
+    return bias_subset(model, list(components), pooler_bias, "biases")
 
 
 @register("frozen", packable=True)
@@ -198,6 +209,7 @@ def rand_uniform(model, generator, **_):
     replacement inside it, from a hard-coded budget (100,000 for BERT-base): a tensor under 1,084 entries (every
     768-long bias or LayerNorm vector) got none, and floors and repeats left about 99,830 distinct entries.
     """
+    require_biases(model, "rand_uniform")
     params = encoder_parameters(model)
     names = list(params)
     sizes = torch.tensor([params[n].numel() for n in names])
@@ -232,6 +244,11 @@ def rand_rowcol(model, generator, rows_with_replacement=False, **_):
     full. On BERT-base that is 12 x 8,448 + 768 (pooler) = 102,144 entries: BitFit's count less the embedding
     LayerNorm bias.
 
+    Other families: the layers are those of the family's table (bitfit_exp.architectures), so projections between
+    the embeddings and the layers (ELECTRA's, ALBERT's) stay frozen like the embeddings. GPT-2's Conv1D stores its
+    weight as [in, out]: the draw is made on the [out, in] view and transposed. ALBERT's one shared layer gets one
+    draw. A layer module of another kind (Qwen2's RMSNorm) is refused.
+
     Details of the authors' draw, kept here:
     - A fair coin is tossed for every matrix; heads, or a wide matrix (out < in, e.g. BERT's `output.dense`),
       gives a column; otherwise rows. So square and tall matrices take a column with probability 1/2.
@@ -244,16 +261,21 @@ def rand_rowcol(model, generator, rows_with_replacement=False, **_):
       (matrices in model order, coin then index), so the pattern of the draw matches but not its values.
     """
     prefix, repeats = base_prefix(model), flag("rows_with_replacement", rows_with_replacement)
+    arch = require_architecture(model, "rand_rowcol")
     selection: dict[str, torch.Tensor | None] = {}
     for name, module in model.base_model.named_modules():
-        if name.split(".")[0] not in ("encoder", "pooler") or not list(module.parameters(recurse=False)):
+        in_scope = arch.in_layer(name) or name.split(".")[0] == "pooler"
+        if not in_scope or not list(module.parameters(recurse=False)):
             continue
         if isinstance(module, nn.Linear):
             selection[f"{prefix}{name}.weight"] = _column_or_rows(module.weight.shape, generator, repeats)
+        elif isinstance(module, Conv1D):
+            out_in = _column_or_rows(module.weight.T.shape, generator, repeats)  # Conv1D's weight is [in, out]
+            selection[f"{prefix}{name}.weight"] = out_in.T.contiguous()
         elif isinstance(module, nn.LayerNorm):
             selection[f"{prefix}{name}.weight"] = None
         else:
-            raise UserError(f"rand_rowcol knows Linear and LayerNorm layers only, not {name} "
+            raise UserError(f"rand_rowcol knows Linear, Conv1D and LayerNorm layers only, not {name} "
                             f"({type(module).__name__}); choose another method for this model")
     return Selection({**selection, **{n: None for n in head_parameter_names(model)}})
 

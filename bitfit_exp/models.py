@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from bitfit_exp.errors import UserError
+from bitfit_exp.errors import UserError, first_line
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -68,7 +68,7 @@ def _config_dict(config: Path) -> dict:
     except json.JSONDecodeError as e:
         raise UserError(f"{config}: is not valid JSON: {e} ({RESAVE})") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{config}: cannot be read: {_first_line(e)} ({RESAVE})") from None
+        raise UserError(f"{config}: cannot be read: {first_line(e)} ({RESAVE})") from None
     if not isinstance(data, dict):
         raise UserError(f"{config}: holds a JSON {type(data).__name__}, not an object ({RESAVE})")
     return data
@@ -87,12 +87,7 @@ def _check_safetensors_header(weights: Path) -> None:
         with safe_open(str(weights), framework="pt"):
             pass
     except (SafetensorError, OSError) as e:
-        raise UserError(f"{weights}: is not a readable weights file: {_first_line(e)} ({RESAVE})") from None
-
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:160] if lines else ''}"
+        raise UserError(f"{weights}: is not a readable weights file: {first_line(e)} ({RESAVE})") from None
 
 
 def _load_error(name: str, path: str, e: Exception) -> Exception:
@@ -100,12 +95,12 @@ def _load_error(name: str, path: str, e: Exception) -> Exception:
     advice for a hub name, or `e` itself (not a file problem)."""
     weights = weights_file(Path(path)) if Path(path).is_dir() else None
     if weights is not None:
-        return UserError(f"{weights}: cannot be loaded: {_first_line(e)} ({RESAVE})")
+        return UserError(f"{weights}: cannot be loaded: {first_line(e)} ({RESAVE})")
     return _hub_error(name, e) if isinstance(e, OSError) else e
 
 
 def _hub_error(name: str, e: Exception) -> UserError:
-    return UserError(f"cannot load model {name!r} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); offline, "
+    return UserError(f"cannot load model {name!r} ({first_line(e)}); offline, "
                      f"set model.name_or_path=/local/dir or prefetch it with `bitfit-prefetch model.name_or_path={name}`")
 
 
@@ -118,7 +113,7 @@ def load_tokenizer(name_or_path: str):
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # a damaged local tokenizer raises anything (KeyError, JSONDecodeError, tokenizers' own)
         if Path(path).is_dir():
-            raise UserError(f"{path}: its tokenizer cannot be loaded: {_first_line(e)} ({fix})") from None
+            raise UserError(f"{path}: its tokenizer cannot be loaded: {first_line(e)} ({fix})") from None
         if isinstance(e, OSError):
             raise _hub_error(name_or_path, e) from None
         raise
@@ -164,4 +159,4 @@ def save_for_offline(name_or_path: str, target: Path) -> None:
         model.save_pretrained(target)
         load_tokenizer(name_or_path).save_pretrained(target)
     except OSError as e:
-        raise UserError(f"{target}: cannot be written: {_first_line(e)} (choose another models_dir)") from None
+        raise UserError(f"{target}: cannot be written: {first_line(e)} (choose another models_dir)") from None

@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.pytorch_utils import Conv1D
 
+from bitfit_exp.architectures import architecture, model_type
 from bitfit_exp.data import Encoded, gather, padding
 from bitfit_exp.errors import UserError
 from bitfit_exp.kinds import kind_of, model_logits
@@ -90,14 +92,21 @@ class SettingDropout(nn.Module):
 
 
 def per_setting_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention whose probability dropout is the module's SettingDropout; without dropout (eval), plain SDPA."""
-    if not dropout or not isinstance(getattr(module, "dropout", None), SettingDropout):
+    """Attention whose probability dropout is the module's SettingDropout (`setting_dropout`, set by `pack`);
+    without dropout (eval), plain SDPA. Covers grouped key/value heads (Qwen2) and causal decoders (GPT-2)."""
+    drop = getattr(module, "setting_dropout", None)
+    if not dropout or drop is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    if (groups := getattr(module, "num_key_value_groups", 1)) > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scores = torch.matmul(query, key.transpose(2, 3)) * (scaling or query.size(-1) ** -0.5)
-    if attention_mask is not None:  # sdpa_mask: True = attend
-        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-    weights = module.dropout(scores.softmax(-1))
+    if attention_mask is not None:  # sdpa_mask: True = attend (causality included)
+        scores = scores.masked_fill(~attention_mask[..., :key.shape[-2]], torch.finfo(scores.dtype).min)
+    elif kwargs.get("is_causal", getattr(module, "is_causal", False)) and query.shape[2] > 1:  # mask skipped for SDPA
+        future = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=scores.device).triu(1)
+        scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+    weights = drop(scores.softmax(-1))
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
@@ -165,23 +174,18 @@ class PackedParams:
 
 def pack(model: nn.Module, selection: Selection, k: int, streams: DropoutStreams | None = None) -> PackedParams:
     """Swap the modules that own trained parameters for packed ones, in place, and return the packed parameters.
-    With `streams`, every dropout (attention probabilities included) draws each setting's masks from its stream."""
-    if selection.masks:
-        raise ValueError("packed training needs whole trained tensors; masked methods (rand_*) train one by one")
-    trained = set(selection.params)
+    With `streams`, every dropout (attention probabilities included) draws each setting's masks from its stream.
+    Raises ValueError with `packing_problem`'s line when this model and selection cannot be packed."""
+    if problem := packing_problem(model, selection):
+        raise ValueError(problem)
     params = PackedParams(k)
-    for name, module in list(model.named_modules()):
-        owned = {p: f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)}
-        hit = {p for p, full in owned.items() if full in trained}
-        if not hit:
-            continue
+    for name, module, owned, hit in _trained_modules(model, selection):
         if isinstance(module, nn.Linear):
             packed = PackedLinear(module, k, "weight" in hit, "bias" in hit)
-        elif isinstance(module, nn.LayerNorm) and hit == {"bias"}:
-            packed = PackedLayerNorm(module, k)
+        elif isinstance(module, Conv1D):
+            packed = PackedConv1D(module, k)
         else:
-            raise ValueError(f"packed training cannot train {sorted(owned[p] for p in hit)}: only biases of linear "
-                             f"and LayerNorm layers and linear heads; train this method one setting at a time")
+            packed = PackedLayerNorm(module, k)
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, packed)
         if "weight" in hit:
@@ -193,6 +197,7 @@ def pack(model: nn.Module, selection: Selection, k: int, streams: DropoutStreams
             if isinstance(module, nn.Dropout):
                 parent, _, attr = name.rpartition(".")
                 setattr(model.get_submodule(parent) if parent else model, attr, SettingDropout(module.p, streams))
+        _route_attention_dropout(model, streams)
         model.set_attn_implementation(ATTENTION)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -435,3 +440,83 @@ def park(params: PackedParams, optimizer: PackedAdamW, settings: list[int], kept
         if moments:
             optimizer.load_setting_state(i, {**moments, "exp_avg": torch.zeros_like(moments["exp_avg"]),
                                              "exp_avg_sq": torch.zeros_like(moments["exp_avg_sq"])}, device)
+
+
+# --- packing across architectures (bitfit_exp.architectures) ---------------------------------------------------------
+
+
+class PackedConv1D(nn.Module):
+    """transformers' Conv1D (GPT-2; weight [in, out]) with a frozen shared weight and K trained biases ([K, out])."""
+
+    def __init__(self, conv: Conv1D, k: int):
+        super().__init__()
+        self.k, self.nf = k, conv.nf
+        self.register_buffer("weight", conv.weight.detach(), persistent=False)
+        self.biases = nn.Parameter(conv.bias.detach().expand(k, -1).clone())
+
+    def forward(self, x):
+        rows = x.reshape(self.k, -1, x.shape[-1])
+        y = torch.matmul(rows, self.weight.to(rows.dtype)) + self.biases[:, None, :].to(rows.dtype)
+        return y.reshape(*x.shape[:-1], self.nf)
+
+
+def _trained_modules(model: nn.Module, selection: Selection):
+    """(module name, module, {own parameter: full name}, {own parameters that train}) for each module owning a
+    trained parameter; a module shared by several layers (ALBERT) comes once."""
+    trained = set(selection.params)
+    for name, module in list(model.named_modules()):
+        owned = {p: f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)}
+        hit = {p for p, full in owned.items() if full in trained}
+        if hit:
+            yield name, module, owned, hit
+
+
+def _packable_module(module: nn.Module, hit: set[str]) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, Conv1D | nn.LayerNorm) and hit == {"bias"}
+
+
+def packing_problem(model: nn.Module, selection: Selection) -> str | None:
+    """Why `selection` of `model` cannot train packed (one line, for the runner's note before it trains the
+    settings one by one), or None. Packed training covers every family of bitfit_exp.architectures but DeBERTa-v2,
+    with whole trained biases of Linear, Conv1D and LayerNorm layers and a linear head; per-setting dropout reaches
+    each family's attention through the table's `attention` module.
+
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> from bitfit_exp.methods import select
+    >>> model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+    ...     num_attention_heads=2, intermediate_size=16, max_position_embeddings=16))
+    >>> packing_problem(model, select("bitfit", model)) is None
+    True
+    """
+    if selection.masks:
+        return ("packed training needs whole trained tensors; masked methods (rand_*, or part of a fused bias such "
+                "as GPT-2's b_q alone) train one setting at a time")
+    arch = architecture(model)
+    if arch is None:
+        return (f"packed training covers the families of bitfit_exp/architectures.py, not model_type "
+                f"{model_type(model)!r}; training one setting at a time")
+    if arch.pack_refusal:
+        return f"{arch.pack_refusal}; training one setting at a time"
+    for _, module, owned, hit in _trained_modules(model, selection):
+        if not _packable_module(module, hit):
+            return (f"packed training cannot train {sorted(owned[p] for p in hit)}: only biases of linear, Conv1D "
+                    f"and LayerNorm layers and linear heads; train this method one setting at a time")
+    return None
+
+
+def can_pack(model: nn.Module, selection: Selection) -> bool:
+    return packing_problem(model, selection) is None
+
+
+def _route_attention_dropout(model: nn.Module, streams: DropoutStreams) -> None:
+    """Give each attention module of the table its SettingDropout as `setting_dropout`, for per_setting_attention:
+    the (already swapped) dropout module, or a new one for a family that keeps the probability as a float."""
+    arch = architecture(model)
+    for name, module in model.named_modules():
+        layer = arch.split(name + ".")
+        if layer is None or layer[1] != arch.attention + ".":
+            continue
+        drop = getattr(module, arch.attention_dropout)
+        module.setting_dropout = drop if isinstance(drop, SettingDropout) else SettingDropout(float(drop), streams)

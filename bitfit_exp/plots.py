@@ -32,8 +32,8 @@ from matplotlib.figure import Figure
 
 from bitfit_exp import analysis
 from bitfit_exp.errors import UserError
+from bitfit_exp.labels import HEADERS, METHODS, MODELS
 from bitfit_exp.records import scan
-from bitfit_exp.tables import HEADERS, METHODS, MODELS
 
 STYLE = {
     "font.family": "serif", "font.serif": ["DejaVu Serif"], "mathtext.fontset": "dejavuserif",

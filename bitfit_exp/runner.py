@@ -17,17 +17,17 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bitfit_exp.claims import Claim
 from bitfit_exp.data import load_splits, subset_rows
 from bitfit_exp.errors import UserError
 from bitfit_exp.fingerprint import data_fingerprint, model_fingerprint
 from bitfit_exp.kinds import kind_of
 from bitfit_exp.methods import PACKABLE, encoder_parameters, head_parameter_names, packable, select
 from bitfit_exp.models import load_model, load_tokenizer
-from bitfit_exp.packed import train_packed
+from bitfit_exp.packed import packing_problem, train_packed
 from bitfit_exp.patch import load_trained_state, save_patch, trained_state
 from bitfit_exp.records import (
     RECORD,
-    Claim,
     adopt_v1,
     backup,
     check_runs_dir,
@@ -397,6 +397,14 @@ def job_members(cfg, prepared: Prepared, root: Path) -> list[tuple[DictConfig, d
     return out
 
 
+def packing_problem_of(cfg, seed: int) -> str | None:
+    """Why this job's settings cannot train packed (the method, or this model's architecture), or None."""
+    if not packable(cfg.method.name):
+        return f"{cfg.method.name} cannot be packed (packed training covers {', '.join(sorted(PACKABLE))})"
+    model, selection, _ = start_seed(cfg, seed, torch.device("cpu"))
+    return packing_problem(model, selection)
+
+
 def run_job(cfg) -> list[list[dict]]:
     """Train every unfinished seed of the job's settings (one, or the lr grid with train.pack_lrs); returns, per
     setting, all its done records (finished or diverged)."""
@@ -410,11 +418,11 @@ def run_job(cfg) -> list[list[dict]]:
     todo = [m for _, _, members in settings for m in members if to_train(m)]
     records = {}
     if cfg.train.packed and todo:  # even a lone setting: its dropout stream must not depend on being alone
-        if packable(cfg.method.name):
+        problem = packing_problem_of(cfg, todo[0].seed)
+        if problem is None:
             records.update(run_packed(todo, prepared, device))
         else:
-            log(f"note: {cfg.method.name} cannot be packed (packed training covers "
-                f"{', '.join(sorted(PACKABLE))}); training one seed at a time")
+            log(f"note: {problem}; training one seed at a time")
     out = []
     for _, key, members in settings:
         for m in members:

@@ -18,10 +18,11 @@ import torch
 from conftest import compose, quick, save_tiny
 from omegaconf import OmegaConf
 
-import bitfit_exp.records as records
+from bitfit_exp.claims import Claim
 from bitfit_exp.errors import UserError
+from bitfit_exp.fingerprint import of_config
 from bitfit_exp.metrics import compute_metrics
-from bitfit_exp.records import Claim, seed_dir, setting_key, write_json_atomic
+from bitfit_exp.records import seed_dir, setting_key, write_json_atomic
 
 HOST = os.uname().nodename
 
@@ -130,7 +131,7 @@ def test_garbage_claims_and_dead_takeover_locks_do_not_block(tmp_path, no_slurm,
     claim.release()
 
     # A live job's takeover in progress is waited for; if it never ends, that job is reported as the holder.
-    monkeypatch.setattr(records, "TAKEOVER_WAIT_S", 0.3)
+    monkeypatch.setattr("bitfit_exp.claims.TAKEOVER_WAIT_S", 0.3)
     write_claim(tmp_path, dead_pid())
     write_claim(tmp_path, os.getpid(), name="claim.json.lock", token="other")
     t0 = time.time()
@@ -212,7 +213,8 @@ def test_bad_checkpoints_leftover_temporaries_and_dead_claims_do_not_block_a_rer
     from bitfit_exp.runner import run_job
 
     cfg = compose(*quick(tiny_bert_dir, tmp_path, f"train.packed={str(packed).lower()}", "train.save_patch=true"))
-    folder = seed_dir(tmp_path, setting_key(OmegaConf.to_container(cfg, resolve=True)), 0)
+    fingerprints = of_config(cfg)  # the setting's folder depends on the checkpoint and data it reads
+    folder = seed_dir(tmp_path, setting_key(OmegaConf.to_container(cfg, resolve=True), fingerprints), 0)
     folder.mkdir(parents=True)
     (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
     leftovers = [".record.json.999999.tmp", ".checkpoint.pt.tmp", ".patch.safetensors.tmp"]

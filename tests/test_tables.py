@@ -13,18 +13,8 @@ from omegaconf import OmegaConf
 
 from bitfit_exp.records import seal, write_json_atomic
 from bitfit_exp.reference import load_reference
-from bitfit_exp.tables import (
-    TABLES,
-    build_table,
-    collect,
-    compare,
-    main,
-    ours_selection,
-    paper_avg,
-    select_best_lr,
-    table_selection,
-    write_tables,
-)
+from bitfit_exp.selection import TABLES, collect, ours_selection, select_best_lr, table_selection
+from bitfit_exp.tables import build_table, compare, main, paper_avg, write_tables
 
 PCT = {"full": 100.0, "bitfit": 0.0872, "frozen": 0.0}
 # A complete BERT-base BitFit row (x100), MNLI as two columns; its Avg is hand-computed in test_avg_*.
