@@ -42,7 +42,7 @@ from bitfit_exp.training import (
     Stopped,
     checkpoint_problem,
     compiled,
-    evaluate,
+    evaluate_settings,
     freeze,
     lr_schedule,
     non_finite,
@@ -384,8 +384,8 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
             heartbeat()
         mean_loss = torch.stack(losses).float().mean(0).tolist()  # the epoch's one sync
         t1 = time.perf_counter()
-        dev_scores = {split: evaluate(model, data, cfg, device, pad_id, k) for split, data in dev.items()}
-        train_scores = evaluate(model, train_probe, cfg, device, pad_id, k)
+        dev_scores = {split: evaluate_settings(model, data, cfg, device, pad_id, k) for split, data in dev.items()}
+        train_scores = evaluate_settings(model, train_probe, cfg, device, pad_id, k)
         t2 = time.perf_counter()
         for i in live:
             train_s[i], eval_s[i] = train_s[i] + t1 - t0, eval_s[i] + t2 - t1

@@ -137,14 +137,18 @@ def predict(model: nn.Module, data: Encoded, cfg, device, pad_id: int, k: int = 
     return predictions[0] if k == 1 else predictions
 
 
-def evaluate(model, data: Encoded, cfg, device, pad_id, k: int = 1):
-    """The task's metrics on `data` (a list of k dicts for a packed model of `k` settings). A setting whose logits
-    are not all finite (a diverged model) scores NaN on every metric, without decoding."""
+def evaluate(model, data: Encoded, cfg, device, pad_id) -> dict[str, float]:
+    """The task's metrics on `data` (NaN on every metric when the logits are not all finite)."""
+    return evaluate_settings(model, data, cfg, device, pad_id, 1)[0]
+
+
+def evaluate_settings(model, data: Encoded, cfg, device, pad_id, k: int) -> list[dict[str, float]]:
+    """Each of the `k` settings' metrics on `data` (a packed model scores every example once per setting). A
+    setting whose logits are not all finite (a diverged model) scores NaN on every metric, without decoding."""
     kind, metrics = kind_of(cfg.task), list(cfg.task.metrics)
     logits, finite = forward_all(model, data, cfg, device, pad_id, k)
-    scores = [kind.score(kind.decode(setting, data), data, metrics) if ok else dict.fromkeys(metrics, float("nan"))
-              for setting, ok in zip(logits, finite, strict=True)]
-    return scores[0] if k == 1 else scores
+    return [kind.score(kind.decode(setting, data), data, metrics) if ok else dict.fromkeys(metrics, float("nan"))
+            for setting, ok in zip(logits, finite, strict=True)]
 
 
 @dataclass
