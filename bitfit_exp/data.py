@@ -1,4 +1,15 @@
-"""GLUE loading (Hugging Face hub or a local parquet copy in the hub's layout) and batching.
+"""Task data: loading (Hugging Face hub or a local parquet copy in the hub's layout) and batching.
+
+Where a task's data is read from:
+
+- `data.dir` set: `<data.dir>/<folder>/<split>.parquet`, the folder being the task's `local_name` (default: its
+  `name`; GLUE tasks: data.dir=../shared/data/glue, task rte -> rte/). Each file is checked by the task kind
+  (`kind.check_file`) before anything is tokenized.
+- `data.dir` null: the hub. A task naming its own dataset (`hub_name`, with optional `hub_config`, `hub_data_dir`,
+  `hub_revision`) loads that; otherwise `data.hub_name` (nyu-mll/glue) with the task's name as the config.
+- A task with `title_split: {dev_fraction, seed}` has no train split of its own: its first eval split is cut by
+  article title into a training part and a dev part with no title in both (`split_by_title`), seeded; the run
+  says so in one line (for a QA task whose train split is not at hand).
 
 >>> from omegaconf import OmegaConf
 >>> from bitfit_exp.data import load_splits
@@ -20,10 +31,21 @@ import torch
 import torch.nn.functional as F
 
 from bitfit_exp.errors import UserError, first_line
+from bitfit_exp.kinds import kind_of
 
 
 def needed_splits(task) -> list[str]:
     return ["train", *task.eval_splits, *task.test_splits]
+
+
+def local_name(task) -> str:
+    """The task's folder under data.dir: its `local_name`, else its name."""
+    return str(task.get("local_name") or task.name)
+
+
+def stored_splits(task) -> list[str]:
+    """The splits read from disk or the hub: all needed ones, but no train split for a task cut by title."""
+    return [s for s in needed_splits(task) if not (s == "train" and task.get("title_split"))]
 
 
 def load_splits(task, data):
@@ -32,30 +54,100 @@ def load_splits(task, data):
     Test splits missing from a local copy are left out (no test predictions then); everything else is an error.
     """
     if data.dir:
-        return _load_local(task, Path(os.path.expanduser(str(data.dir))))
-    return _load_hub(task, data.hub_name)
+        splits = _load_local(task, Path(os.path.expanduser(str(data.dir))))
+    else:
+        splits = _load_hub(task, data.hub_name)
+    return _carve_train(task, splits)
+
+
+def _carve_train(task, splits: dict) -> dict:
+    """With task.title_split, train and the first eval split cut from that eval split by title (see the module
+    docstring); otherwise `splits` unchanged."""
+    option = task.get("title_split")
+    if not option:
+        return splits
+    source = next(iter(task.eval_splits))
+    if "dev_fraction" not in option or "seed" not in option:
+        raise UserError(f"task {task.name}: title_split needs dev_fraction and seed, e.g. "
+                        f"task.title_split={{dev_fraction:0.5,seed:0}}")
+    train, dev = split_by_title(splits[source], float(option["dev_fraction"]), int(option["seed"]))
+    print(f"note: task {task.name} has no train split here: {source} ({len(splits[source])} rows) cut by title "
+          f"into train ({len(train)} rows) and {source} ({len(dev)} rows), no title in both "
+          f"(title_split: dev_fraction {option['dev_fraction']}, seed {option['seed']})", flush=True)
+    return {**splits, "train": train, source: dev}
+
+
+def split_by_title(frame, dev_fraction: float, seed: int):
+    """Cut one split into (train, dev) parts with no article (`title`) in both, so no context is seen in training
+    and scored in dev: a `seed`-drawn permutation of the sorted titles, the first round(dev_fraction * titles)
+    (at least one, at most all but one) go to dev. Rows keep their order. A pandas DataFrame or datasets.Dataset.
+
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"title": ["a", "a", "b", "c", "c", "d"], "id": range(6)})
+    >>> train, dev = split_by_title(frame, 0.5, seed=0)
+    >>> sorted(set(train.title)), sorted(set(dev.title))
+    (['b', 'd'], ['a', 'c'])
+    """
+    if not 0 < dev_fraction < 1:
+        raise UserError(f"title_split.dev_fraction={dev_fraction} must be between 0 and 1 (the dev share of "
+                        f"articles)")
+    titles = list(frame["title"])
+    distinct = sorted(set(titles))
+    if len(distinct) < 2:
+        raise UserError(f"cannot split by title: the data has {len(distinct)} distinct title(s), at least 2 "
+                        f"needed")
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    n_dev = min(len(distinct) - 1, max(1, round(dev_fraction * len(distinct))))
+    dev_titles = {distinct[i] for i in order[:n_dev]}
+    dev_rows = [r for r, t in enumerate(titles) if t in dev_titles]
+    train_rows = [r for r, t in enumerate(titles) if t not in dev_titles]
+    return _take(frame, train_rows), _take(frame, dev_rows)
+
+
+def _take(frame, rows: list[int]):
+    if hasattr(frame, "iloc"):
+        return frame.iloc[rows].reset_index(drop=True)
+    return frame.select(rows)
+
+
+def columns_of(dataset, limit: int | None = None) -> dict[str, list]:
+    """Plain lists of the columns of the first `limit` rows of a datasets.Dataset (a select()ed view included) or
+    a pandas DataFrame.
+
+    >>> import pandas as pd
+    >>> columns_of(pd.DataFrame({"a": [1, 2, 3]}), 2)
+    {'a': [1, 2]}
+    """
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if hasattr(dataset, "iloc"):
+        return {c: dataset[c].iloc[:n].tolist() for c in dataset.columns}
+    if limit is not None:
+        dataset = dataset.select(range(n))
+    return dataset[:]
 
 
 def _load_local(task, root: Path):
     import datasets
 
+    folder_name = local_name(task)
     if not root.is_dir():
-        raise UserError(f"data.dir={root} does not exist; point it at a folder holding <task>/<split>.parquet "
+        raise UserError(f"data.dir={root} does not exist; point it at a folder holding {folder_name}/<split>.parquet "
                         f"(e.g. data.dir=../shared/data/glue) or fill one with `bitfit-prefetch task={task.name}`")
-    folder = root / task.name
+    folder = root / folder_name
     if not folder.is_dir():
         present = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise UserError(f"data.dir={root} has no {task.name}/ folder (it has: {', '.join(present) or 'nothing'}); "
+        raise UserError(f"data.dir={root} has no {folder_name}/ folder (it has: {', '.join(present) or 'nothing'}); "
                         f"fetch it with `bitfit-prefetch task={task.name} data.dir={root}` on a machine with internet")
-    files = {s: folder / f"{s}.parquet" for s in needed_splits(task)}
-    missing = [s for s in ["train", *task.eval_splits] if not files[s].is_file()]
+    files = {s: folder / f"{s}.parquet" for s in stored_splits(task)}
+    missing = [s for s in ["train", *task.eval_splits] if s in files and not files[s].is_file()]
     if missing:
         raise UserError(f"{folder} lacks {', '.join(m + '.parquet' for m in missing)}; fetch the task with "
                         f"`bitfit-prefetch task={task.name} data.dir={root}` on a machine with internet")
     files = {s: f for s, f in files.items() if f.is_file()}
     fix = f"fix the file or fetch the task again with `bitfit-prefetch task={task.name} data.dir={root}`"
+    check_file = kind_of(task).check_file
     for split, path in files.items():
-        check_split_file(path, task, test=split in task.test_splits, fix=fix)
+        check_file(path, task, test=split in task.test_splits, fix=fix)
     files = {s: str(f) for s, f in files.items()}
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # "Generating split" bars for local files are noise in every job log
@@ -147,36 +239,59 @@ def _label_problem(labels: pa.ChunkedArray, num_labels: int, test: bool) -> str 
     return None
 
 
+def hub_source(task, hub_name: str) -> tuple[str, dict]:
+    """(dataset, load_dataset keyword arguments) of the task on the hub: the task's own `hub_name` (with
+    `hub_config`, `hub_data_dir`, `hub_revision`), else `hub_name` (data.hub_name) with the task name as config.
+
+    >>> hub_source({"name": "rte"}, "nyu-mll/glue")
+    ('nyu-mll/glue', {'name': 'rte'})
+    >>> hub_source({"name": "qa", "hub_name": "org/qa", "hub_config": "plain_text"}, "nyu-mll/glue")
+    ('org/qa', {'name': 'plain_text'})
+    """
+    if not task.get("hub_name"):
+        return str(hub_name), {"name": task["name"]}
+    options = {"name": task.get("hub_config"), "data_dir": task.get("hub_data_dir"),
+               "revision": task.get("hub_revision")}
+    return str(task["hub_name"]), {key: value for key, value in options.items() if value is not None}
+
+
 def _load_hub(task, hub_name: str):
     import datasets
 
+    dataset, options = hub_source(task, hub_name)
+    where = "/".join([dataset, *([options["name"]] if "name" in options else [])])
     try:
-        loaded = datasets.load_dataset(hub_name, task.name)
+        loaded = datasets.load_dataset(dataset, **options)
     except Exception as e:  # the hub raises many types (ConnectionError, OfflineModeIsEnabled, ...)
-        raise UserError(f"cannot load {hub_name}/{task.name} from the Hugging Face hub ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160]}); offline, pass data.dir=/path/to/glue (layout "
-                        f"<task>/<split>.parquet) or prefetch it with `bitfit-prefetch task={task.name}`") from None
-    return {s: loaded[s] for s in needed_splits(task) if s in loaded}
+        raise UserError(f"cannot load {where} from the Hugging Face hub ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:160]}); offline, pass data.dir=/path/to/data (layout "
+                        f"{local_name(task)}/<split>.parquet) or prefetch it with `bitfit-prefetch "
+                        f"task={task.name}`") from None
+    return {s: loaded[s] for s in stored_splits(task) if s in loaded}
 
 
 def save_local(task, splits, root: Path) -> list[Path]:
-    """Write `splits` as <root>/<task>/<split>.parquet, the layout `data.dir` reads (used by bitfit-prefetch)."""
-    (root / task.name).mkdir(parents=True, exist_ok=True)
+    """Write `splits` as <root>/<local_name>/<split>.parquet, the layout `data.dir` reads (used by bitfit-prefetch)."""
+    (root / local_name(task)).mkdir(parents=True, exist_ok=True)
     paths = []
     for split, ds in splits.items():
-        paths.append(root / task.name / f"{split}.parquet")
+        paths.append(root / local_name(task) / f"{split}.parquet")
         ds.to_parquet(str(paths[-1]))
     return paths
 
 
 @dataclass
 class Encoded:
-    """One tokenized split: variable-length token lists, labels and GLUE `idx`."""
+    """One tokenized split, one row per model input ("feature"): variable-length token lists, the kind's labels
+    (an array, or per-row lists for token tags), `idx` (GLUE's idx; the example of each feature for kinds with
+    several features per example), and `extra`: what the task kind needs to decode and score (offsets, example
+    ids, word positions, gold answers, ...)."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
-    labels: np.ndarray
+    labels: np.ndarray | list
     idx: np.ndarray
+    extra: dict = field(default_factory=dict, repr=False)
     _padded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -210,15 +325,6 @@ def subset_rows(n: int, limit: int | None = None, seed: int | None = None):
     return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:k].tolist()
 
 
-def encode(dataset, task, tokenizer, max_length: int, limit: int | None = None) -> Encoded:
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    columns = dataset[:]  # plain lists (respects a select()ed view)
-    out = tokenizer(*[columns[field] for field in task.text_fields], truncation=True, max_length=max_length)
-    labels = np.asarray(columns["label"], dtype=np.float32 if task.num_labels == 1 else np.int64)
-    return Encoded(out["input_ids"], out.get("token_type_ids"), labels, np.asarray(columns["idx"]))
-
-
 def padding(data_cfg) -> dict:
     """gather()'s padding arguments from the data config: to max_length (paper), or to the batch's longest row,
     rounded up to a multiple of data.pad_multiple (fewer distinct shapes for torch.compile and tensor cores)."""
@@ -228,25 +334,26 @@ def padding(data_cfg) -> dict:
 
 
 def gather(data: Encoded, rows, pad_id: int, pad_to: int | None = None, multiple: int | None = None,
-           cap: int | None = None) -> dict[str, torch.Tensor]:
+           cap: int | None = None, labels=None) -> dict[str, torch.Tensor]:
     """One padded batch of `rows`: to `pad_to`, or to the longest of these rows rounded up to `multiple` (at most
-    `cap`)."""
+    `cap`). With `labels` (a task kind's `batch_labels`), the rows' loss targets are added to the model inputs."""
     ids, types, lengths = data.padded(pad_id)
     index = torch.as_tensor(list(rows), dtype=torch.long)
     width = pad_to or int(lengths[index].max())
     if multiple and not pad_to:
         width = min(-(-width // multiple) * multiple, cap or width + multiple)
-    extra = max(0, width - ids.shape[1])  # wider than the split's longest row
-    batch = {"input_ids": F.pad(ids[index, :width], (0, extra), value=pad_id),
-             "attention_mask": (torch.arange(width) < lengths[index, None]).long(),
-             "labels": torch.from_numpy(data.labels[index.numpy()])}
+    wider = max(0, width - ids.shape[1])  # wider than the split's longest row
+    batch = {"input_ids": F.pad(ids[index, :width], (0, wider), value=pad_id),
+             "attention_mask": (torch.arange(width) < lengths[index, None]).long()}
     if types is not None:
-        batch["token_type_ids"] = F.pad(types[index, :width], (0, extra))
+        batch["token_type_ids"] = F.pad(types[index, :width], (0, wider))
+    if labels is not None:
+        batch.update(labels(data, index, width))
     return batch
 
 
-def batches(data: Encoded, order, batch_size: int, pad_id: int, **pad):
-    """Yield padded tensor batches over `order` (padding as in `gather`)."""
+def batches(data: Encoded, order, batch_size: int, pad_id: int, labels=None, **pad):
+    """Yield padded tensor batches over `order` (padding and `labels` as in `gather`)."""
     order = list(order)
     for start in range(0, len(order), batch_size):
-        yield gather(data, order[start:start + batch_size], pad_id, **pad)
+        yield gather(data, order[start:start + batch_size], pad_id, labels=labels, **pad)

@@ -65,13 +65,13 @@ def constant_baseline(metric: str, labels) -> tuple[str, float]:
     return "majority class", METRICS[metric](np.full(len(y), values[counts.argmax()]), y)
 
 
-def baseline_note(metric: str, labels) -> str:
-    """`constant_baseline` as the tail of a summary line ("" without labels), in percent like the scores.
+def baseline_note(baseline: tuple[str, float] | None) -> str:
+    """A kind's `baseline` as the tail of a summary line ("" without one), in percent like the scores.
 
-    >>> baseline_note("accuracy", [1, 0, 1, 1])
+    >>> baseline_note(constant_baseline("accuracy", [1, 0, 1, 1]))
     '; majority class 75.00'
     """
-    if labels is None:
+    if baseline is None:
         return ""
-    name, value = constant_baseline(metric, labels)
+    name, value = baseline
     return f"; {name} {100 * value:.2f}"

@@ -124,18 +124,20 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def load_model(name_or_path: str, num_labels: int):
-    """A sequence classifier on the pre-trained encoder; num_labels=1 is regression (MSE loss), as STS-B."""
-    from transformers import AutoModelForSequenceClassification
+def load_model(name_or_path: str, num_labels: int, auto_class: str = "AutoModelForSequenceClassification",
+               **config):
+    """The pre-trained encoder with the head of `auto_class` (a task kind's AUTO_CLASS: sequence classifier, QA
+    span head, token classifier) giving `num_labels` outputs; `config`: further config values (the sequence kind's
+    problem_type: num_labels 1 is regression, MSE loss, as STS-B)."""
+    import transformers
     from transformers.utils import logging
 
     path = resolve_model_path(name_or_path)
-    problem = "regression" if num_labels == 1 else "single_label_classification"
     verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected for every run
     logging.disable_progress_bar()
     try:
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, problem_type=problem)
+        return getattr(transformers, auto_class).from_pretrained(path, num_labels=num_labels, **config)
     except Exception as e:  # damaged weights raise by format: RuntimeError, UnpicklingError, SafetensorError, ...
         raise _load_error(name_or_path, path, e) from None
     finally:

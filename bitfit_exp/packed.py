@@ -35,18 +35,18 @@ from transformers.pytorch_utils import Conv1D
 from bitfit_exp.architectures import architecture, model_type
 from bitfit_exp.data import Encoded, gather, padding
 from bitfit_exp.errors import UserError
+from bitfit_exp.kinds import kind_of, model_logits
 from bitfit_exp.methods import Selection
-from bitfit_exp.metrics import compute_metrics
 from bitfit_exp.optim import AdamWHF2021, optimizer_class
 from bitfit_exp.training import (
     SeedResult,
     Stopped,
     checkpoint_problem,
     compiled,
+    evaluate_settings,
     freeze,
     lr_schedule,
     non_finite,
-    predict,
     save_checkpoints,
     set_aside_checkpoint,
 )
@@ -283,19 +283,11 @@ class PackedAdamW(torch.optim.Optimizer):
         state["exp_avg_sq"][k].copy_(saved["exp_avg_sq"])
 
 
-def packed_loss(logits, labels, k: int, regression: bool):
-    """Sum over settings of each setting's mean loss: setting k's gradient is exactly that of its own loss."""
-    if regression:
-        rows = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="none")
-    else:
-        rows = F.cross_entropy(logits, labels, reduction="none")
-    per_setting = rows.view(k, -1).mean(1)
+def packed_loss(kind, logits, targets: dict[str, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over settings of each setting's loss (the task kind's `setting_losses`: each the mean over its own rows),
+    so setting k's gradient is exactly that of its own loss; and the per-setting losses, detached."""
+    per_setting = kind.setting_losses(logits, targets, k)
     return per_setting.sum(), per_setting.detach()
-
-
-def packed_evaluate(model, data: Encoded, cfg, device, pad_id, k) -> list[dict[str, float]]:
-    preds = predict(model, data, cfg, device, pad_id, k).reshape(k, len(data))
-    return [compute_metrics(cfg.task.metrics, p, data.labels) for p in preds]
 
 
 def seek(schedule, step: int) -> None:
@@ -342,7 +334,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
     order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
     main_split, main_metric = next(iter(cfg.task.eval_splits)), cfg.task.metric
     show = {"auto": None, True: False, False: True}[cfg.train.progress]
-    regression = cfg.task.num_labels == 1
+    kind = kind_of(cfg.task)
     pad = padding(cfg.data)
     keep_last = cfg.train.select != "best"
 
@@ -386,11 +378,13 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
         for start in tqdm(range(0, n, bsz), desc=f"packed x{k} epoch {epoch}/{cfg.train.epochs}", leave=False,
                           disable=show):
             rows = [i for order in orders for i in order[start:start + bsz]]  # setting k: rows [k*B, (k+1)*B)
-            batch = {key: v.to(device, non_blocking=True) for key, v in gather(train, rows, pad_id, **pad).items()}
-            labels = batch.pop("labels")
+            inputs = gather(train, rows, pad_id, **pad)
+            targets = kind.batch_labels(train, torch.as_tensor(rows, dtype=torch.long), inputs["input_ids"].shape[1])
+            inputs, targets = ({key: v.to(device, non_blocking=True) for key, v in part.items()}
+                               for part in (inputs, targets))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
-                logits = forward(**batch).logits.float()
-            loss, per_setting = packed_loss(logits, labels, k, regression)
+                logits = model_logits(forward(**inputs))
+            loss, per_setting = packed_loss(kind, logits, targets, k)
             loss.backward()
             optimizer.step()  # clips each setting's gradient by its own norm: a global norm would couple them
             schedule.step()
@@ -399,8 +393,8 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
             heartbeat()
         mean_loss = torch.stack(losses).float().mean(0).tolist()  # the epoch's one sync
         t1 = time.perf_counter()
-        dev_scores = {split: packed_evaluate(model, data, cfg, device, pad_id, k) for split, data in dev.items()}
-        train_scores = packed_evaluate(model, train_probe, cfg, device, pad_id, k)
+        dev_scores = {split: evaluate_settings(model, data, cfg, device, pad_id, k) for split, data in dev.items()}
+        train_scores = evaluate_settings(model, train_probe, cfg, device, pad_id, k)
         t2 = time.perf_counter()
         for i in live:
             train_s[i], eval_s[i] = train_s[i] + t1 - t0, eval_s[i] + t2 - t1

@@ -4,7 +4,6 @@ skipping seeds whose record says finished.
 >>> from bitfit_exp.runner import run_job   # used by `bitfit-run`; see README.md for the command line
 """
 
-import csv
 import math
 import statistics
 import sys
@@ -19,9 +18,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bitfit_exp.claims import Claim
-from bitfit_exp.data import encode, load_splits, subset_rows
+from bitfit_exp.data import load_splits, subset_rows
 from bitfit_exp.errors import UserError
 from bitfit_exp.fingerprint import data_fingerprint, model_fingerprint
+from bitfit_exp.kinds import kind_of
 from bitfit_exp.methods import PACKABLE, encoder_parameters, head_parameter_names, packable, select
 from bitfit_exp.metrics import baseline_note
 from bitfit_exp.models import load_model, load_tokenizer
@@ -58,14 +58,15 @@ class Prepared:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.kind = kind_of(cfg.task)
         self.tokenizer = load_tokenizer(cfg.model.name_or_path)
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.raw = load_splits(cfg.task, cfg.data)
         self.fingerprints = {"model": model_fingerprint(cfg.model.name_or_path),
                              "data": data_fingerprint(self.raw, ["train", *cfg.task.eval_splits])}
 
-    def _encode(self, dataset, limit=None):
-        return encode(dataset, self.cfg.task, self.tokenizer, self.cfg.data.max_length, limit)
+    def _encode(self, dataset, role: str, limit=None):
+        return self.kind.encode(dataset, self.cfg.task, self.tokenizer, self.cfg.data, role, limit)
 
     @cached_property
     def train_rows(self) -> list[int]:
@@ -75,24 +76,25 @@ class Prepared:
 
     @cached_property
     def train(self):
-        return self._encode(self.raw["train"].select(self.train_rows))
+        return self._encode(self.raw["train"].select(self.train_rows), "train")
 
     @cached_property
     def train_probe(self):
         n, limit = len(self.train_rows), self.cfg.data.train_eval_samples
         probe = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:n if limit is None else min(limit, n)]
-        return self._encode(self.raw["train"].select([self.train_rows[i] for i in probe.sort().values.tolist()]))
+        return self._encode(self.raw["train"].select([self.train_rows[i] for i in probe.sort().values.tolist()]),
+                            "eval")
 
     @cached_property
     def dev(self):
-        return {s: self._encode(self.raw[s], self.cfg.data.max_eval_samples) for s in self.cfg.task.eval_splits}
+        return {s: self._encode(self.raw[s], "eval", self.cfg.data.max_eval_samples) for s in self.cfg.task.eval_splits}
 
     @cached_property
     def test(self):
         missing = [s for s in self.cfg.task.test_splits if s not in self.raw]
         if missing and self.cfg.train.predict_test:
             log(f"note: no {', '.join(missing)} split for {self.cfg.task.name}; skipping those test predictions")
-        return {s: self._encode(self.raw[s], self.cfg.data.max_eval_samples)
+        return {s: self._encode(self.raw[s], "test", self.cfg.data.max_eval_samples)
                 for s in self.cfg.task.test_splits if s in self.raw}
 
 
@@ -109,25 +111,13 @@ def parameter_counts(model, selection) -> dict:
     }
 
 
-def glue_label(prediction, task) -> str | int:
-    """A prediction as the GLUE server wants it: label names (MNLI, QNLI, RTE), ids, or a 0-5 score (STS-B)."""
-    if task.test_labels == "names":
-        return task.label_names[int(prediction)]
-    if task.test_labels == "float":
-        return f"{min(5.0, max(0.0, prediction)):.3f}"
-    return int(prediction)
-
-
 def write_test_predictions(folder: Path, model, prepared: Prepared, cfg, device) -> list[str]:
+    """The test predictions of each test split in the file its benchmark wants (the task kind's `write_test`),
+    named by the task's test_splits (GLUE: the server's <TASK>.tsv)."""
     written = []
     for split, data in prepared.test.items():
-        preds = predict(model, data, cfg, device, prepared.pad_id)
         name = cfg.task.test_splits[split]
-        with open(folder / name, "w", newline="") as f:
-            out = csv.writer(f, delimiter="\t", lineterminator="\n")
-            out.writerow(["index", "prediction"])
-            out.writerows([idx, glue_label(p, cfg.task)] for idx, p in zip(data.idx.tolist(), preds.tolist(),
-                                                                             strict=True))
+        prepared.kind.write_test(predict(model, data, cfg, device, prepared.pad_id), data, cfg.task, folder / name)
         written.append(name)
     return written
 
@@ -137,7 +127,9 @@ def start_seed(cfg, seed: int, device):
     seed_everything(seed)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
-    model = load_model(cfg.model.name_or_path, cfg.task.num_labels).to(device)
+    kind = kind_of(cfg.task)
+    model = load_model(cfg.model.name_or_path, kind.num_outputs(cfg.task), kind.AUTO_CLASS,
+                       **kind.model_config(cfg.task)).to(device)
     options = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k not in METHOD_META}
     selection = select(cfg.method.name, model, torch.Generator().manual_seed(seed), **options)
     initial = {n: p.detach().cpu().clone() for n, p in model.named_parameters()
@@ -446,6 +438,7 @@ def run_job(cfg) -> list[list[dict]]:
             log(f"{describe(key)}: no finished seed yet")
             continue
         main = mine[0]["main"]
-        log(f"{describe(key)}: {summary(mine)}" + baseline_note(main["metric"], prepared.dev[main["split"]].labels))
+        baseline = prepared.kind.baseline(prepared.dev[main["split"]], main["metric"])
+        log(f"{describe(key)}: {summary(mine)}{baseline_note(baseline)}")
     sys.stdout.flush()
     return out

@@ -78,9 +78,16 @@ def optimizer_names() -> list[str]:
 
 
 def metric_names() -> list[str]:
-    from bitfit_exp.metrics import METRICS
+    """Every task kind's metrics (which ones a task may use depends on its kind: `_task_kind`)."""
+    from bitfit_exp.kinds import KINDS, metrics_of
 
-    return list(METRICS)
+    return list(dict.fromkeys(m for kind in KINDS for m in metrics_of(kind)))
+
+
+def kind_names() -> list[str]:
+    from bitfit_exp.kinds import KINDS
+
+    return list(KINDS)
 
 
 def bias_components() -> list[str]:
@@ -98,17 +105,34 @@ class Model:
 @dataclass
 class Task:
     name: str = key()
-    glue_name: str = key()
-    text_fields: list[str] = key(min_items=1, max_items=2)  # a sentence or a sentence pair
+    kind: str = key(choices=kind_names, absent_ok=True)  # bitfit_exp/kinds: sequence (absent), span, token
+    glue_name: str = key(absent_ok=True)
+    text_fields: list[str] = key(min_items=1, max_items=2, absent_ok=True)  # sequence: a sentence or a pair
     num_labels: int = key(at_least=1)  # 1 = regression
-    label_names: list[str] = key()
+    label_names: list[str] = key(absent_ok=True)  # sequence, token (the fixed tag list)
     metric: str = key(choices=metric_names)
     metrics: list[str] = key(choices=metric_names, min_items=1)
     eval_splits: dict[str, str] = key(min_items=1)  # dev split -> table column; the first selects the epoch
-    test_splits: dict[str, str] = key()  # test split -> GLUE-server file
-    test_labels: Literal["ids", "names", "float"] = key()
+    test_splits: dict[str, str] = key()  # test split -> prediction file (GLUE server, SQuAD JSON, CoNLL-like)
+    test_labels: Literal["ids", "names", "float"] = key(absent_ok=True)  # sequence
     epochs: int = key(at_least=1)
     train_size: int = key(at_least=1)
+    # Where the data is (bitfit_exp/data.py): the folder under data.dir, and a task's own hub dataset.
+    local_name: str = key(absent_ok=True)  # default: the task name
+    hub_name: str = key(absent_ok=True)  # default: data.hub_name with the task name as config
+    hub_config: str | None = key(absent_ok=True)
+    hub_data_dir: str | None = key(absent_ok=True)
+    hub_revision: str | None = key(absent_ok=True)
+    title_split: dict[str, float] | None = key(at_least=0, absent_ok=True)  # {dev_fraction, seed}: `_task_kind`
+    max_length: int = key(at_least=8, at_most=8192, absent_ok=True)  # data.max_length's default
+    # span (extractive QA)
+    doc_stride: int = key(at_least=0, absent_ok=True)  # overlap of windows, < data.max_length
+    max_answer_length: int = key(at_least=1, absent_ok=True)
+    n_best: int = key(at_least=1, absent_ok=True)
+    # token (tagging): the dataset's columns
+    words_field: str = key(absent_ok=True)
+    tags_field: str = key(absent_ok=True)
+    id_field: str = key(absent_ok=True)
 
 
 @dataclass
@@ -394,14 +418,47 @@ def _task_labels(cfg: dict) -> list[str]:
     return problems
 
 
-CROSS_CHECKS = (_seeds_distinct, _lr_index_in_grid, _method_options, _task_labels)
+KIND_NEEDS = {"sequence": ("text_fields", "label_names", "test_labels"), "token": ("label_names",)}
+
+
+def _task_kind(cfg: dict) -> list[str]:
+    """The task's metrics are its kind's, the keys its kind needs are there, title_split is {dev_fraction, seed}."""
+    from bitfit_exp.kinds import DEFAULT, metrics_of
+
+    task = cfg.get("task", {})
+    kind = task.get("kind") or DEFAULT
+    if "name" not in task or kind not in kind_names():
+        return []
+    allowed = metrics_of(kind)
+    problems = [f"task.metrics={shown(task['metrics'])} is not valid: {m} is not a metric of {kind} tasks; "
+                 f"choose among {', '.join(allowed)}" for m in task.get("metrics", []) if m not in allowed][:1]
+    split = task.get("title_split")
+    if split is not None and (set(split) != {"dev_fraction", "seed"} or not 0 < split["dev_fraction"] < 1
+                              or split["seed"] != int(split["seed"])):
+        problems.append(f"task.title_split={shown(split)} is not valid; expected null or {{dev_fraction: a number "
+                        f"in (0, 1), seed: an integer >= 0}}")
+    return problems
+
+
+def _kind_keys(cfg: DictConfig) -> list[str]:
+    """The task keys its kind needs that are absent (present but bad ones are reported by the walk)."""
+    from bitfit_exp.kinds import DEFAULT
+
+    task = cfg.get("task")
+    if not isinstance(task, DictConfig):
+        return []
+    kind = task.get("kind") or DEFAULT
+    return [f"task.{name} is missing; a {kind} task needs it" for name in KIND_NEEDS.get(kind, ()) if name not in task]
+
+
+CROSS_CHECKS = (_seeds_distinct, _lr_index_in_grid, _method_options, _task_labels, _task_kind)
 
 
 def problems(cfg: DictConfig) -> list[str]:
     """One line per bad value of a composed config, in schema order; empty when it is valid."""
     walk = _Walk()
     valid = walk.group(cfg, Run)
-    found = walk.problems + [line for check in CROSS_CHECKS for line in check(valid)]
+    found = walk.problems + _kind_keys(cfg) + [line for check in CROSS_CHECKS for line in check(valid)]
     return found or walk.unresolved
 
 

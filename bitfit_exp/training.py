@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from bitfit_exp.atomic import commit, discard, stage
 from bitfit_exp.data import Encoded, batches, padding
 from bitfit_exp.errors import UserError
+from bitfit_exp.kinds import all_finite, kind_of, model_logits, rows_of
 from bitfit_exp.methods import Selection
-from bitfit_exp.metrics import compute_metrics
 from bitfit_exp.optim import optimizer_class
 from bitfit_exp.patch import load_trained_state, trained_state
 
@@ -104,27 +104,52 @@ class Masks:
                     p.sub_(p * m * (lr * weight_decay))
 
 
-def predict(model: nn.Module, data: Encoded, cfg, device, pad_id: int, k: int = 1) -> np.ndarray:
-    """Class ids (or scores for regression) for every example of `data`, in order. A packed model of `k` settings
-    scores every example once per setting and gets a [k, len(data)] array back. Examples whose logits are not
-    finite (a diverged model) come back as NaN, the array then being float."""
+def forward_all(model: nn.Module, data: Encoded, cfg, device, pad_id: int, k: int = 1) -> tuple[list, list[bool]]:
+    """Run every row of `data` through `model` in eval mode: per setting of a packed model of `k` settings (each
+    scores every row), its logits batches (`model_logits` of each batch, float, on the CPU) and whether they were
+    all finite."""
     model.eval()
-    out, finite = [], []
+    out, finite = [[] for _ in range(k)], []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
         for batch in batches(data, range(len(data)), cfg.train.eval_batch_size, pad_id, **padding(cfg.data)):
-            batch.pop("labels")
             inputs = {key: v.to(device).repeat(k, 1) for key, v in batch.items()}
-            logits = model(**inputs).logits.float().view(k, -1, cfg.task.num_labels)
-            out.append(logits.squeeze(-1) if cfg.task.num_labels == 1 else logits.argmax(-1))
-            finite.append(torch.isfinite(logits).all(-1))  # checked once at the end: no sync per batch
-    preds, ok = torch.cat(out, dim=1).cpu().numpy(), torch.cat(finite, dim=1).cpu().numpy()
-    if not ok.all():
-        preds = np.where(ok, preds, np.nan)
-    return preds[0] if k == 1 else preds
+            logits = _float(model_logits(model(**inputs)))
+            for i in range(k):
+                out[i].append(rows_of(logits, k, i))
+            finite.append(torch.stack([all_finite(rows_of(logits, k, i)) for i in range(k)]))  # no sync per batch
+    ok = torch.stack(finite).all(0).tolist() if finite else [True] * k
+    return [[_cpu(b) for b in setting] for setting in out], ok
+
+
+def _float(logits):
+    return tuple(t.float() for t in logits) if isinstance(logits, tuple) else logits.float()
+
+
+def _cpu(logits):
+    return tuple(t.cpu() for t in logits) if isinstance(logits, tuple) else logits.cpu()
+
+
+def predict(model: nn.Module, data: Encoded, cfg, device, pad_id: int, k: int = 1):
+    """The task kind's predictions for every example of `data` (GLUE: class ids, or scores for regression). A
+    packed model of `k` settings scores every example once per setting and gets a list of k predictions back."""
+    kind = kind_of(cfg.task)
+    logits, _ = forward_all(model, data, cfg, device, pad_id, k)
+    predictions = [kind.decode(setting, data) for setting in logits]
+    return predictions[0] if k == 1 else predictions
 
 
 def evaluate(model, data: Encoded, cfg, device, pad_id) -> dict[str, float]:
-    return compute_metrics(cfg.task.metrics, predict(model, data, cfg, device, pad_id), data.labels)
+    """The task's metrics on `data` (NaN on every metric when the logits are not all finite)."""
+    return evaluate_settings(model, data, cfg, device, pad_id, 1)[0]
+
+
+def evaluate_settings(model, data: Encoded, cfg, device, pad_id, k: int) -> list[dict[str, float]]:
+    """Each of the `k` settings' metrics on `data` (a packed model scores every example once per setting). A
+    setting whose logits are not all finite (a diverged model) scores NaN on every metric, without decoding."""
+    kind, metrics = kind_of(cfg.task), list(cfg.task.metrics)
+    logits, finite = forward_all(model, data, cfg, device, pad_id, k)
+    return [kind.score(kind.decode(setting, data), data, metrics) if ok else dict.fromkeys(metrics, float("nan"))
+            for setting, ok in zip(logits, finite, strict=True)]
 
 
 @dataclass
@@ -324,6 +349,7 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
     """
     trained = freeze(model, selection)
     forward = compiled(model, cfg.train.compile)
+    labels = kind_of(cfg.task).batch_labels
     optimizer = make_optimizer(model, selection, cfg.optim)
     masks = Masks.build(model, selection, device)
     steps_per_epoch = -(-len(train) // cfg.train.batch_size)
@@ -349,8 +375,9 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
         model.train()
         t0, losses = time.perf_counter(), []
         order = torch.randperm(len(train), generator=order_rng).tolist()
-        bar = tqdm(batches(train, order, cfg.train.batch_size, pad_id, **padding(cfg.data)), total=steps_per_epoch,
-                   desc=f"seed {seed} epoch {epoch}/{cfg.train.epochs}", leave=False, disable=show)
+        bar = tqdm(batches(train, order, cfg.train.batch_size, pad_id, labels, **padding(cfg.data)),
+                   total=steps_per_epoch, desc=f"seed {seed} epoch {epoch}/{cfg.train.epochs}", leave=False,
+                   disable=show)
         for batch in bar:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
                 loss = forward(**{k: v.to(device) for k, v in batch.items()}).loss

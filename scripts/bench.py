@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
+from bitfit_exp.kinds import sequence
 from bitfit_exp.methods import select
 from bitfit_exp.packed import DropoutStreams, PackedAdamW, pack, packed_loss
 from bitfit_exp.training import compiled, freeze
@@ -81,7 +82,10 @@ def measure(shape: str, mode: str, k: int, dynamic: bool, bf16: bool, dropout: s
         widths.append(inputs["input_ids"].shape[1])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = forward(**inputs).logits.float()
-        loss = packed_loss(logits, labels, k, False)[0] if mode == "packed" else F.cross_entropy(logits, labels)
+        if mode == "packed":
+            loss = packed_loss(sequence, logits, {"labels": labels}, k)[0]
+        else:
+            loss = F.cross_entropy(logits, labels)
         loss.backward()
         if mode != "packed":  # PackedAdamW clips each setting itself
             torch.nn.utils.clip_grad_norm_(params, 1.0)

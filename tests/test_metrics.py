@@ -91,5 +91,5 @@ def test_constant_baseline_per_metric():
     assert constant_baseline("f1", [1, 1, 0, 1]) == ("majority class", 6 / 7)  # all 1: precision 3/4, recall 1
     assert constant_baseline("f1", [0, 0, 1]) == ("majority class", 0.0)
     assert constant_baseline("spearman", np.array([0.0, 2.5, 5.0])) == ("mean predictor", 0.0)
-    assert baseline_note("accuracy", np.array([0, 0, 1])) == "; majority class 66.67"
-    assert baseline_note("accuracy", None) == ""
+    assert baseline_note(constant_baseline("accuracy", np.array([0, 0, 1]))) == "; majority class 66.67"
+    assert baseline_note(None) == ""

@@ -108,12 +108,14 @@ def test_gather_pads_and_masks_each_row():
     import numpy as np
 
     from bitfit_exp.data import Encoded, batches, gather
+    from bitfit_exp.kinds import sequence
 
     data = Encoded([[101, 7, 102], [101, 102], [101, 5, 6, 7, 102]], [[0, 0, 0], [0, 0], [0, 0, 1, 1, 1]],
                    np.array([1, 0, 1]), np.array([10, 11, 12]))
-    b = gather(data, [1, 0], pad_id=9)  # dynamic: the longest of these rows
+    b = gather(data, [1, 0], pad_id=9, labels=sequence.batch_labels)  # dynamic: the longest of these rows
     assert b["input_ids"].tolist() == [[101, 102, 9], [101, 7, 102]]
     assert b["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]] and b["labels"].tolist() == [0, 1]
+    assert "labels" not in gather(data, [1, 0], pad_id=9)  # model inputs only: what predict feeds
     b = gather(data, [2, 1], pad_id=9, pad_to=7)  # beyond the split's longest row
     assert b["input_ids"].tolist() == [[101, 5, 6, 7, 102, 9, 9], [101, 102, 9, 9, 9, 9, 9]]
     assert b["token_type_ids"].tolist() == [[0, 0, 1, 1, 1, 0, 0], [0] * 7]
