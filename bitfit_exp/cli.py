@@ -165,7 +165,7 @@ def prefetch(cfg: DictConfig) -> None:
 
     try:
         root = Path(cfg.data.dir).expanduser()
-        names = OmegaConf.to_container(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else cfg.tasks
+        names = OmegaConf.to_container(cfg.tasks, resolve=True) if OmegaConf.is_list(cfg.tasks) else cfg.tasks
         for task in _task_configs(names, cfg.get("task")):
             source = OmegaConf.create({"dir": cfg.data.from_dir, "hub_name": cfg.data.hub_name})
             splits = load_splits(task, source, carve=False)
