@@ -4,7 +4,9 @@
     bitfit-prefetch model=bert_base tasks=[rte,mrpc] data.dir=~/glue models_dir=~/models
 
 `bitfit-run` checks the config of every job against bitfit_exp/schema.py before Hydra starts (Hydra writes its
-output folder before the job runs): a bad value is one line and exit code 2, with nothing written.
+output folder before the job runs): a bad value is one line and exit code 2, with nothing written. A user's own
+config folder (`--config-dir ~/my-conf`, or `hydra.searchpath=[file:///home/me/my-conf]`), e.g. with its
+task/my_task.yaml (docs/custom-tasks.md), is checked the same way, composed with that folder on the search path.
 """
 
 import sys
@@ -40,16 +42,40 @@ def _needs_hub(cfg) -> bool:
 
 def _jobs_to_check(argv: list[str]) -> tuple[list[str], bool] | None:
     """(overrides, sweep) of a command line that would run jobs; None for Hydra's informational flags (--help,
-    --cfg, --info, ...) and for other config folders or files (--config-dir/-path/-name), which the job itself checks."""
+    --cfg, --info, ...) and for another primary config (--config-path/--config-name), which the job itself checks.
+    A --config-dir becomes a hydra.searchpath override (first on it, as Hydra adds it): composition finds its
+    configs as the run will."""
     from hydra._internal.utils import get_args_parser
 
     args = get_args_parser().parse_args(argv)
     informational = (args.help, args.hydra_help, args.cfg, args.info, args.shell_completion, args.experimental_rerun,
-                     args.config_path, args.config_name, args.config_dir)
+                     args.config_path, args.config_name)
     if any(informational):
         return None
+    overrides = list(args.overrides)
+    if args.config_dir:
+        overrides = with_search_dir(overrides, args.config_dir)
     sweep = args.multirun or "hydra.mode=MULTIRUN" in args.overrides
-    return args.overrides, sweep
+    return overrides, sweep
+
+
+def with_search_dir(overrides: list[str], config_dir: str) -> list[str]:
+    """`overrides` with `config_dir` first on hydra.searchpath (its other entries kept after it); a folder that
+    does not exist is a UserError, as in Hydra.
+
+    >>> with_search_dir(["task=my_task"], "/")
+    ['task=my_task', 'hydra.searchpath=[file:///]']
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    folder = Path(config_dir).expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(f"--config-dir {config_dir}: no such folder")
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    given = [o for o in parsed if o.key_or_group == "hydra.searchpath"]
+    entries = [f"file://{folder}", *(list(given[-1].value()) if given else [])]
+    rest = [o.input_line for o in parsed if o.key_or_group != "hydra.searchpath"]
+    return [*rest, f"hydra.searchpath=[{','.join(entries)}]"]
 
 
 def _check_before_hydra(argv: list[str]) -> None:
@@ -61,7 +87,7 @@ def _check_before_hydra(argv: list[str]) -> None:
     from bitfit_exp.plan import one_line, valid_jobs
     from bitfit_exp.records import check_runs_dir
 
-    jobs = _jobs_to_check(argv)
+    jobs = _jobs_to_check(argv)  # a missing --config-dir: UserError
     if jobs is None:
         return
     try:
@@ -103,29 +129,49 @@ def _run_job(cfg: DictConfig) -> float | None:
     return objective(settings)
 
 
-def _task_configs(names) -> list[DictConfig]:
-    folder = Path(conf_dir()) / "task"
-    available = sorted(p.stem for p in folder.glob("*.yaml"))
+def _task_folders() -> list[Path]:
+    """The task/ folders of the running Hydra app's config search path (a --config-dir or hydra.searchpath folder
+    included), the package's own first."""
+    from hydra.core.hydra_config import HydraConfig
+
+    folders = [Path(conf_dir()) / "task"]
+    if HydraConfig.initialized():
+        folders += [Path(source.path) / "task" for source in HydraConfig.get().runtime.config_sources
+                    if source.schema == "file" and source.path]
+    return [f for f in dict.fromkeys(folders) if f.is_dir()]
+
+
+def _task_configs(names, composed=None) -> list[DictConfig]:
+    """The task configs named (`all`: every task on the search path); `composed` (the run's task) stands for its
+    own name, so a user task selected with task=... is taken as composed."""
+    files = {}
+    for folder in _task_folders():
+        files.update({p.stem: p for p in sorted(folder.glob("*.yaml"))})  # later folders win, as in Hydra
+    available = sorted({*files, *([str(composed.name)] if composed is not None else [])})
     names = available if names in ("all", ["all"]) else list(names)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise UserError(f"unknown task {unknown[0]!r}; valid: {', '.join(available)}")
-    return [OmegaConf.load(folder / f"{n}.yaml") for n in names]
+    return [composed if composed is not None and n == composed.name else OmegaConf.load(files[n]) for n in names]
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="prefetch")
 def prefetch(cfg: DictConfig) -> None:
-    """Save the model (weights + tokenizer) and every split of the tasks where offline runs can read them."""
-    from bitfit_exp.data import load_splits, save_local
+    """Save the model (weights + tokenizer) and every split of the tasks where offline runs can read them: the
+    splits as read (a task's own files or hub dataset included, columns unchanged), under
+    <data.dir>/<local_name>/<split>.parquet; nothing is carved there (data.dev_fraction applies at run time)."""
+    from bitfit_exp.data import load_splits, local_name, save_local
     from bitfit_exp.models import save_for_offline
 
     try:
         root = Path(cfg.data.dir).expanduser()
-        for task in _task_configs(OmegaConf.to_container(cfg.tasks) if OmegaConf.is_list(cfg.tasks) else cfg.tasks):
+        names = OmegaConf.to_container(cfg.tasks, resolve=True) if OmegaConf.is_list(cfg.tasks) else cfg.tasks
+        for task in _task_configs(names, cfg.get("task")):
             source = OmegaConf.create({"dir": cfg.data.from_dir, "hub_name": cfg.data.hub_name})
-            splits = load_splits(task, source)
+            splits = load_splits(task, source, carve=False)
             paths = save_local(task, splits, root)
-            print(f"{task.name}: {', '.join(f'{p.stem} ({len(splits[p.stem])})' for p in paths)} -> {root / task.name}")
+            print(f"{task.name}: {', '.join(f'{p.stem} ({len(splits[p.stem])})' for p in paths)} -> "
+                  f"{root / local_name(task)}")
         target = Path(cfg.models_dir).expanduser() / cfg.model.name
         save_for_offline(cfg.model.name_or_path, target)
         print(f"model {cfg.model.name_or_path} -> {target}")

@@ -7,6 +7,13 @@ Where a task's data is read from:
   (`kind.check_file`) before anything is tokenized.
 - `data.dir` null: the hub. A task naming its own dataset (`hub_name`, with optional `hub_config`, `hub_data_dir`,
   `hub_revision`) loads that; otherwise `data.hub_name` (nyu-mll/glue) with the task's name as the config.
+- A task with `files: {split: path}`: those files, whatever data.dir says (see `load_files`): CSV, TSV, JSON
+  Lines (one object per line) or Parquet, by extension, or a folder of such files; a relative path is resolved
+  against data.dir when it is set, else against the current directory. docs/custom-tasks.md has a complete task.
+- `data.dev_fraction` set (a number in (0, 1)): the task's first eval split does not exist and is carved from train
+  by a seeded draw (`carve_dev`, seed `data.dev_seed`), with a note saying so; set while that split exists, it is
+  refused. Null (the default) and the split missing: an error saying to set it. Carving happens before the runner
+  fingerprints the splits, so the setting's identity is that of the carved data.
 - A task with `title_split: {dev_fraction, seed}` has no train split of its own: its first eval split is cut by
   article title into a training part and a dev part with no title in both (`split_by_title`), seeded; the run
   says so in one line (for a QA task whose train split is not at hand).
@@ -26,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
@@ -48,16 +56,83 @@ def stored_splits(task) -> list[str]:
     return [s for s in needed_splits(task) if not (s == "train" and task.get("title_split"))]
 
 
-def load_splits(task, data):
+def load_splits(task, data, carve: bool = True):
     """Return {split: datasets.Dataset} for train, the dev split(s) and the test split(s) of `task`.
 
     Test splits missing from a local copy are left out (no test predictions then); everything else is an error.
+    `carve` False: the splits as stored, nothing carved and nothing required (what `bitfit-prefetch` saves).
     """
-    if data.dir:
-        splits = _load_local(task, Path(os.path.expanduser(str(data.dir))))
+    optional = {dev_split(task)} if data.get("dev_fraction") is not None or not carve else set()
+    if task.get("files"):
+        splits = load_files(task, data, optional)
+    elif data.dir:
+        splits = _load_local(task, Path(os.path.expanduser(str(data.dir))), optional)
     else:
         splits = _load_hub(task, data.hub_name)
+    if not carve:
+        return splits
+    splits = carve_dev(task, data, splits)
+    missing = [s for s in stored_splits(task) if s not in splits and s not in task.test_splits]
+    if missing:
+        raise UserError(f"task {task.name} has no {', '.join(missing)} split (it has {', '.join(splits) or 'none'})"
+                        f"{_carve_hint(task, missing)}")
     return _carve_train(task, splits)
+
+
+def dev_split(task) -> str:
+    """The split that selects the epoch (the first of eval_splits), the one `data.dev_fraction` carves."""
+    return str(next(iter(task.eval_splits)))
+
+
+def _carve_hint(task, missing: list[str]) -> str:
+    if dev_split(task) in missing and not task.get("title_split"):
+        return f"; carve {dev_split(task)} from train with data.dev_fraction=0.1 (a seeded draw, data.dev_seed)"
+    return ""
+
+
+def carve_dev(task, data, splits: dict) -> dict:
+    """With data.dev_fraction set, the task's dev split carved from train (`split_rows`, seed data.dev_seed), with
+    a note saying so; refused where the task has that split itself or cuts its train by title. Otherwise `splits`
+    unchanged."""
+    fraction = data.get("dev_fraction")
+    if fraction is None:
+        return splits
+    dev, seed = dev_split(task), int(data.get("dev_seed") or 0)
+    if task.get("title_split"):
+        raise UserError(f"data.dev_fraction={fraction} and task.title_split both cut task {task.name}'s splits; "
+                        f"use one (data.dev_fraction=null or task.title_split=null)")
+    if dev in splits:
+        raise UserError(f"data.dev_fraction={fraction} carves a {dev} split from train, but task {task.name} has "
+                        f"its own {dev} split ({len(splits[dev])} rows); drop one (data.dev_fraction=null)")
+    if "train" not in splits:
+        return splits  # load_splits names the missing train split
+    train, held = split_rows(splits["train"], float(fraction), seed)
+    print(f"note: task {task.name} has no {dev} split: train ({len(splits['train'])} rows) split into train "
+          f"({len(train)} rows) and {dev} ({len(held)} rows) by a seeded draw (data.dev_fraction {fraction}, "
+          f"data.dev_seed {seed})", flush=True)
+    return {**splits, "train": train, dev: held}
+
+
+def split_rows(frame, dev_fraction: float, seed: int):
+    """Cut one split into (train, dev): the rows at the first round(dev_fraction * n) positions (at least one, at
+    most all but one) of a `seed`-drawn permutation (numpy's default_rng) go to dev, the rest to train; rows keep
+    their order and no row is in both. Not stratified. A pandas DataFrame or datasets.Dataset.
+
+    >>> import pandas as pd
+    >>> train, dev = split_rows(pd.DataFrame({"x": range(10)}), 0.2, seed=0)
+    >>> list(train.x), list(dev.x)
+    ([0, 1, 2, 3, 5, 7, 8, 9], [4, 6])
+    """
+    if not 0 < dev_fraction < 1:
+        raise UserError(f"data.dev_fraction={dev_fraction} must be between 0 and 1 (the dev share of train)")
+    n = len(frame)
+    if n < 2:
+        raise UserError(f"cannot carve a dev split from a train split of {n} row(s); at least 2 needed")
+    order = np.random.default_rng(seed).permutation(n)
+    n_dev = min(n - 1, max(1, round(dev_fraction * n)))
+    dev_rows = sorted(order[:n_dev].tolist())
+    train_rows = sorted(order[n_dev:].tolist())
+    return _take(frame, train_rows), _take(frame, dev_rows)
 
 
 def _carve_train(task, splits: dict) -> dict:
@@ -126,7 +201,7 @@ def columns_of(dataset, limit: int | None = None) -> dict[str, list]:
     return dataset[:]
 
 
-def _load_local(task, root: Path):
+def _load_local(task, root: Path, optional: set = frozenset()):
     import datasets
 
     folder_name = local_name(task)
@@ -139,10 +214,11 @@ def _load_local(task, root: Path):
         raise UserError(f"data.dir={root} has no {folder_name}/ folder (it has: {', '.join(present) or 'nothing'}); "
                         f"fetch it with `bitfit-prefetch task={task.name} data.dir={root}` on a machine with internet")
     files = {s: folder / f"{s}.parquet" for s in stored_splits(task)}
-    missing = [s for s in ["train", *task.eval_splits] if s in files and not files[s].is_file()]
+    missing = [s for s in ["train", *task.eval_splits] if s in files and not files[s].is_file() and s not in optional]
     if missing:
         raise UserError(f"{folder} lacks {', '.join(m + '.parquet' for m in missing)}; fetch the task with "
-                        f"`bitfit-prefetch task={task.name} data.dir={root}` on a machine with internet")
+                        f"`bitfit-prefetch task={task.name} data.dir={root}` on a machine with internet"
+                        f"{_carve_hint(task, missing)}")
     files = {s: f for s, f in files.items() if f.is_file()}
     fix = f"fix the file or fetch the task again with `bitfit-prefetch task={task.name} data.dir={root}`"
     check_file = kind_of(task).check_file
@@ -158,14 +234,115 @@ def _load_local(task, root: Path):
             datasets.enable_progress_bars()
 
 
-def needed_columns(task) -> list[str]:
-    return [*task.text_fields, "label", "idx"]
+# ---------------------------------------------------------------------------------------------------------------
+# task.files: a task's own CSV, TSV, JSON Lines or Parquet files
+
+FORMATS = {".csv": "CSV", ".tsv": "TSV", ".jsonl": "JSON Lines", ".json": "JSON Lines", ".parquet": "parquet"}
+
+
+def resolve_path(path: str, data_dir) -> Path:
+    """A task file's path: `~` expanded; a relative one under data.dir when that is set, else under the current
+    directory.
+
+    >>> str(resolve_path("sst2/train.csv", "/data")), str(resolve_path("/abs/train.csv", "/data"))
+    ('/data/sst2/train.csv', '/abs/train.csv')
+    """
+    resolved = Path(os.path.expanduser(str(path)))
+    if resolved.is_absolute() or not data_dir:
+        return resolved
+    return Path(os.path.expanduser(str(data_dir))) / resolved
+
+
+def split_files(split: str, path: Path, task) -> list[Path]:
+    """The file(s) of one split in task.files: the file, or every file of a known format in the folder (sorted,
+    one format); a missing path or an unknown format is a UserError."""
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
+        kinds = {FORMATS[p.suffix.lower()] for p in found}
+        if not found or len(kinds) > 1:
+            what = "no" if not found else f"several formats of ({', '.join(sorted(kinds))})"
+            raise UserError(f"task {task.name}: the folder {path} (task.files.{split}) holds {what} data files; "
+                            f"give it files of one format: {', '.join(FORMATS)}")
+        return found
+    if not path.is_file():
+        raise UserError(f"task {task.name}: task.files.{split}={path} does not exist")
+    if path.suffix.lower() not in FORMATS:
+        raise UserError(f"task {task.name}: task.files.{split}={path} has an unknown format; name it by its format: "
+                        f"{', '.join(FORMATS)}")
+    return [path]
+
+
+def load_files(task, data, optional: set = frozenset()) -> dict:
+    """{split: datasets.Dataset} of the files named by task.files (see the module docstring), each file checked by
+    the task's kind first. The keys of task.files are split names: train, the eval splits and the test splits."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    given = dict(task.files)
+    known = stored_splits(task)
+    unknown = [s for s in given if s not in known]
+    if unknown:
+        raise UserError(f"task.files names split {unknown[0]}, which task {task.name} does not read; its splits: "
+                        f"train, eval_splits ({', '.join(task.eval_splits)}), test_splits "
+                        f"({', '.join(task.test_splits) or 'none'})")
+    missing = [s for s in ["train", *task.eval_splits] if s in known and s not in given and s not in optional]
+    if missing:
+        raise UserError(f"task {task.name} has no file for split {', '.join(missing)} in task.files (it names "
+                        f"{', '.join(given) or 'none'}){_carve_hint(task, missing)}")
+    check_file, splits = kind_of(task).check_file, {}
+    for split, where in given.items():
+        paths = split_files(split, resolve_path(where, data.get("dir")), task)
+        for path in paths:
+            check_file(path, task, test=split in task.test_splits, fix=f"fix the file or task.files.{split}")
+        tables = [read_table(path, "fix the file") for path in paths]
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        splits[split] = datasets.Dataset(InMemoryTable(table))
+    return splits
+
+
+def read_table(path: Path, fix: str, columns: list[str] | None = None) -> pa.Table:
+    """The rows of a CSV, TSV, JSON Lines or Parquet file (by extension) as an Arrow table, types inferred (only
+    `columns`, of a parquet file); a file that cannot be parsed is a one-line UserError naming it."""
+    kind = FORMATS.get(path.suffix.lower(), "parquet")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: is empty (0 bytes) ({fix})")
+    try:
+        if kind == "parquet":
+            return pq.read_table(path, columns=columns)
+        if kind == "JSON Lines":
+            import pyarrow.json as pj
+
+            return pj.read_json(path)
+        import pyarrow.csv as pc
+
+        return pc.read_csv(path, parse_options=pc.ParseOptions(delimiter="\t" if kind == "TSV" else ","))
+    except (pa.ArrowException, OSError) as e:  # bad footer: ArrowInvalid; damaged pages: OSError
+        raise UserError(f"{path}: is not a readable {kind} file: {first_line(e)} ({fix})") from None
+
+
+def _glue_layout(task) -> bool:
+    """GLUE tasks (glue_name set) keep the server's layout: every column required, idx included."""
+    return bool(task.get("glue_name"))
+
+
+def label_field(task) -> str:
+    """The column holding the labels: task.label_field, default `label`."""
+    return str(task.get("label_field") or "label")
+
+
+def needed_columns(task, test: bool = False) -> list[str]:
+    """The columns a split file must have: the text fields and the label (GLUE tasks: and idx; other tasks' test
+    files may leave the label out, unlabelled)."""
+    if _glue_layout(task):
+        return [*task.text_fields, label_field(task), "idx"]
+    return [*task.text_fields, *([] if test else [label_field(task)])]
 
 
 def check_split_file(path: Path, task, test: bool = False, fix: str = "fix the file") -> None:
-    """Raise a one-line UserError naming `path` unless it is a readable parquet file with rows, the task's columns,
-    text in its text fields and labels the task can use (-1, unlabelled, is allowed in `test` splits); `fix` says
-    what to do. All checks are vectorized over the whole file.
+    """Raise a one-line UserError naming `path` unless it is a readable file (CSV, TSV, JSON Lines or parquet, by
+    extension) with rows, the task's columns, text in its text fields and labels the task can use (-1, or no label,
+    is allowed in `test` splits; string labels must be among task.label_names); `fix` says what to do. All checks
+    are vectorized over the whole file.
 
     >>> from omegaconf import OmegaConf
     >>> task = OmegaConf.load("conf/task/rte.yaml")
@@ -173,34 +350,39 @@ def check_split_file(path: Path, task, test: bool = False, fix: str = "fix the f
     Traceback (most recent call last):
     bitfit_exp.errors.UserError: conf/task/rte.yaml: is not a readable parquet file: ArrowInvalid: ... (fix the file)
     """
-    table = _read_columns(path, task, fix)
+    table = _read_columns(path, task, test, fix)
     if table.num_rows == 0:
         raise UserError(f"{path}: has no rows ({fix})")
     for name in task.text_fields:
         problem = _text_problem(table[name])
         if problem:
             raise UserError(f"{path}: text field {name} {problem} ({fix})")
-    problem = _label_problem(table["label"], task.num_labels, test)
-    if problem:
-        raise UserError(f"{path}: {problem} ({fix})")
-    if not pa.types.is_integer(table["idx"].type):
+    if label_field(task) in table.column_names:
+        problem = _label_problem(table[label_field(task)], task, test)
+        if problem:
+            raise UserError(f"{path}: {problem} ({fix})")
+    if "idx" in table.column_names and not pa.types.is_integer(table["idx"].type):
         raise UserError(f"{path}: idx holds {table['idx'].type}, not integers ({fix})")
 
 
-def _read_columns(path: Path, task, fix: str) -> pa.Table:
-    """The task's columns of the parquet file at `path` (a missing or misnamed column is a UserError)."""
+def _read_columns(path: Path, task, test: bool, fix: str) -> pa.Table:
+    """The task's columns of the file at `path` (a missing or misnamed column is a UserError naming those present)."""
     if path.stat().st_size == 0:
         raise UserError(f"{path}: is empty (0 bytes) ({fix})")
+    parquet = FORMATS.get(path.suffix.lower(), "parquet") == "parquet"
     try:
-        parquet = pq.ParquetFile(path)
-        present = parquet.schema_arrow.names
-        missing = [c for c in needed_columns(task) if c not in present]
-        if missing:
-            raise UserError(f"{path}: has columns {', '.join(present) or 'none'}; task {task.name} needs "
-                            f"{', '.join(needed_columns(task))}; missing: {', '.join(missing)} ({fix})")
-        return parquet.read(columns=needed_columns(task))
-    except (pa.ArrowException, OSError) as e:  # bad footer: ArrowInvalid; damaged pages: OSError
+        present = pq.ParquetFile(path).schema_arrow.names if parquet else None
+    except (pa.ArrowException, OSError) as e:
         raise UserError(f"{path}: is not a readable parquet file: {first_line(e)} ({fix})") from None
+    table = None if parquet else read_table(path, fix)
+    present = present if parquet else table.column_names
+    needed = needed_columns(task, test)
+    missing = [c for c in needed if c not in present]
+    if missing:
+        raise UserError(f"{path}: has columns {', '.join(present) or 'none'}; task {task.name} needs "
+                        f"{', '.join(needed)}; missing: {', '.join(missing)} ({fix})")
+    wanted = [c for c in [*task.text_fields, label_field(task), "idx"] if c in present]
+    return read_table(path, fix, wanted) if parquet else table.select(wanted)
 
 
 def _where(mask: np.ndarray) -> str:
@@ -221,21 +403,45 @@ def _text_problem(column: pa.ChunkedArray) -> str | None:
     return None
 
 
-def _label_problem(labels: pa.ChunkedArray, num_labels: int, test: bool) -> str | None:
+def _is_text(column: pa.ChunkedArray) -> bool:
+    return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+
+
+def _label_problem(labels: pa.ChunkedArray, task, test: bool) -> str | None:
     """What is wrong with a label column, or None: classification labels must be 0..num_labels-1 (or -1 in a test
-    split), regression labels (num_labels 1) finite numbers."""
+    split) or names among task.label_names, regression labels (num_labels 1) finite numbers; test splits may leave
+    labels null (unlabelled) outside GLUE."""
+    name, num_labels = label_field(task), int(task.num_labels)
+    names = list(task.get("label_names") or [])
+    if _is_text(labels) and num_labels > 1 and names and not _glue_layout(task):
+        return _label_name_problem(labels, name, names, test and not _glue_layout(task))
     if not (pa.types.is_integer(labels.type) or pa.types.is_floating(labels.type)):
-        return f"label holds {labels.type}, not numbers"
-    if labels.null_count:
-        return f"label is null at {_where(labels.is_null().to_numpy(zero_copy_only=False))}"
-    values = labels.to_numpy()
+        return f"{name} holds {labels.type}, not numbers"
+    if labels.null_count and not (test and not _glue_layout(task)):
+        return f"{name} is null at {_where(labels.is_null().to_numpy(zero_copy_only=False))}"
+    values = labels.to_numpy(zero_copy_only=False)
     if num_labels == 1:
         bad, wanted = ~np.isfinite(values), "a finite number"
     else:
         allowed = np.arange(-1 if test else 0, num_labels)
         bad, wanted = ~np.isin(values, allowed), f"0..{num_labels - 1}{' or -1 for unlabelled rows' if test else ''}"
+    bad &= ~labels.is_null().to_numpy(zero_copy_only=False)
     if bad.any():
-        return f"label must be {wanted} but is {values[np.argmax(bad)].item()} at {_where(bad)}"
+        return f"{name} must be {wanted} but is {values[np.argmax(bad)].item()} at {_where(bad)}"
+    return None
+
+
+def _label_name_problem(labels: pa.ChunkedArray, name: str, names: list[str], nulls_ok: bool) -> str | None:
+    """Label names (strings) must be among `names` (task.label_names)."""
+    known = pa.array(names, type=pa.string())
+    nulls = labels.is_null().to_numpy(zero_copy_only=False)
+    bad = ~pa.compute.is_in(labels.cast(pa.string()), value_set=known).to_numpy(zero_copy_only=False)
+    if nulls_ok:
+        bad &= ~nulls
+    if bad.any():
+        value = labels[int(np.argmax(bad))].as_py()
+        return (f"{name} {value!r} is not one of task.label_names ({', '.join(names)}) at {_where(bad)}"
+                if value is not None else f"{name} is null at {_where(nulls)}")
     return None
 
 

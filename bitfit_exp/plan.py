@@ -63,7 +63,9 @@ def compose_jobs(jobs: list[list[str]]) -> list[DictConfig]:
         for job in jobs:
             overrides = parser.parse_overrides(job)
             # As Hydra's defaults list splits them: a dict value or a key that is no group is a value override.
-            is_group = [repo.group_exists(o.key_or_group) and not isinstance(o.value(), dict) for o in overrides]
+            # hydra.searchpath (a user's config folder) decides where group choices are found: composed with them.
+            is_group = [(repo.group_exists(o.key_or_group) and not isinstance(o.value(), dict))
+                        or o.key_or_group == "hydra.searchpath" for o in overrides]
             choices = tuple(o.input_line for o, group in zip(overrides, is_group, strict=True) if group)
             if choices not in composed:
                 composed[choices] = compose("config", overrides=list(choices))

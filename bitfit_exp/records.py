@@ -39,14 +39,15 @@ SCHEMA = 2  # 1: hash without fingerprints (model identified by its path), no di
 RECORD = "record.json"
 DONE = ("finished", "diverged")  # a seed in either state is not trained again
 # Config keys that do not change what a run computes (where it reads/writes, how it reports, which seeds). The
-# checkpoint and the data enter the hash through their fingerprints, not through where they were read from.
+# checkpoint and the data enter the hash through their fingerprints, not through where they were read from (nor how
+# a dev split was carved from train: data.dev_fraction and dev_seed change the rows, which the fingerprint covers).
 NON_RESULT_KEYS = {
-    "data": {"dir", "hub_name"},
+    "data": {"dir", "hub_name", "dev_fraction", "dev_seed"},
     "train": {"device", "progress", "predict_test", "save_patch", "eval_batch_size", "checkpoint", "stop_after_epochs",
               "packed", "packed_dropout", "pack_lrs", "compile", "claim_timeout_s"},
     "method": {"lr_grid", "default_lr"},
     "model": {"name", "name_or_path"},
-    "task": {"train_size"},
+    "task": {"train_size", "files"},
 }
 # Keys added after records existed whose null default reproduces the earlier behaviour: left out of the hash while
 # null, so settings run before the key existed keep their folder (and finished seeds are not redone).

@@ -124,6 +124,10 @@ class Task:
     hub_data_dir: str | None = key(absent_ok=True)
     hub_revision: str | None = key(absent_ok=True)
     title_split: dict[str, float] | None = key(at_least=0, absent_ok=True)  # {dev_fraction, seed}: `_task_kind`
+    # A task's own data (docs/custom-tasks.md): split -> CSV/TSV/JSONL/Parquet file or folder (relative: under
+    # data.dir, else the current directory), and the label column (sequence; default `label`).
+    files: dict[str, str] = key(min_items=1, absent_ok=True)
+    label_field: str = key(absent_ok=True)
     max_length: int = key(at_least=8, at_most=8192, absent_ok=True)  # data.max_length's default
     # span (extractive QA)
     doc_stride: int = key(at_least=0, absent_ok=True)  # overlap of windows, < data.max_length
@@ -168,6 +172,8 @@ class Data:
     train_subset_seed: int | None = key(at_least=0)
     max_eval_samples: int | None = key(at_least=1)
     train_eval_samples: int | None = key(at_least=1)
+    dev_fraction: float | None = key(above=0, below=1)  # carve the missing dev split from train (data.carve_dev)
+    dev_seed: int = key(at_least=0)  # the seed of that draw
 
 
 @dataclass
@@ -421,6 +427,25 @@ def _task_labels(cfg: dict) -> list[str]:
 KIND_NEEDS = {"sequence": ("text_fields", "label_names", "test_labels"), "token": ("label_names",)}
 
 
+def _needs(kind: str, task) -> tuple[str, ...]:
+    """The task keys `kind` needs: a sequence task needs label_names only to classify (num_labels > 1) and
+    test_labels only with test splits."""
+    needed = KIND_NEEDS.get(kind, ())
+    if kind == "sequence" and task.get("num_labels") == 1:
+        needed = tuple(k for k in needed if k != "label_names")
+    if kind == "sequence" and task.get("test_splits") is not None and not task.get("test_splits"):
+        needed = tuple(k for k in needed if k != "test_labels")
+    return needed
+
+
+def _label_count(task: dict, kind: str) -> list[str]:
+    """A sequence classifier's label_names, where given, name each of its num_labels classes."""
+    names, n = task.get("label_names"), task.get("num_labels")
+    if kind != "sequence" or not names or n is None or n == 1 or len(names) == n or task.get("test_labels") == "names":
+        return []
+    return [f"task.label_names={shown(names)} is not valid: {len(names)} names for task.num_labels={n}"]
+
+
 def _task_kind(cfg: dict) -> list[str]:
     """The task's metrics are its kind's, the keys its kind needs are there, title_split is {dev_fraction, seed}."""
     from bitfit_exp.kinds import DEFAULT, metrics_of
@@ -437,7 +462,7 @@ def _task_kind(cfg: dict) -> list[str]:
                               or split["seed"] != int(split["seed"])):
         problems.append(f"task.title_split={shown(split)} is not valid; expected null or {{dev_fraction: a number "
                         f"in (0, 1), seed: an integer >= 0}}")
-    return problems
+    return problems + _label_count(task, kind)
 
 
 def _kind_keys(cfg: DictConfig) -> list[str]:
@@ -448,7 +473,7 @@ def _kind_keys(cfg: DictConfig) -> list[str]:
     if not isinstance(task, DictConfig):
         return []
     kind = task.get("kind") or DEFAULT
-    return [f"task.{name} is missing; a {kind} task needs it" for name in KIND_NEEDS.get(kind, ()) if name not in task]
+    return [f"task.{name} is missing; a {kind} task needs it" for name in _needs(kind, task) if name not in task]
 
 
 CROSS_CHECKS = (_seeds_distinct, _lr_index_in_grid, _method_options, _task_labels, _task_kind)

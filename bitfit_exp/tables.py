@@ -84,6 +84,11 @@ def paper_cells(reference: pd.DataFrame | None, table: int | None) -> tuple[dict
     return cells, pct
 
 
+def table_columns(best: pd.DataFrame) -> list[str]:
+    """The GLUE columns, then any other task's dev columns found in `best` (a task of one's own), sorted."""
+    return [*COLUMNS, *sorted(set(best["column"]) - set(COLUMNS))]
+
+
 def _rows3(rows) -> list[tuple[str, str, str]]:
     return [(r[0], r[1], r[2] if len(r) > 2 else "") for r in rows]
 
@@ -125,13 +130,13 @@ def compare(best: pd.DataFrame, rows, reference: pd.DataFrame | None = None, tab
     paper, paper_pct = paper_cells(reference, table)
     out = []
     for model, method, variant in _rows3(rows):
-        for column in [*COLUMNS, "avg"]:
+        for column in [*table_columns(best), "avg"]:
             p_mean, p_std = paper.get((model, method, column), (math.nan, math.nan))
             cell = {"model": model, "method": method, "variant": variant, "column": column, "paper_mean": p_mean,
                     "paper_std": p_std, "paper_pct": paper_pct.get((model, method), math.nan)}
             hit = ours.get((model, method, variant, column))
             if column == "avg":
-                cell.update(_avg_cell([ours[(model, method, variant, c)] for c in COLUMNS
+                cell.update(_avg_cell([ours[(model, method, variant, c)] for c in table_columns(best)
                                        if (model, method, variant, c) in ours]))
             elif hit is None:
                 cell.update(_EMPTY_CELL)
@@ -204,6 +209,7 @@ def build_table(best: pd.DataFrame, rows, reference: pd.DataFrame | None = None,
     sweep's grid); so is an Avg built from such cells. Avg only when all 8 tasks are present.
     """
     cells = compare(best, rows, reference, table)
+    columns = table_columns(best)
     out = []
     for (model, method, variant), g in cells.groupby(["model", "method", "variant"], sort=False):
         g = g.set_index("column")
@@ -211,8 +217,8 @@ def build_table(best: pd.DataFrame, rows, reference: pd.DataFrame | None = None,
                  "Method": METHODS.get(method, method) + (f" [{variant}]" if variant else "")}
         ours = {**label, **({"Source": "ours"} if reference is not None else {}),
                 "%Param": fmt_param(g.at["avg", "pct_encoder"])}
-        for c in COLUMNS:
-            ours[HEADERS[c]] = fmt_cell(g.at[c, "mean"], g.at[c, "std"], g.at[c, "n_seeds"], expected_seeds,
+        for c in columns:
+            ours[HEADERS.get(c, c)] = fmt_cell(g.at[c, "mean"], g.at[c, "std"], g.at[c, "n_seeds"], expected_seeds,
                                         g.at[c, "n_diverged"], g.at[c, "n_lrs"], g.at[c, "expected_lrs"],
                                         g.at[c, "n_no_score"])
         avg_n, avg_bad = g.at["avg", "n_seeds"], _count(g.at["avg", "n_diverged"])
@@ -225,11 +231,12 @@ def build_table(best: pd.DataFrame, rows, reference: pd.DataFrame | None = None,
         blank = {"Model": "", "Method": ""}
         paper = {**blank, "Source": "paper", "%Param": fmt_param(g.at["avg", "paper_pct"])}
         delta = {**blank, "Source": "Δ", "%Param": ""}
-        for c in [*COLUMNS, "avg"]:
-            paper[HEADERS[c]] = fmt_cell(g.at[c, "paper_mean"], g.at[c, "paper_std"])
-            delta[HEADERS[c]] = fmt_delta(g.at[c, "delta"], g.at[c, "within"])
+        for c in [*columns, "avg"]:
+            paper[HEADERS.get(c, c)] = fmt_cell(g.at[c, "paper_mean"], g.at[c, "paper_std"])
+            delta[HEADERS.get(c, c)] = fmt_delta(g.at[c, "delta"], g.at[c, "within"])
         out += [paper, delta]
-    head = ["Model", "Method", *(["Source"] if reference is not None else []), "%Param", *HEADERS.values()]
+    head = ["Model", "Method", *(["Source"] if reference is not None else []), "%Param",
+            *(HEADERS.get(c, c) for c in columns), "Avg"]
     return pd.DataFrame(out, columns=head)
 
 

@@ -5,7 +5,10 @@ One example is one feature: its text field(s) tokenized as a single sequence or 
 predictions are the argmax class id (or the score), metrics are `bitfit_exp.metrics`, and the test file is the
 GLUE server's `index<TAB>prediction` TSV (label names, ids or 0-5 scores, per the task's `test_labels`).
 
-Task keys: text_fields, num_labels, label_names, metrics, test_labels (see conf/task/rte.yaml).
+Task keys: text_fields, num_labels, label_names, metrics, test_labels (see conf/task/rte.yaml); label_field (the
+label column, default `label`). Labels are class ids or, outside GLUE, names among label_names (mapped to their
+position); `idx` (the GLUE server's ids) is the row number where a task's data has none. A task's own files:
+docs/custom-tasks.md.
 
 >>> import pandas as pd
 >>> from bitfit_exp.models import load_tokenizer
@@ -23,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitfit_exp.data import Encoded, check_split_file, columns_of
+from bitfit_exp.data import Encoded, check_split_file, columns_of, label_field
+from bitfit_exp.errors import UserError
 from bitfit_exp.metrics import METRICS as _METRICS
 from bitfit_exp.metrics import compute_metrics, constant_baseline
 
@@ -49,8 +53,27 @@ def encode(dataset, task, tokenizer, data_cfg, role: str = "eval", limit: int | 
     columns = columns_of(dataset, limit)
     out = tokenizer(*[columns[name] for name in task["text_fields"]], truncation=True,
                     max_length=int(data_cfg["max_length"]))
-    labels = np.asarray(columns["label"], dtype=np.float32 if num_outputs(task) == 1 else np.int64)
-    return Encoded(out["input_ids"], out.get("token_type_ids"), labels, np.asarray(columns["idx"]))
+    n = len(out["input_ids"])
+    labels = label_values(columns.get(label_field(task), [None] * n), task)
+    idx = np.asarray(columns["idx"]) if "idx" in columns else np.arange(n)
+    return Encoded(out["input_ids"], out.get("token_type_ids"), labels, idx)
+
+
+def label_values(values: list, task) -> np.ndarray:
+    """A split's labels as the head's targets: float scores (regression), else class ids, a name mapped to its
+    position in task.label_names, a missing label (an unlabelled test row) to -1.
+
+    >>> label_values(["positive", None, 0], {"num_labels": 2, "label_names": ["negative", "positive"]}).tolist()
+    [1, -1, 0]
+    """
+    if num_outputs(task) == 1:
+        return np.asarray(values, dtype=np.float32)
+    ids = {name: i for i, name in enumerate(task.get("label_names") or [])}
+    unknown = next(((row, v) for row, v in enumerate(values) if isinstance(v, str) and v not in ids), None)
+    if unknown:
+        raise UserError(f"task {task.get('name')}: label {unknown[1]!r} at row {unknown[0]} is not one of "
+                        f"task.label_names ({', '.join(ids)})")
+    return np.asarray([-1 if v is None else ids[v] if isinstance(v, str) else v for v in values], dtype=np.int64)
 
 
 def batch_labels(data: Encoded, index: torch.LongTensor, width: int) -> dict[str, torch.Tensor]:
