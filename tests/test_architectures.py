@@ -168,7 +168,7 @@ def batch(kind, rows=3, width=7, pad_last=2):
 def one_step(model, selection, inputs):
     """One AdamW step on `selection` as train_seed takes it (masked gradients and decay, weight decay on)."""
     freeze(model, selection)
-    optim = SimpleNamespace(lr=0.01, eps=1e-8, betas=(0.9, 0.999), weight_decay=0.1)
+    optim = SimpleNamespace(name="adamw", lr=0.01, eps=1e-8, betas=(0.9, 0.999), weight_decay=0.1)
     optimizer, masks = make_optimizer(model, selection, optim), Masks.build(model, selection, "cpu")
     model.train()
     model(**inputs, labels=torch.tensor([0, 1, 1])).loss.backward()
