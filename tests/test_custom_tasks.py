@@ -92,6 +92,18 @@ def test_a_user_task_runs_and_resumes_through_config_dir(task, user_conf, tiny_b
     assert header.endswith(f"| QQP | {task} | Avg |")
 
 
+def test_a_user_task_packs_and_plots_like_glue(user_conf, tiny_bert_dir):
+    from bitfit_exp.plots import main as plot
+
+    out = bitfit_run(user_conf, "task=my_csv", f"model.name_or_path={tiny_bert_dir}", "optim.lr=0.01",
+                     "seeds=[0,1]", "train.packed=true")
+    assert out.returncode == 0, out.stderr
+    assert "packed x2:" in out.stdout and "over 2 seeds" in out.stdout
+    assert plot(["all", "--runs-dir", str(user_conf / "runs"), "--out", str(user_conf / "figures")]) == 0
+    assert list((user_conf / "figures").glob("bias_change_*my_csv*.png"))
+    assert list((user_conf / "figures" / "curves").glob("curves_*my_csv*.png"))
+
+
 def test_the_early_check_composes_with_the_users_folder(user_conf, tiny_bert_dir):
     bad = bitfit_run(user_conf, "task=my_csv", "task.label_names=[negative]")
     assert bad.returncode == 2
