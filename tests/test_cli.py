@@ -20,6 +20,7 @@ def records(runs_dir):
     return sorted(runs_dir.glob("**/seed*/record.json"))
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_minilm_short_run_writes_complete_records(tmp_path, glue_dir):
     out = bitfit_run(*quick(MINILM, tmp_path, "seeds=[0,1]", "method=bitfit", "model=minilm"))
     assert out.returncode == 0, out.stderr
@@ -42,6 +43,7 @@ def test_minilm_short_run_writes_complete_records(tmp_path, glue_dir):
     assert "over 2 seeds; majority class 62.50" in out.stdout and "±" in out.stdout  # 10 of 16 dev rows: 0
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_resume_skips_finished_seeds_and_redoes_broken_ones(tmp_path, tiny_bert_dir, glue_dir):
     assert bitfit_run(*quick(tiny_bert_dir, tmp_path, "seeds=[0,1]")).returncode == 0
     first, second = records(tmp_path)
@@ -56,6 +58,7 @@ def test_resume_skips_finished_seeds_and_redoes_broken_ones(tmp_path, tiny_bert_
     assert "seed 0:" not in out.stdout and "seed 2:" in out.stdout
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_overwrite_keeps_the_old_record(tmp_path, tiny_bert_dir, glue_dir):
     assert bitfit_run(*quick(tiny_bert_dir, tmp_path)).returncode == 0
     out = bitfit_run(*quick(tiny_bert_dir, tmp_path, "overwrite=true"))
@@ -64,6 +67,7 @@ def test_overwrite_keeps_the_old_record(tmp_path, tiny_bert_dir, glue_dir):
     assert len(list(path.parent.glob("record.json.replaced-*"))) == 1
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_settings_never_share_a_folder(tmp_path, tiny_bert_dir, glue_dir):
     for extra in ("optim.lr=1e-3", "optim.lr=1e-4", "train.batch_size=4"):
         assert bitfit_run(*quick(tiny_bert_dir, tmp_path, extra)).returncode == 0
@@ -110,6 +114,7 @@ def test_unreachable_hub_fails_fast_without_offline_vars(tmp_path, tiny_bert_dir
     assert "hub is unreachable" in out.stderr and "error: cannot load nyu-mll/glue/rte" in out.stderr
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_data_dir_from_environment_and_bf16(tmp_path, tiny_bert_dir, glue_dir):
     overrides = [o for o in quick(tiny_bert_dir, tmp_path, "train.bf16=true") if not o.startswith("data.dir=")]
     out = bitfit_run(*overrides, env={"BITFIT_DATA_DIR": str(GLUE)})  # the default data.dir reads it

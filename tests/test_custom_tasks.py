@@ -92,6 +92,7 @@ def test_a_user_task_runs_and_resumes_through_config_dir(task, user_conf, tiny_b
     assert header.endswith(f"| QQP | {task} | Avg |")
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_a_user_task_packs_and_plots_like_glue(user_conf, tiny_bert_dir):
     from bitfit_exp.plots import main as plot
 

@@ -47,6 +47,7 @@ def records(root) -> list[tuple[Path, dict]]:
     return found
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_schema1_records_are_adopted_not_retrained(tmp_path, glue_dir):
     shutil.copytree(LEGACY, tmp_path, dirs_exist_ok=True)
     (old0,) = tmp_path.glob("minilm/rte/bitfit/*/seed0/record.json")
@@ -74,6 +75,7 @@ def test_schema1_key_of_the_fixture_is_reproduced(tmp_path):
     assert v1_setting_key(changed) is None  # bq's selection changed since schema 1: never adopted
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_one_checkpoint_and_data_wherever_they_are_read_from(tmp_path, glue_dir):
     from bitfit_exp.models import save_for_offline
 
@@ -159,6 +161,7 @@ def test_setting_key_ignores_where_things_were_read_from():
     assert setting_key(cfg, fp)["config_hash"] == setting_key(cfg, {"model": "z", "data": "c"})["config_hash"]
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_a_killed_overwrite_keeps_the_old_record_counted(tmp_path, tiny_bert_dir, glue_dir):
     args = quick(tiny_bert_dir, tmp_path, "train.epochs=2")
     bitfit_run(*args)

@@ -127,6 +127,7 @@ def read_records(folder):
             for r in (json.loads(p.read_text()) for p in folder.glob("**/record.json"))}
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_packed_lr_grid_job_stops_and_resumes_in_another_pack(tmp_path, tiny_bert_dir, glue_dir):
     args = ["train.packed=true", "train.pack_lrs=true", "seeds=[0,1]", "train.epochs=3", "train.select=last"]
     whole = run_cli(*quick(tiny_bert_dir, tmp_path / "whole", *args))
@@ -180,6 +181,7 @@ def test_checkpoints_of_the_other_trainer_or_cut_short_start_over(tmp_path, caps
     assert read_checkpoint(path, "single") is None and "unreadable checkpoint" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_bench_script_runs_and_writes_json(tmp_path):
     import json
     import subprocess

@@ -22,6 +22,7 @@ def strip_times(record):
     return [{k: v for k, v in row.items() if not k.endswith("_s")} for row in record["epochs"]]
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 @pytest.mark.parametrize("method", ["bitfit", "rand_uniform", "full"])
 def test_stopped_run_resumes_to_the_uninterrupted_result(method, tmp_path, tiny_bert_dir, glue_dir):
     args = [f"method={method}", "train.epochs=3", "optim.lr=0.01" if method != "full" else "optim.lr=1e-3",
@@ -64,6 +65,7 @@ def test_live_claim_is_respected_and_stale_claim_taken_over(tmp_path, tiny_bert_
     assert taken.returncode == 0 and (seed1 / "record.json").exists() and not (seed1 / "claim.json").exists()
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_two_jobs_of_one_setting_at_once_train_each_seed_once(tmp_path, tiny_bert_dir, glue_dir):
     args = quick(tiny_bert_dir, tmp_path, "train.epochs=2", "seeds=[0,1,2,3]")
     jobs = [subprocess.Popen([*RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)

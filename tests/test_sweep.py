@@ -63,6 +63,7 @@ def test_packing_the_lr_grid_of_a_fixed_lr_sweep_is_refused(tmp_path):
     assert len(jobs) == 16 and all(len(j["keys"]) == 1 for j in jobs)
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_mini_sweep_local_launcher_then_tables(tmp_path, tiny_bert_dir, glue_dir):
     runs, out = tmp_path / "runs", tmp_path / "tables"
     args = ["+experiment=smoke", f"data.dir={GLUE}", f"runs_dir={runs}", f"model.name_or_path={tiny_bert_dir}",
@@ -108,6 +109,7 @@ def test_mini_sweep_local_launcher_then_tables(tmp_path, tiny_bert_dir, glue_dir
     assert (out / "ours.md").is_file() and (out / "ours.tex").is_file()
 
 
+@pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_prefetch_then_offline_run(tmp_path, glue_dir):
     data, models = tmp_path / "glue", tmp_path / "models"
     code = "from bitfit_exp.cli import prefetch; prefetch()"
