@@ -631,3 +631,15 @@ def test_datasize_experiment_expands_to_sizes_and_methods():
     assert keys == {("full", 5e-5), ("bitfit", 1e-3)}
     cfg = compose("+experiment=datasize", "method=bitfit", "data.max_train_samples=100")
     assert cfg.data.train_subset_seed == 0 and cfg.model.name == "minilm" and cfg.task.name == "rte"
+
+
+def test_squad_datasize_experiment_is_the_papers_figure_2():
+    from bitfit_exp.plan import plan
+
+    jobs = plan(["+experiment=squad_datasize"])
+    assert len(jobs) == 16  # 2 methods x 8 sizes
+    assert {(j["key"]["model"], j["key"]["task"]) for j in jobs} == {("bert_base", "squad")}
+    assert {(j["key"]["method"], j["key"]["lr"]) for j in jobs} == {("full", 5e-5), ("bitfit", 1e-3)}
+    cfg = compose("+experiment=squad_datasize", "method=bitfit", "data.max_train_samples=1000")
+    assert cfg.data.train_subset_seed == 0 and list(cfg.seeds) == [0, 1, 2, 3, 4]
+    assert list(cfg.task.metrics) == ["exact_match", "f1"] and cfg.task.title_split is None  # hub train split
