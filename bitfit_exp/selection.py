@@ -477,9 +477,25 @@ def with_other_protocols(df: pd.DataFrame, table: TableDef) -> Selection:
     if rest.empty:
         return Selection(paper.best, paper.rows, [])
     others = ours_selection(select_best_lr(rest))
-    relabel = {(m, f, v): (m, f, v or OTHER_PROTOCOL if (m, f) in table.rows else v) for m, f, v in others.rows}
+    relabel = {(m, f, v): (m, f, _against_table(others.best, (m, f, v), table) if (m, f) in table.rows else v)
+               for m, f, v in others.rows}
     best = others.best.assign(variant=[relabel[(m, f, v)][2] for m, f, v in
                                        zip(others.best["model"], others.best["method"], others.best["variant"],
                                            strict=True)])
     return Selection(pd.concat([paper.best, best], ignore_index=True), paper.rows + [relabel[r] for r in others.rows],
                      others.left_out)
+
+
+def _against_table(best: pd.DataFrame, row: tuple[str, str, str], table: TableDef) -> str:
+    """The label of a row of other protocols of a paper row's (model, method): the keys whose values differ from the
+    table's experiment config (`data.max_train_samples=1000 (pos: null)`), then ours_selection's label if any, or
+    "other protocol" where neither says anything (the same config at other lrs, checkpoint or data)."""
+    model, method, variant = row
+    mine = best[(best["model"] == model) & (best["method"] == method) & (best["variant"] == variant)].iloc[0]
+    experiment = table.experiments.get(model)
+    target = composed_protocols([(experiment, model, mine["task"], method)])[(experiment, model, mine["task"], method)]
+    if isinstance(target, str):
+        return variant or OTHER_PROTOCOL
+    diff = config_diff(flat(json.loads(mine["protocol"])), flat(target.config), experiment or "default")
+    # ours_selection's own label stays, after the diff: it tells apart rows with the same diff (another checkpoint)
+    return "; ".join(part for part in (diff, variant) if part) or OTHER_PROTOCOL

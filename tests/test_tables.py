@@ -503,7 +503,7 @@ def test_token_table_next_to_the_papers_ptb_numbers(tmp_path, capsys):
     assert "| BERT-base | Full-FT | 100% | 96.5±0.7 (2/5 seeds, 1/4 lrs) | 95.5±0.7 (2/5 seeds, 1/4 lrs) | 97.2 |" in md
     assert "| BERT-base | BitFit | 0.09% | 95.5±0.7 (2/5 seeds, 2/4 lrs) | 90.5±0.7 (2/5 seeds, 2/4 lrs) | 97.2 |" in md
     assert "| BERT-large | BitFit | — | — | — | 97.4 |" in md and "| RoBERTa-base | BitFit | — | — | — | 97.1 |" in md
-    assert "| BERT-base | Full-FT [other protocol] | 100% | 80.0±0.0 (1/5 seeds, 1/4 lrs) | 79.0±0.0 (1/5 seeds, 1/4 " \
+    assert "| BERT-base | Full-FT [data.max_train_samples=1000 (pos: null)] | 100% | 80.0±0.0 (1/5 seeds, 1/4 lrs) | 79.0±0.0 (1/5 seeds, 1/4 " \
            "lrs) | 97.2 |" in md
     assert "| MiniLM-L6 | BitFit | 0.09% | 89.0±1.4 (2/5 seeds, 1/4 lrs) | 88.0±1.4 (2/5 seeds, 1/4 lrs) | — |" in md
     assert "NOT the Penn Treebank" in md and "RTE" not in md
