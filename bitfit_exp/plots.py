@@ -48,8 +48,8 @@ SERIES_STYLE = {"train": "--", "dev": "-"}
 MATH_LABELS = {"b_q": r"$\mathbf{b}_{q}$", "b_k": r"$\mathbf{b}_{k}$", "b_v": r"$\mathbf{b}_{v}$",
                "b_m1": r"$\mathbf{b}_{m1}$", "b_LN1": r"$\mathbf{b}_{LN1}$", "b_m2": r"$\mathbf{b}_{m2}$",
                "b_m3": r"$\mathbf{b}_{m3}$", "b_LN2": r"$\mathbf{b}_{LN2}$"}
-METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "exact_match": "exact match", "matthews": "Matthews corr.", "spearman": "Spearman corr.",
-                "pearson": "Pearson corr.", "loss": "loss"}
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "exact_match": "exact match", "matthews": "Matthews corr.",
+                "spearman": "Spearman corr.", "pearson": "Pearson corr.", "loss": "loss"}
 
 
 def new_figure(width: float, height: float) -> Figure:
