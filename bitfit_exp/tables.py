@@ -287,6 +287,7 @@ def token_notes(cells: pd.DataFrame, selection: Selection, epoch: str, table: Ta
              "Penn Treebank: `paper: PTB` is the paper's PTB POS accuracy (section 4, \"Token-level tasks\"; no ±, "
              "split not stated), another data set, so there is no Δ.", ""]
     notes += lr_notes(cells)
+    notes += ["", *last_epoch_note(cells)] if last_epoch_note(cells) else []
     if selection.left_out:
         notes += ["", "Left out:", *(f"- {line}" for line in selection.left_out)]
     return notes
@@ -316,7 +317,7 @@ def lr_notes(cells: pd.DataFrame) -> list[str]:
 def last_epoch_note(cells: pd.DataFrame) -> list[str]:
     """Cells whose best epoch was the last one (of more than one) for most of their seeds."""
     rows = cells[(cells["column"] != "avg") & cells["n_at_last"].notna()]
-    hits = [f"{row_label(r.model, r.method, r.variant)} {HEADERS.get(r.column, r.column)} ({r.n_at_last}/{r.n_seeds} "
+    hits = [f"{row_label(r.model, r.method, r.variant)} {COLUMN_NAMES.get(r.column, r.column)} ({r.n_at_last}/{r.n_seeds} "
             f"seeds)" for r in rows.itertuples(index=False) if 2 * r.n_at_last > r.n_seeds]
     if not hits:
         return []
