@@ -30,6 +30,7 @@ import pandas as pd
 from safetensors import SafetensorError, safe_open
 
 from bitfit_exp.architectures import ALBERT, part_slice, role_parts
+from bitfit_exp.errors import UserError
 from bitfit_exp.methods import BIAS_COMPONENTS, PAPER_LABELS
 from bitfit_exp.patch import bias_changes
 from bitfit_exp.records import DONE, RECORD, CorruptRecord, once_per_seed, protocol, read_record, scan
@@ -126,7 +127,8 @@ def describe(records: list[tuple[Path, dict]], run_dir) -> dict:
     setting = record["setting"]
     return {"model": setting["model"], "task": setting["task"], "method": setting["method"],
             "lr": float(setting["lr"]), "hash": setting["hash"], "seeds": [_seed(item) for item in records],
-            "n_train": (record.get("sizes") or {}).get("train"), "metric": record["main"]["metric"],
+            "n_train": (record.get("sizes") or {}).get("train_examples", (record.get("sizes") or {}).get("train")),
+            "metric": record["main"]["metric"],
             "seed_folder": (Path(run_dir).expanduser() / RECORD).is_file()}
 
 
@@ -307,7 +309,7 @@ def curves(run_dir, records=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
 # records under a runs folder, with their training data
 
 RUN_COLUMNS = ["model", "task", "method", "lr", "hash", "seed", "status", "metric", "score", "train_score", "gap",
-               "n_train", "train_probe", "subset", "family", "finished_at", "path"]
+               "n_train", "train_probe", "subset", "family", "finished_at", "path", "scores"]
 
 
 def family(record: dict) -> str:
@@ -319,22 +321,33 @@ def family(record: dict) -> str:
     return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def task_metrics(record: dict) -> list[str]:
+    """The metrics a record's task scores (its task YAML's `metrics`), the main one where the config names none."""
+    return list((record["config"].get("task") or {}).get("metrics") or [record["main"]["metric"]])
+
+
 def run_row(path, record: dict, epoch: str | None = None) -> dict:
     """One row of run_table: the main dev metric and the train-probe metric (x100; NaN where null, as in a diverged
-    seed) at `epoch` ("best" | "last"; None: the record's main.select), with its training data."""
+    seed) at `epoch` ("best" | "last"; None: the record's main.select), with its training data; `scores` holds every
+    metric of the task on the main dev split ({metric: x100}, NaN where null), e.g. SQuAD's exact_match and f1.
+    n_train counts training examples (`sizes.train_examples`; SQuAD's questions, not their windows), or the
+    training rows of records that predate it."""
     setting, main = record["setting"], record["main"]
     row = record[epoch or main["select"]] or {}
     metric = main["metric"]
-    score = 100 * _number(((row.get("dev") or {}).get(main["split"]) or {}).get(metric))
+    dev = ((row.get("dev") or {}).get(main["split"]) or {})
+    scores = {name: 100 * _number(dev.get(name)) for name in task_metrics(record)}
+    score = 100 * _number(dev.get(metric))
     train = 100 * _number((row.get("train") or {}).get(metric))
     data, sizes = (record["config"].get("data") or {}), (record.get("sizes") or {})
-    subset, n_train = data.get("train_subset_seed"), sizes.get("train")
+    subset, n_train = data.get("train_subset_seed"), sizes.get("train_examples", sizes.get("train"))
     return {"model": setting["model"], "task": setting["task"], "method": setting["method"],
             "lr": float(setting["lr"]), "hash": setting["hash"], "seed": int(record["seed"]),
             "status": record["status"], "metric": metric, "score": score, "train_score": train, "gap": train - score,
             "n_train": -1 if n_train is None else int(n_train), "train_probe": int(sizes.get("train_probe") or 0),
             "subset": -1 if subset is None else int(subset), "family": family(record),
-            "finished_at": str((record.get("timings") or {}).get("finished_at") or ""), "path": str(path)}
+            "finished_at": str((record.get("timings") or {}).get("finished_at") or ""), "path": str(path),
+            "scores": scores}
 
 
 def run_table(runs_dir, epoch: str | None = None, found=None) -> tuple[pd.DataFrame, list[str]]:
@@ -407,13 +420,32 @@ def _joined(values) -> str:
     return " ".join(str(x) for x in sorted(set(values)))
 
 
-def datasize_summary(df: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
+def datasize_metrics(df: pd.DataFrame) -> list[str]:
+    """The metrics run_table's rows score, in the order their tasks list them (SQuAD: exact_match, f1)."""
+    return list(dict.fromkeys(name for scores in df["scores"] for name in scores))
+
+
+def with_metric(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """run_table's rows with `score` and `metric` taken from another metric of the task (NaN where a record does not
+    score it)."""
+    scores = [scores.get(metric, math.nan) for scores in df["scores"]]
+    return df.assign(score=pd.Series(scores, index=df.index, dtype=float), metric=metric)
+
+
+def datasize_summary(df: pd.DataFrame, task: str | None = None, metric: str | None = None) -> pd.DataFrame:
     """Runs on seeded subsets (data.train_subset_seed set) per (model, task, method, lr, family) and training-set
     size: mean, std and number (n) of the dev scores over finished seeds and subset seeds; n_diverged counts the
-    diverged runs of the point (not in the mean)."""
+    diverged runs of the point (not in the mean). `metric`: which of the task's metrics (None: the main one); a
+    metric the records do not score is an error naming those they do."""
     df = df[df["subset"] >= 0]
     if task is not None:
         df = df[df["task"] == task]
+    if metric is not None and not df.empty:
+        found = datasize_metrics(df)
+        if metric not in found:
+            raise UserError(f"no data-size run{f' of {task}' if task else ''} scores {metric!r}; they score: "
+                            f"{', '.join(found)}")
+        df = with_metric(df, metric)
     if df.empty:
         return pd.DataFrame(columns=SIZE_COLUMNS)
     out = _counted(df, [*SIZE_KEY, "n_train"], {
@@ -424,7 +456,9 @@ def datasize_summary(df: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
     return out[SIZE_COLUMNS].sort_values([*SIZE_KEY, "n_train"], ignore_index=True)
 
 
-def datasize_table(runs_dir, task: str | None = None, epoch: str | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Dev score (main metric, x100, at the selected epoch) against training-set size, for `task` (None: all)."""
+def datasize_table(runs_dir, task: str | None = None, epoch: str | None = None,
+                   metric: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Dev score (x100, at the selected epoch) against training-set size, for `task` (None: all); `metric`: one of
+    the task's metrics (None: its main metric)."""
     df, warnings = run_table(runs_dir, epoch)
-    return datasize_summary(df, task), warnings
+    return datasize_summary(df, task, metric), warnings

@@ -4,7 +4,8 @@
     bitfit-plot bias-change RUN_DIR... [--out DIR]      # Figure 1: change per bias component and layer (heatmap)
     bitfit-plot curves SETTING_DIR... [--out DIR]       # train/dev metric and loss per epoch, mean ± std over seeds
     bitfit-plot gap --runs-dir DIR [--out DIR]          # generalization gap: train - dev, Full-FT vs BitFit (+ .md)
-    bitfit-plot datasize --runs-dir DIR --task rte      # Figure 2: dev score against training-set size
+    bitfit-plot datasize --runs-dir DIR --task squad    # Figure 2 (exact match) and 6 (F1): score by train size
+    bitfit-plot datasize --runs-dir DIR --task squad --metric exact_match   # one metric only
     bitfit-plot all --runs-dir DIR --out results/figures
 
 A RUN_DIR / SETTING_DIR is a setting folder (<runs_dir>/<model>/<task>/<method>/lr<lr>-<hash>, holding seed*/) or
@@ -32,7 +33,7 @@ from matplotlib.figure import Figure
 
 from bitfit_exp import analysis
 from bitfit_exp.errors import UserError
-from bitfit_exp.labels import HEADERS, METHODS, MODELS
+from bitfit_exp.labels import METHODS, MODELS, TASKS
 from bitfit_exp.records import scan
 
 STYLE = {
@@ -47,8 +48,8 @@ SERIES_STYLE = {"train": "--", "dev": "-"}
 MATH_LABELS = {"b_q": r"$\mathbf{b}_{q}$", "b_k": r"$\mathbf{b}_{k}$", "b_v": r"$\mathbf{b}_{v}$",
                "b_m1": r"$\mathbf{b}_{m1}$", "b_LN1": r"$\mathbf{b}_{LN1}$", "b_m2": r"$\mathbf{b}_{m2}$",
                "b_m3": r"$\mathbf{b}_{m3}$", "b_LN2": r"$\mathbf{b}_{LN2}$"}
-METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "matthews": "Matthews corr.", "spearman": "Spearman corr.",
-                "pearson": "Pearson corr.", "loss": "loss"}
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "exact_match": "exact match", "matthews": "Matthews corr.",
+                "spearman": "Spearman corr.", "pearson": "Pearson corr.", "loss": "loss"}
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -66,7 +67,7 @@ def method_name(method: str) -> str:
 
 
 def task_name(task: str) -> str:
-    return HEADERS.get(task, task.upper())
+    return TASKS.get(task, task.upper())
 
 
 def metric_name(metric: str | None) -> str:
@@ -378,19 +379,28 @@ def cmd_gap(runs_dir, out, table: pd.DataFrame | None = None) -> tuple[list[Path
     return [*written, md], warnings
 
 
-def cmd_datasize(runs_dir, task, out, table: pd.DataFrame | None = None) -> tuple[list[Path], list[str]]:
+def cmd_datasize(runs_dir, task, out, metric: str | None = None,
+                 runs: pd.DataFrame | None = None) -> tuple[list[Path], list[str]]:
+    """Figure 2 per model of `task`: one figure per metric of the task (SQuAD: exact match = the paper's Figure 2,
+    F1 = its Figure 6), or only `metric`. A task with several metrics names each file after its metric
+    (datasize_<model>_<task>_<metric>); one with a single metric keeps datasize_<model>_<task>. `runs`:
+    analysis.run_table's rows, if already read. Returns (paths written, warnings)."""
     warnings = []
-    if table is None:
-        table, warnings = analysis.datasize_table(runs_dir, task)
-    table = table[table["task"] == task] if task else table
-    if table.empty:
+    if runs is None:
+        runs, warnings = analysis.run_table(runs_dir)
+    mine = runs[(runs["task"] == task) & (runs["subset"] >= 0)]
+    if mine.empty:
         raise analysis.NothingToDraw(f"no runs with data.train_subset_seed set for task {task} under {runs_dir}",
                                      warnings)
+    metrics = analysis.datasize_metrics(mine)
     written = []
-    for model, rows in table.groupby("model"):
-        title = f"{model_name(model)}, {task_name(task)}: BitFit vs Full-FT by training-set size"
-        fig, _, _ = plot_datasize(rows, title, rows["metric"].iloc[0])
-        written += save(fig, rows, out, f"datasize_{model}_{task}")
+    for name in [metric] if metric else metrics:
+        table = analysis.datasize_summary(mine, task, name)
+        suffix = f"_{table['metric'].iloc[0]}" if len(metrics) > 1 else ""
+        for model, rows in table.groupby("model"):
+            title = f"{model_name(model)}, {task_name(task)}: BitFit vs Full-FT by training-set size"
+            fig, _, _ = plot_datasize(rows, title, rows["metric"].iloc[0])
+            written += save(fig, rows, out, f"datasize_{model}_{task}{suffix}")
     return written, warnings
 
 
@@ -428,10 +438,10 @@ def cmd_all(runs_dir, out) -> tuple[list[Path], list[str]]:
     gaps = analysis.gap_summary(runs)
     if not gaps.empty:
         _attempt(root, "generalization gap", partial(cmd_gap, root, out, gaps), written, warnings)
-    sizes = analysis.datasize_summary(runs)
-    for task, rows in sizes.groupby("task"):
+    subsets = runs[runs["subset"] >= 0]
+    for task, rows in subsets.groupby("task"):
         if rows["n_train"].nunique() > 1:
-            _attempt(root, f"data-size figure of {task}", partial(cmd_datasize, root, task, out, rows), written,
+            _attempt(root, f"data-size figure of {task}", partial(cmd_datasize, root, task, out, runs=rows), written,
                      warnings)
     return written, warnings
 
@@ -459,8 +469,11 @@ def main(argv=None) -> int:
     c.add_argument("run_dirs", nargs="+", metavar="SETTING_DIR", help="setting folder (seed*/record.json) or seed "
                    "folder")
     g = sub.add_parser("gap", help="generalization gap table and figure: train - dev per method")
-    d = sub.add_parser("datasize", help="Figure 2: dev score against training-set size (data.train_subset_seed runs)")
+    d = sub.add_parser("datasize", help="Figure 2: dev score against training-set size (data.train_subset_seed runs), "
+                       "one figure per metric of the task")
     d.add_argument("--task", required=True)
+    d.add_argument("--metric", default=None, help="only this metric of the task (e.g. exact_match for SQuAD's "
+                   "Figure 2, f1 for Figure 6); default: each of the task's metrics")
     a = sub.add_parser("all", help="every figure the records under --runs-dir allow")
     for q in (g, d, a):
         q.add_argument("--runs-dir", default=runs_default, help="root of the run records (default: "
@@ -471,7 +484,7 @@ def main(argv=None) -> int:
     commands = {"bias-change": lambda: cmd_bias_change(args.run_dirs, args.out),
                 "curves": lambda: cmd_curves(args.run_dirs, args.out),
                 "gap": lambda: cmd_gap(args.runs_dir, args.out),
-                "datasize": lambda: cmd_datasize(args.runs_dir, args.task, args.out),
+                "datasize": lambda: cmd_datasize(args.runs_dir, args.task, args.out, args.metric),
                 "all": lambda: cmd_all(args.runs_dir, args.out)}
     try:
         written, warnings = commands[args.command]()

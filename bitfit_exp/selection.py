@@ -42,13 +42,18 @@ BEST_COLUMNS = [*KEY, "column", "mean", "std", "n_seeds", "lr", "hash", "pct_enc
                 "protocol_id"]
 
 
+GLUE_TASKS = ("qnli", "sst2", "mnli", "cola", "mrpc", "stsb", "rte", "qqp")
+
+
 @dataclass(frozen=True)
 class TableDef:
-    """A paper table: its (model, method) rows and, per model, the experiment config whose protocol it shows."""
+    """A paper table: its (model, method) rows, per model the experiment config whose protocol it shows, and the
+    tasks whose records it reads (others, e.g. SQuAD or POS runs of the same model, are not its business)."""
     title: str
     paper: int | None  # table number in the paper, for the reference numbers
     rows: list[tuple[str, str]]  # (model, method)
     experiments: dict[str, str] = field(default_factory=dict)  # model -> the experiment config its runs use
+    tasks: tuple[str, ...] = GLUE_TASKS
 
 
 TABLES = {
@@ -60,7 +65,12 @@ TABLES = {
     "table3": TableDef("Table 3: BERT-base, subsets of parameters, GLUE dev", 3,
                        [("bert_base", m) for m in ("full", "bitfit", "bm2_bq", "bm2", "bq", "frozen", "rand_uniform",
                                                    "rand_rowcol")], {"bert_base": "table3"}),
+    # Section 4, "Token-level tasks": the paper tagged PTB; conf/task/pos.yaml reads UD English-EWT's xpos tags.
+    "pos": TableDef("Token-level: POS tagging accuracy (ours: UD English-EWT PTB-style tags; paper: PTB)", None,
+                    [(m, f) for m in ("bert_base", "bert_large", "roberta_base") for f in ("full", "bitfit")],
+                    dict.fromkeys(("bert_base", "bert_large", "roberta_base"), "pos"), ("pos",)),
 }
+OTHER_PROTOCOL = "other protocol"  # the variant label of a row of records that are not the table's protocol
 
 # -----------------------------------------------------------------------------
 # records -> rows
@@ -339,7 +349,8 @@ def table_selection(df: pd.DataFrame, table: TableDef) -> Selection:
     """The cells of a paper table from collect's rows: per (model, task, method) the protocol of its experiment's
     config (composed) at the lrs its sweep trains, and of the records with that config the checkpoint/data identity
     with the most done seeds; the best lr is picked among those. Every other protocol of those cells, and records
-    at lrs outside the sweep, are left out and named."""
+    at lrs outside the sweep, are left out and named. Only records of the table's tasks take part."""
+    df = df[df["task"].isin(table.tasks)]
     df = df[[(m, f) in set(table.rows) for m, f in zip(df["model"], df["method"], strict=True)]]
     protocols = _protocols(select_best_lr(df))
     wanted = composed_protocols((table.experiments.get(p.model), p.model, p.task, p.method)
@@ -453,3 +464,38 @@ def found_rows(best: pd.DataFrame) -> list[tuple[str, str]]:
         return (list(MODELS).index(model) if model in MODELS else len(MODELS), model,
                 list(METHODS).index(method) if method in METHODS else len(METHODS), method)
     return sorted(set(zip(best["model"], best["method"], strict=True)), key=order)
+
+
+def with_other_protocols(df: pd.DataFrame, table: TableDef) -> Selection:
+    """table_selection's cells, and below them every other protocol found for the table's tasks as rows of their
+    own (another model, or a config other than the table's experiment, e.g. a small CPU run): labelled as
+    ours_selection labels them, and "other protocol" where that leaves a paper row's label empty. Nothing is mixed
+    into the paper's cells; `left_out` names only what no row shows (another data identity of a shown row)."""
+    df = df[df["task"].isin(table.tasks)]
+    paper = table_selection(df, table)
+    rest = df[~df["protocol_id"].isin(set(paper.best["protocol_id"]))]
+    if rest.empty:
+        return Selection(paper.best, paper.rows, [])
+    others = ours_selection(select_best_lr(rest))
+    relabel = {(m, f, v): (m, f, _against_table(others.best, (m, f, v), table) if (m, f) in table.rows else v)
+               for m, f, v in others.rows}
+    best = others.best.assign(variant=[relabel[(m, f, v)][2] for m, f, v in
+                                       zip(others.best["model"], others.best["method"], others.best["variant"],
+                                           strict=True)])
+    return Selection(pd.concat([paper.best, best], ignore_index=True), paper.rows + [relabel[r] for r in others.rows],
+                     others.left_out)
+
+
+def _against_table(best: pd.DataFrame, row: tuple[str, str, str], table: TableDef) -> str:
+    """The label of a row of other protocols of a paper row's (model, method): the keys whose values differ from the
+    table's experiment config (`data.max_train_samples=1000 (pos: null)`), then ours_selection's label if any, or
+    "other protocol" where neither says anything (the same config at other lrs, checkpoint or data)."""
+    model, method, variant = row
+    mine = best[(best["model"] == model) & (best["method"] == method) & (best["variant"] == variant)].iloc[0]
+    experiment = table.experiments.get(model)
+    target = composed_protocols([(experiment, model, mine["task"], method)])[(experiment, model, mine["task"], method)]
+    if isinstance(target, str):
+        return variant or OTHER_PROTOCOL
+    diff = config_diff(flat(json.loads(mine["protocol"])), flat(target.config), experiment or "default")
+    # ours_selection's own label stays, after the diff: it tells apart rows with the same diff (another checkpoint)
+    return "; ".join(part for part in (diff, variant) if part) or OTHER_PROTOCOL

@@ -4,7 +4,8 @@ next to the paper.
     bitfit-tables --runs-dir ~/bitfit-runs --table all --out results/tables
 
 writes <out>/<table>.md (Markdown), .tex (LaTeX booktabs) and .csv (long format, one row per cell) for table1-3 of
-the paper (where records exist) and `ours` (every model x method x protocol found).
+the paper (where records exist), `pos` (the token-level result of section 4: POS accuracy on EWT dev and test next
+to the paper's PTB numbers, where POS records exist) and `ours` (every GLUE model x method x protocol found).
 
 Which records make each cell is bitfit_exp.selection's job (protocols, the best lr within one, what is left out);
 this module turns its choice into cells next to the paper, lays them out as the paper does, and writes them:
@@ -37,8 +38,9 @@ from pathlib import Path
 import pandas as pd
 
 from bitfit_exp.labels import HEADERS, METHODS, MODELS, row_label
-from bitfit_exp.reference import load_reference
+from bitfit_exp.reference import load_reference, load_token_reference
 from bitfit_exp.selection import (
+    GLUE_TASKS,
     TABLES,
     Selection,
     TableDef,
@@ -47,9 +49,11 @@ from bitfit_exp.selection import (
     ours_selection,
     select_best_lr,
     table_selection,
+    with_other_protocols,
 )
 
 COLUMNS = ["qnli", "sst2", "mnli_m", "mnli_mm", "cola", "mrpc", "stsb", "rte", "qqp"]
+COLUMN_NAMES = {**HEADERS, "pos": "EWT dev", "pos_test": "EWT test"}  # a record column's name in the notes
 # The paper's Avg: mean over the 8 tasks, MNLI counted once as (m + mm) / 2 (results/paper/README.md).
 AVG_WEIGHTS = {c: 0.5 if c.startswith("mnli") else 1.0 for c in COLUMNS}
 MISSING = "—"
@@ -119,18 +123,22 @@ def _avg_cell(present: list) -> dict:
             "pct_encoder": sum(r.pct_encoder for r in present) / len(present) if present else math.nan}
 
 
-def compare(best: pd.DataFrame, rows, reference: pd.DataFrame | None = None, table: int | None = None) -> pd.DataFrame:
+def compare(best: pd.DataFrame, rows, reference: pd.DataFrame | None = None, table: int | None = None,
+            columns=tuple(COLUMNS)) -> pd.DataFrame:
     """Long format, one row per (model, method, variant, column incl. avg): ours next to the paper (CSV_COLUMNS).
 
     `rows`: (model, method) or (model, method, variant) tuples; `best` has one protocol per cell (select_best_lr's
     rows through table_selection / ours_selection). delta = ours - paper; within = |delta| <= max(paper std, our
-    std) (paper std NaN: ours only; up to float error); NA where either side is missing, and for avg.
+    std) (paper std NaN: ours only; up to float error); NA where either side is missing, and for avg. `columns`:
+    the GLUE columns and any task of one's own found in `best` (with the paper's avg), or another table's
+    columns (no avg), e.g. ("pos", "pos_test").
     """
     ours = _ours(best)
     paper, paper_pct = paper_cells(reference, table)
+    glue = list(columns) == COLUMNS
     out = []
     for model, method, variant in _rows3(rows):
-        for column in [*table_columns(best), "avg"]:
+        for column in [*table_columns(best), "avg"] if glue else columns:
             p_mean, p_std = paper.get((model, method, column), (math.nan, math.nan))
             cell = {"model": model, "method": method, "variant": variant, "column": column, "paper_mean": p_mean,
                     "paper_std": p_std, "paper_pct": paper_pct.get((model, method), math.nan)}
@@ -241,6 +249,59 @@ def build_table(best: pd.DataFrame, rows, reference: pd.DataFrame | None = None,
 
 
 # -----------------------------------------------------------------------------
+# the token-level table (section 4): POS accuracy next to the paper's PTB numbers
+
+# conf/task/pos.yaml's eval_splits: {validation: pos, test: pos_test}; the first selects the lr and the epoch.
+TOKEN_COLUMNS = {"pos": "EWT dev", "pos_test": "EWT test"}
+TOKEN_PAPER = "paper: PTB"
+
+
+def token_cells(best: pd.DataFrame, rows, reference: pd.DataFrame | None) -> pd.DataFrame:
+    """compare's long format for the POS columns; paper_mean on every row of a (model, method) is the paper's PTB
+    accuracy (section 4; no std): another data set than ours, so delta and within stay NA."""
+    cells = compare(best, rows, columns=tuple(TOKEN_COLUMNS))
+    if reference is not None:
+        paper = {(r.model, r.method): float(r.mean) for r in reference[reference["task"] == "pos"].itertuples()}
+        cells["paper_mean"] = [paper.get((m, f), math.nan) for m, f in zip(cells["model"], cells["method"],
+                                                                            strict=True)]
+    return cells
+
+
+def build_token_table(cells: pd.DataFrame, expected_seeds: int = 5) -> pd.DataFrame:
+    """One row per (model, method, variant): %Param, our accuracy on EWT dev and test (mean±std, marked as the GLUE
+    cells are), and the paper's PTB accuracy ("—" where the paper has no such row)."""
+    out = []
+    for (model, method, variant), g in cells.groupby(["model", "method", "variant"], sort=False):
+        g = g.set_index("column")
+        row = {"Model": MODELS.get(model, model), "Method": METHODS.get(method, method) + (f" [{variant}]" if variant
+                                                                                            else ""),
+               "%Param": fmt_param(g["pct_encoder"].mean())}
+        for column, header in TOKEN_COLUMNS.items():
+            row[header] = fmt_cell(g.at[column, "mean"], g.at[column, "std"], g.at[column, "n_seeds"], expected_seeds,
+                                   g.at[column, "n_diverged"], g.at[column, "n_lrs"], g.at[column, "expected_lrs"],
+                                   g.at[column, "n_no_score"])
+        row[TOKEN_PAPER] = fmt_cell(g["paper_mean"].iloc[0])
+        out.append(row)
+    return pd.DataFrame(out, columns=["Model", "Method", "%Param", *TOKEN_COLUMNS.values(), TOKEN_PAPER])
+
+
+def token_notes(cells: pd.DataFrame, selection: Selection, epoch: str, table: TableDef) -> list[str]:
+    experiments = ", ".join(f"+experiment={e}" for e in dict.fromkeys(table.experiments.values()))
+    notes = [f"Tagging accuracy x100 over every word (words cut off by data.max_length count as errors), mean±std "
+             f"over the finished seeds at {epoch}. Paper rows: records of {experiments}, per cell the lr with the "
+             f"best mean EWT dev accuracy (dev-on-dev, as the GLUE tables); rows marked [...] or of other models are "
+             f"other protocols found (their own config, e.g. a small CPU run), never mixed into the paper rows.",
+             "Ours is Universal Dependencies English-EWT (its PTB-style `xpos` tags, conf/task/pos.yaml), NOT the "
+             "Penn Treebank: `paper: PTB` is the paper's PTB POS accuracy (section 4, \"Token-level tasks\"; no ±, "
+             "split not stated), another data set, so there is no Δ.", ""]
+    notes += lr_notes(cells)
+    notes += ["", *last_epoch_note(cells)] if last_epoch_note(cells) else []
+    if selection.left_out:
+        notes += ["", "Left out:", *(f"- {line}" for line in selection.left_out)]
+    return notes
+
+
+# -----------------------------------------------------------------------------
 # notes under a table
 
 
@@ -255,7 +316,7 @@ def lr_notes(cells: pd.DataFrame) -> list[str]:
         parts = []
         for r in g.itertuples(index=False):
             bad = f", {r.n_diverged} diverged" if r.n_diverged else ""
-            parts.append(f"{HEADERS.get(r.column, r.column)} {r.lr:g} ({r.n_lrs}/{r.expected_lrs} lrs; "
+            parts.append(f"{COLUMN_NAMES.get(r.column, r.column)} {r.lr:g} ({r.n_lrs}/{r.expected_lrs} lrs; "
                          f"seeds {r.seeds}{bad})")
         lines.append(f"- {row_label(model, method, variant)}: {'; '.join(parts)}")
     return ["Chosen lr per cell (lrs compared of the sweep's grid; seeds):", *lines] if lines else []
@@ -264,7 +325,7 @@ def lr_notes(cells: pd.DataFrame) -> list[str]:
 def last_epoch_note(cells: pd.DataFrame) -> list[str]:
     """Cells whose best epoch was the last one (of more than one) for most of their seeds."""
     rows = cells[(cells["column"] != "avg") & cells["n_at_last"].notna()]
-    hits = [f"{row_label(r.model, r.method, r.variant)} {HEADERS.get(r.column, r.column)} ({r.n_at_last}/{r.n_seeds} "
+    hits = [f"{row_label(r.model, r.method, r.variant)} {COLUMN_NAMES.get(r.column, r.column)} ({r.n_at_last}/{r.n_seeds} "
             f"seeds)" for r in rows.itertuples(index=False) if 2 * r.n_at_last > r.n_seeds]
     if not hits:
         return []
@@ -351,9 +412,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bitfit-tables", description="Paper-style GLUE tables from bitfit-run records.")
     p.add_argument("--runs-dir", default=os.environ.get("BITFIT_RUNS_DIR", "~/bitfit-runs"),
                    help="root of the run records (default: $BITFIT_RUNS_DIR or ~/bitfit-runs)")
-    p.add_argument("--table", choices=["1", "2", "3", "ours", "all"], default="all",
-                   help="paper table 1-3, 'ours' (every model x method x protocol found) or all (those with records "
-                        "+ ours)")
+    p.add_argument("--table", choices=["1", "2", "3", "pos", "ours", "all"], default="all",
+                   help="paper table 1-3, 'pos' (token-level: POS accuracy next to the paper's PTB numbers), 'ours' "
+                        "(every GLUE model x method x protocol found) or all (those with records + ours)")
     p.add_argument("--out", default="results/tables", help="folder for <table>.md/.tex/.csv")
     p.add_argument("--epoch", choices=["best", "last"], default=None,
                    help="epoch whose scores count (default: each record's train.select)")
@@ -366,22 +427,32 @@ def main(argv=None) -> int:
     if df.empty:
         print(f"no done run records under {args.runs_dir}", file=sys.stderr)
         return 1
-    best, reference = select_best_lr(df), load_reference()
+    glue = df[df["task"].isin(GLUE_TASKS)]
+    best, reference = select_best_lr(glue), load_reference()
     found = set(found_rows(best))
     if args.table == "all":
-        names = [n for n, t in TABLES.items() if set(t.rows) & found] + ["ours"]
+        names = [n for n, t in TABLES.items() if n != "pos" and set(t.rows) & found]
+        names += ["pos"] if df["task"].isin(TABLES["pos"].tasks).any() else []
+        names += [] if glue.empty else ["ours"]
     else:
-        names = ["ours" if args.table == "ours" else f"table{args.table}"]
+        names = [args.table if args.table in ("ours", "pos") else f"table{args.table}"]
     epoch = f"the {args.epoch} epoch" if args.epoch else "each record's selected epoch"
     for name in names:
-        if name == "ours":
-            t, selection = TableDef("Our runs, GLUE dev", None, []), ours_selection(best)
-        else:
+        if name == "pos":
             t = TABLES[name]
-            selection = table_selection(df, t)
-        cells = compare(selection.best, selection.rows, reference, t.paper)
-        table = build_table(selection.best, selection.rows, reference, t.paper, args.expected_seeds)
-        print(write_tables(name, table, cells, args.out, t.title, table_notes(cells, selection, epoch, t)))
+            selection = with_other_protocols(df, t)
+            cells = token_cells(selection.best, selection.rows, load_token_reference())
+            table, notes = build_token_table(cells, args.expected_seeds), token_notes(cells, selection, epoch, t)
+        else:
+            if name == "ours":
+                t, selection = TableDef("Our runs, GLUE dev", None, []), ours_selection(best)
+            else:
+                t = TABLES[name]
+                selection = table_selection(df, t)
+            cells = compare(selection.best, selection.rows, reference, t.paper)
+            table = build_table(selection.best, selection.rows, reference, t.paper, args.expected_seeds)
+            notes = table_notes(cells, selection, epoch, t)
+        print(write_tables(name, table, cells, args.out, t.title, notes))
         print(f"wrote {Path(args.out) / name}.md, .tex, .csv\n")
     return 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bitfit_exp.reference import PAPER_DIR, load_reference, reference_cell
+from bitfit_exp.reference import PAPER_DIR, load_reference, load_token_reference, reference_cell, token_cell
 
 PAPER_TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
 TASKS = ["qnli", "sst2", "mnli_m", "mnli_mm", "cola", "mrpc", "stsb", "rte", "qqp", "avg"]
@@ -146,3 +146,19 @@ def test_avg_consistent():
 def test_reference_cell_missing():
     with pytest.raises(KeyError, match="0 reference cells"):
         reference_cell(load_reference(), 3, "bert_base", "adapters", "rte")
+
+
+def test_token_level_numbers_match_paper_text():
+    """Section 4, "Token-level tasks": PTB POS accuracy, printed in the running text (wrapped over several lines)."""
+    text = " ".join(paper_lines("bitfit-acl2022.txt"))
+    hit = re.search(r"Full-FT results for BERTBASE, BERTLARGE and RoBERTaBASE are ([\d.]+), ([\d.]+),\s+([\d.]+), "
+                    r"while BitFit results are ([\d.]+), ([\d.]+), ([\d.]+)\.", text)
+    assert hit, "the token-level sentence was not found in the paper text"
+    printed = [float(x) for x in hit.groups()]
+    models = ["bert_base", "bert_large", "roberta_base"]
+    df = load_token_reference()
+    assert len(df) == 6 and set(df["dataset"]) == {"ptb"} and set(df["metric"]) == {"accuracy"}
+    got = [token_cell(df, m, f) for f in ("full", "bitfit") for m in models]
+    assert got == printed == [97.2, 97.4, 97.2, 97.2, 97.4, 97.1]
+    with pytest.raises(KeyError, match="0 token-level reference cells"):
+        token_cell(df, "bert_base", "frozen")

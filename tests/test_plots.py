@@ -455,6 +455,80 @@ def test_datasize_curve_hand_computed(tmp_path):
     assert ax.get_xscale() == "log" and "Training examples" in ax.get_xlabel()
 
 
+def squad_record(method, lr, seed, em, f1, n_questions):
+    """A sealed BERT-base SQuAD record on a seeded subset of `n_questions` training questions (more windows), whose
+    selected (best, last) epoch scores exact match `em` and F1 `f1` (x100) on validation; epoch 1 five points less."""
+    record = make_record(method, lr, seed, f1, model="bert_base", task="squad", n_train=n_questions, subset=0)
+    record["config"]["task"] = {"name": "squad", "kind": "span", "metric": "f1", "metrics": ["exact_match", "f1"]}
+    record["main"]["metric"] = "f1"
+    for row, shift in zip(record["epochs"], (-5, 0), strict=True):
+        row["dev"] = {"validation": {"exact_match": (em + shift) / 100, "f1": (f1 + shift) / 100}}
+        row["train"] = {"exact_match": 0.9, "f1": 0.95}
+    record["best"] = record["last"] = record["epochs"][-1]
+    record["sizes"].update(train=n_questions + 13, train_examples=n_questions)  # long contexts: several windows
+    return seal(record)
+
+
+# (method, training questions) -> exact match and F1 of seeds 0 and 1
+SQUAD = {("full", 100): ((10, 14), (20, 26)), ("full", 1000): ((40, 44), (52, 54)),
+         ("full", 5000): ((70, 72), (80, 82)), ("bitfit", 100): ((20, 20), (30, 34)),
+         ("bitfit", 1000): ((45, 47), (56, 60)), ("bitfit", 5000): ((64, 66), (75, 77))}
+
+
+def squad_runs(root):
+    lrs = {"full": 5e-5, "bitfit": 1e-3}
+    for (method, n), (ems, f1s) in SQUAD.items():
+        for seed, (em, f1) in enumerate(zip(ems, f1s, strict=True)):
+            write(root, squad_record(method, lrs[method], seed, em, f1, n))
+    return root
+
+
+@pytest.mark.parametrize("metric, which", [("exact_match", 0), ("f1", 1)])
+def test_squad_datasize_figure_per_metric_hand_computed(tmp_path, metric, which):
+    """Figure 2 (exact match) and Figure 6 (F1): BitFit and Full-FT on one log-x figure, mean ± std over seeds, x the
+    training questions (not their windows)."""
+    runs, out = squad_runs(tmp_path / "runs"), tmp_path / "figs"
+    assert plots.main(["datasize", "--runs-dir", str(runs), "--task", "squad", "--out", str(out)]) == 0
+    stem = out / f"datasize_bert_base_squad_{metric}"
+    check_png(stem.with_suffix(".png"))
+    written = pd.read_csv(stem.with_suffix(".csv"))
+    table, _ = analysis.datasize_table(runs, "squad", metric=metric)
+    fig, ax, lines = plots.plot_datasize(table, "t", metric)
+    assert set(lines) == {"Full-FT (lr 5e-05)", "BitFit (lr 0.001)"} and len(ax.collections) == 2  # two ± bands
+    for label, line in lines.items():
+        method = "full" if label.startswith("Full") else "bitfit"
+        pairs = [SQUAD[(method, n)][which] for n in (100, 1000, 5000)]
+        means = [sum(p) / 2 for p in pairs]
+        stds = [abs(p[0] - p[1]) / math.sqrt(2) for p in pairs]
+        assert list(line.get_xdata()) == [100, 1000, 5000]
+        assert list(line.get_ydata()) == pytest.approx(means)
+        mine = written[written["method"] == method].sort_values("n_train")
+        assert list(mine["mean"]) == pytest.approx(means) and list(mine["std"]) == pytest.approx(stds, rel=1e-5)
+        exact = table[table["method"] == method].sort_values("n_train")
+        assert list(exact["std"]) == pytest.approx(stds)  # the CSV keeps 6 significant digits
+        assert set(mine["metric"]) == {metric} and set(mine["n"]) == {2}
+        band = ax.collections[list(lines).index(label)].get_paths()[0].vertices
+        assert band[:, 1].min() == pytest.approx(min(m - s for m, s in zip(means, stds, strict=True)))
+        assert band[:, 1].max() == pytest.approx(max(m + s for m, s in zip(means, stds, strict=True)))
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == f"dev {plots.metric_name(metric)} (×100)"
+
+
+def test_squad_datasize_metric_choice_and_all(tmp_path, capsys):
+    runs, out = squad_runs(tmp_path / "runs"), tmp_path / "figs"
+    assert plots.main(["datasize", "--runs-dir", str(runs), "--task", "squad", "--metric", "exact_match",
+                       "--out", str(out / "one")]) == 0
+    assert sorted(p.name for p in (out / "one").iterdir()) == [f"datasize_bert_base_squad_exact_match.{e}"
+                                                                for e in ("csv", "pdf", "png")]
+    assert plots.main(["datasize", "--runs-dir", str(runs), "--task", "squad", "--metric", "accuracy"]) == 2
+    assert capsys.readouterr().err == "error: no data-size run of squad scores 'accuracy'; they score: " \
+                                      "exact_match, f1\n"
+    assert plots.main(["all", "--runs-dir", str(runs), "--out", str(out / "all")]) == 0
+    for metric in ("exact_match", "f1"):
+        for ext in ("png", "pdf", "csv"):
+            assert (out / "all" / f"datasize_bert_base_squad_{metric}.{ext}").stat().st_size > 0
+    assert not (out / "all" / "datasize_bert_base_squad.csv").exists()
+
+
 def test_all_draws_every_figure_and_reports_every_bad_input(tmp_path, capsys):
     runs = tmp_path / "runs"
     for seed in (0, 1):
@@ -557,3 +631,15 @@ def test_datasize_experiment_expands_to_sizes_and_methods():
     assert keys == {("full", 5e-5), ("bitfit", 1e-3)}
     cfg = compose("+experiment=datasize", "method=bitfit", "data.max_train_samples=100")
     assert cfg.data.train_subset_seed == 0 and cfg.model.name == "minilm" and cfg.task.name == "rte"
+
+
+def test_squad_datasize_experiment_is_the_papers_figure_2():
+    from bitfit_exp.plan import plan
+
+    jobs = plan(["+experiment=squad_datasize"])
+    assert len(jobs) == 16  # 2 methods x 8 sizes
+    assert {(j["key"]["model"], j["key"]["task"]) for j in jobs} == {("bert_base", "squad")}
+    assert {(j["key"]["method"], j["key"]["lr"]) for j in jobs} == {("full", 5e-5), ("bitfit", 1e-3)}
+    cfg = compose("+experiment=squad_datasize", "method=bitfit", "data.max_train_samples=1000")
+    assert cfg.data.train_subset_seed == 0 and list(cfg.seeds) == [0, 1, 2, 3, 4]
+    assert list(cfg.task.metrics) == ["exact_match", "f1"] and cfg.task.title_split is None  # hub train split

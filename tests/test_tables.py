@@ -473,3 +473,42 @@ def test_table_protocols_come_from_the_composed_experiments(tmp_path):
                                           "sweep of +experiment=table2_roberta: 0.0004 (sweep: 0.0001)"]
     table = build_table(table2.best, table2.rows, load_reference(), 2)
     assert table.loc[table["Model"] == "RoBERTa-base"].iloc[1]["RTE"] == "65.0±0.0"  # 1 of 1 lr: unmarked
+
+
+# -----------------------------------------------------------------------------
+# the token-level table: POS on EWT next to the paper's PTB numbers
+
+
+def pos_seeds(root, model, method, lr, scores, overrides=("+experiment=pos",), changes=None):
+    """Records of POS runs (dev = EWT validation, test = EWT test; `scores`: one (dev, test) pair per seed)."""
+    config = run_config(model, "pos", method, lr, *overrides, changes={**(changes or {}), "train.select": "best"})
+    return [write(root, make_record(model, "pos", method, lr, seed, pair, config=config))
+            for seed, pair in enumerate(scores)]
+
+
+def test_token_table_next_to_the_papers_ptb_numbers(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "tables"
+    pos_seeds(runs, "bert_base", "full", 5e-5, [(96.0, 95.0), (97.0, 96.0)])
+    pos_seeds(runs, "bert_base", "bitfit", 1e-3, [(94.0, 93.0), (94.0, 93.0)])
+    pos_seeds(runs, "bert_base", "bitfit", 1e-4, [(95.0, 90.0), (96.0, 91.0)])  # the best mean dev: chosen
+    # Not the table's protocol: a smaller training set (its own row), and another model's CPU run.
+    pos_seeds(runs, "bert_base", "full", 5e-5, [(80.0, 79.0)], changes={"data.max_train_samples": 1000})
+    pos_seeds(runs, "minilm", "bitfit", 1e-3, [(88.0, 87.0), (90.0, 89.0)], overrides=())
+    write_seeds(runs, "minilm", "rte", "bitfit", 1e-3, [60.0, 62.0])  # GLUE: not in the POS table
+    assert main(["--runs-dir", str(runs), "--table", "all", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{e}" for n in ("pos", "ours")
+                                                           for e in ("md", "tex", "csv"))
+    md = (out / "pos.md").read_text(encoding="utf-8")
+    assert "| Model | Method | %Param | EWT dev | EWT test | paper: PTB |" in md
+    assert "| BERT-base | Full-FT | 100% | 96.5±0.7 (2/5 seeds, 1/4 lrs) | 95.5±0.7 (2/5 seeds, 1/4 lrs) | 97.2 |" in md
+    assert "| BERT-base | BitFit | 0.09% | 95.5±0.7 (2/5 seeds, 2/4 lrs) | 90.5±0.7 (2/5 seeds, 2/4 lrs) | 97.2 |" in md
+    assert "| BERT-large | BitFit | — | — | — | 97.4 |" in md and "| RoBERTa-base | BitFit | — | — | — | 97.1 |" in md
+    assert "| BERT-base | Full-FT [data.max_train_samples=1000 (pos: null)] | 100% | 80.0±0.0 (1/5 seeds, 1/4 lrs) | 79.0±0.0 (1/5 seeds, 1/4 " \
+           "lrs) | 97.2 |" in md
+    assert "| MiniLM-L6 | BitFit | 0.09% | 89.0±1.4 (2/5 seeds, 1/4 lrs) | 88.0±1.4 (2/5 seeds, 1/4 lrs) | — |" in md
+    assert "NOT the Penn Treebank" in md and "RTE" not in md
+    cells = {(r["model"], r["method"], r["variant"], r["column"]): r for r in csv.DictReader(open(out / "pos.csv"))}
+    chosen = cells[("bert_base", "bitfit", "", "pos_test")]
+    assert (chosen["lr"], chosen["mean"], chosen["paper_mean"], chosen["delta"]) == ("0.0001", "90.5", "97.2", "")
+    ours = (out / "ours.md").read_text(encoding="utf-8")
+    assert "MiniLM-L6 | BitFit | ours" in ours and "BERT-base" not in ours  # POS records are not GLUE rows
