@@ -74,8 +74,9 @@ def test_a_user_task_runs_and_resumes_through_config_dir(task, user_conf, tiny_b
     assert first.returncode == 0, first.stderr
     record = the_record(user_conf / "runs", task)
     assert record["status"] == "finished" and record["columns"] == {"validation": task}
-    assert record["sizes"] == ({"train": 24, "train_probe": 24, "validation": 12} if task == "my_csv" else
-                               {"train": 24, "train_probe": 24, "validation": 8})
+    assert record["sizes"] == ({"train": 24, "train_examples": 24, "train_probe": 24, "validation": 12}
+                               if task == "my_csv" else
+                               {"train": 24, "train_examples": 24, "train_probe": 24, "validation": 8})
     carved = "note: task my_jsonl has no validation split: train (32 rows) split into train (24 rows) and " \
              "validation (8 rows) by a seeded draw (data.dev_fraction 0.25, data.dev_seed 0)"
     assert (carved in first.stdout) == (task == "my_jsonl")
