@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from bitfit_exp.kinds import kind_name
 from bitfit_exp.labels import METHODS, MODELS, TASKS, row_label
 from bitfit_exp.records import once_per_seed, protocol, scan
 
 KEY = ["model", "task", "method"]
 GROUP = [*KEY, "protocol_id"]  # one protocol of one (model, task, method): its settings differ only in the lr
 SETTING = [*GROUP, "lr", "hash"]
-ROW_COLUMNS = [*KEY, "lr", "hash", "seed", "column", "main", "score", "train_score", "pct_encoder", "finished_at",
+ROW_COLUMNS = [*KEY, "kind", "lr", "hash", "seed", "column", "main", "score", "train_score", "pct_encoder", "finished_at",
                "path", "status", "diverged", "epoch", "at_last", "expected_lrs", "protocol", "identity",
                "protocol_id"]
 BEST_COLUMNS = [*KEY, "column", "mean", "std", "n_seeds", "lr", "hash", "pct_encoder", "train_mean", "n_lrs",
@@ -107,8 +108,8 @@ def record_rows(record: dict, path, epoch: str | None = None) -> list[dict]:
     n_epochs = (config.get("train") or {}).get("epochs") or len(record.get("epochs") or ())
     chosen = row.get("epoch")
     common = {
-        "model": setting["model"], "task": setting["task"], "method": setting["method"], "lr": float(setting["lr"]),
-        "hash": setting["hash"], "seed": int(record["seed"]), "pct_encoder": float(record["params"]["pct_encoder"]),
+        "model": setting["model"], "task": setting["task"], "kind": kind_name(config.get("task") or {}),
+        "method": setting["method"], "lr": float(setting["lr"]), "hash": setting["hash"], "seed": int(record["seed"]), "pct_encoder": float(record["params"]["pct_encoder"]),
         "finished_at": str((record.get("timings") or {}).get("finished_at") or ""), "path": str(path),
         "status": record["status"], "diverged": diverged, "epoch": math.nan if chosen is None else int(chosen),
         "at_last": bool(not diverged and which == "best" and n_epochs > 1 and chosen == n_epochs),

@@ -427,7 +427,8 @@ def main(argv=None) -> int:
     if df.empty:
         print(f"no done run records under {args.runs_dir}", file=sys.stderr)
         return 1
-    glue = df[df["task"].isin(GLUE_TASKS)]
+    # GLUE and one's own sentence(-pair) tasks; QA and tagging have tables and figures of their own
+    glue = df[df["task"].isin(GLUE_TASKS) | ((df["kind"] == "sequence") & ~df["task"].isin(TABLES["pos"].tasks))]
     best, reference = select_best_lr(glue), load_reference()
     found = set(found_rows(best))
     if args.table == "all":
