@@ -123,10 +123,8 @@ def v1_setting_key(cfg: dict) -> dict | None:
         if cfg.get(group, {}).get(key, default) != default:
             return None
         cfg.get(group, {}).pop(key, None)
-    digest = _digest(_result_config(cfg, V1_NON_RESULT_KEYS, NULL_DEFAULT_KEYS))
-    lr = float(cfg["optim"]["lr"])
-    return {"model": cfg["model"]["name"], "task": cfg["task"]["name"], "method": cfg["method"]["name"], "lr": lr,
-            "hash": digest, "dir": f"{cfg['model']['name']}/{cfg['task']['name']}/{cfg['method']['name']}/lr{lr:g}-{digest}"}
+    key = v1_setting_key_exact(cfg)
+    return {**key, "dir": f"{key['model']}/{key['task']}/{key['method']}/lr{key['lr']:g}-{key['hash']}"}
 
 
 def job_settings(cfg) -> list:
@@ -256,8 +254,6 @@ def done(path: Path) -> bool:
     except CorruptRecord:
         return False
 
-
-finished = done  # the name the rest of the code grew up with
 
 
 def backup(path: Path) -> Path | None:
