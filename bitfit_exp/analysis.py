@@ -150,14 +150,16 @@ def bias_change(path) -> pd.DataFrame:
 
     Rows: COMPONENTS (q ... ln2), columns: layer numbers 1..L; NaN where the patch holds no such bias (methods that
     train a subset of the biases, or a family without that role, e.g. Qwen2's m1..ln2). Works for every family of
-    bitfit_exp.architectures: a fused bias (GPT-2's q|k|v `c_attn.bias`) gives one cell per third. ALBERT shares
-    one layer across all its layers: its table has one column (the layer group), and `table.attrs["note"]` says so.
+    bitfit_exp.architectures: a fused bias (GPT-2's q|k|v `c_attn.bias`) gives one cell per third, and a third the
+    run did not train (GPT-2 `bq` trains only the first) is NaN, not 0. ALBERT shares one layer across all its
+    layers: its table has one column (the layer group), and `table.attrs["note"]` says so.
     """
     cells, shared = {}, False
-    for name, (initial, final) in bias_changes(Path(path)).items():
+    for name, (initial, final, trained) in bias_changes(Path(path)).items():
         for layer, key, part in role_parts(name):
             cut = part_slice(initial.shape[0], part)
-            cells[(key, layer + 1)] = float((initial[cut].double() - final[cut].double()).abs().mean())
+            if trained[cut].any():  # the formula over the whole vector: an untrained entry counts as no change
+                cells[(key, layer + 1)] = float((initial[cut].double() - final[cut].double()).abs().mean())
             shared = shared or ALBERT.split(name) is not None
     if not cells:
         raise ValueError(f"{path}: no per-layer encoder biases with initial values (not a bias patch?)")
@@ -166,7 +168,7 @@ def bias_change(path) -> pd.DataFrame:
     for (key, layer), value in cells.items():
         table.loc[key, layer] = value
     if shared:
-        table.attrs["note"] = "ALBERT: one layer's biases shared by all layers (one column per layer group)"
+        table.attrs["note"] = "ALBERT: all layers share one layer's biases (one column per layer group)"
     return table
 
 
@@ -221,7 +223,8 @@ def bias_change_summary(run_dir, records=None) -> tuple[pd.DataFrame, dict]:
 
     Returns (table, info): table as `with_average` (rows b_q..b_LN2, columns 1..L, Avg); info as `describe` plus
     n_seeds (patches averaged), of_seeds (done records), left_out (why, per seed left out), note (seeds_note), the
-    patch paths and warnings (one per bad file).
+    patch paths, warnings (one per bad file) and layers_note (what a column means when it is not one layer, e.g.
+    ALBERT's shared layer; else None).
     """
     records, warnings = _records_and_warnings(run_dir, records)
     if not any((r.get("artifacts") or {}).get("patch") for _, r in records):
@@ -243,7 +246,8 @@ def bias_change_summary(run_dir, records=None) -> tuple[pd.DataFrame, dict]:
         raise ValueError(f"{run_dir}: patches of different models (shapes {sorted(shapes)})")
     mean = sum(per_seed) / len(per_seed)  # NaN stays NaN: a component is either trained in every seed or in none
     info = {**describe(records, run_dir), "n_seeds": len(per_seed), "of_seeds": len(records), "left_out": left_out,
-            "note": seeds_note(len(per_seed), len(records), left_out), "patches": patches, "warnings": warnings}
+            "note": seeds_note(len(per_seed), len(records), left_out), "patches": patches, "warnings": warnings,
+            "layers_note": per_seed[0].attrs.get("note")}
     return with_average(mean), info
 
 

@@ -121,7 +121,25 @@ def load_tokenizer(name_or_path: str):
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
         raise UserError(f"{path}: its tokenizer has no vocabulary, only {len(tokenizer)} special tokens; tokenizer "
                         f"files such as tokenizer.json or vocab.txt are missing ({fix})")
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # Decoders (GPT-2) ship without a padding token. Padding is masked out of attention and a sequence classifier
+        # reads the last token before the first pad, so eos is the usual stand-in (what transformers' docs do).
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token is None:
+        raise UserError(f"{path}: its tokenizer has neither a padding nor an end-of-sequence token; add one with "
+                        f"tokenizer.add_special_tokens({{'pad_token': ...}}) and save it there")
     return tokenizer
+
+
+def _missing_pad_id(path: str, overrides: dict) -> dict:
+    """{"pad_token_id": id} when the checkpoint's config has none (GPT-2, some Qwen2 configs): the tokenizer's
+    padding token, as load_tokenizer gives it. Decoder sequence classifiers find each row's last token with it,
+    and refuse batches of more than one row without it."""
+    from transformers import AutoConfig
+
+    if "pad_token_id" in overrides or AutoConfig.from_pretrained(path).pad_token_id is not None:
+        return {}
+    return {"pad_token_id": load_tokenizer(path).pad_token_id}
 
 
 def load_model(name_or_path: str, num_labels: int, auto_class: str = "AutoModelForSequenceClassification",
@@ -137,7 +155,10 @@ def load_model(name_or_path: str, num_labels: int, auto_class: str = "AutoModelF
     logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected for every run
     logging.disable_progress_bar()
     try:
+        config = {**_missing_pad_id(path, config), **config}
         return getattr(transformers, auto_class).from_pretrained(path, num_labels=num_labels, **config)
+    except UserError:  # the tokenizer's own one line (asked for its padding token)
+        raise
     except Exception as e:  # damaged weights raise by format: RuntimeError, UnpicklingError, SafetensorError, ...
         raise _load_error(name_or_path, path, e) from None
     finally:

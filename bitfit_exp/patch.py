@@ -76,8 +76,22 @@ def apply_patch(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
-def bias_changes(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """name -> (initial, final) for every trained encoder bias stored in the patch."""
+def bias_changes(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """name -> (initial, final, trained) for every trained encoder bias stored in the patch; `trained` is a bool mask
+    of the entries the run trained (all True for a whole tensor; a masked selection such as GPT-2's `bq`, the first
+    third of the fused `c_attn.bias`, trains only some)."""
     tensors = load_file(str(path))
-    return {k[len("initial."):]: (v, tensors[f"trained.{k[len('initial.'):]}"])
-            for k, v in tensors.items() if k.startswith("initial.") and f"trained.{k[len('initial.'):]}" in tensors}
+    out = {}
+    for key, initial in tensors.items():
+        if not key.startswith("initial."):
+            continue
+        name = key[len("initial."):]
+        if f"trained.{name}" in tensors:
+            out[name] = (initial, tensors[f"trained.{name}"], torch.ones_like(initial, dtype=torch.bool))
+        elif f"sparse_idx.{name}" in tensors:
+            final, trained = initial.clone(), torch.zeros_like(initial, dtype=torch.bool)
+            index = tensors[f"sparse_idx.{name}"]
+            final.view(-1)[index] = tensors[f"sparse_val.{name}"].to(final.dtype)
+            trained.view(-1)[index] = True
+            out[name] = (initial, final, trained)
+    return out

@@ -312,8 +312,11 @@ def draw_bias_change(run_dir, out, records=None) -> tuple[list[Path], list[str]]
     table, info = analysis.bias_change_summary(run_dir, records)
     head = f"Change in bias components: {setting_label(info)}"
     title = f"{_wrap(head)}\n{info['note']}" if info["left_out"] else _wrap(f"{head} ({info['note']})")
+    if info["layers_note"]:
+        title += f"\n{info['layers_note']}"
     fig, _, _ = plot_bias_change(table, title)
-    data = table.assign(n_seeds=info["n_seeds"], of_seeds=info["of_seeds"], left_out="; ".join(info["left_out"]))
+    data = table.assign(n_seeds=info["n_seeds"], of_seeds=info["of_seeds"], left_out="; ".join(info["left_out"]),
+                        layers=info["layers_note"] or "one column per layer")
     return save(fig, data, out, file_stem("bias_change", info, run_dir), index=True), info["warnings"]
 
 

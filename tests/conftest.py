@@ -1,9 +1,13 @@
-"""Shared fixtures: tiny random BERT/RoBERTa checkpoints on disk (with the MiniLM tokenizer) and the local GLUE copy."""
+"""Shared fixtures: tiny random BERT/RoBERTa checkpoints on disk (with the MiniLM tokenizer), the local GLUE copy,
+and a user's own config folder with CSV/JSON Lines tasks made from SST-2."""
 
 import os
 from pathlib import Path
 
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -68,3 +72,39 @@ def quick(model_dir, runs_dir, *extra: str) -> list[str]:
     return [f"model.name_or_path={model_dir}", f"runs_dir={runs_dir}", f"data.dir={GLUE}", "task=rte",
             "data.max_train_samples=24", "data.max_eval_samples=16", "data.train_eval_samples=16",
             "data.max_length=32", "train.epochs=2", "train.progress=false", "seeds=[0]", *extra]
+
+
+NAMES = ["negative", "positive"]
+
+
+def sst2_rows(start: int, n: int) -> pd.DataFrame:
+    """n SST-2 sentences with their labels as names (`sentiment`)."""
+    path = GLUE / "sst2" / "train.parquet"
+    if not path.is_file():
+        pytest.skip(f"local SST-2 not found at {path}")
+    frame = pq.read_table(path).slice(start, n).to_pandas()
+    return pd.DataFrame({"sentence": frame["sentence"], "sentiment": frame["label"].map(dict(enumerate(NAMES)))})
+
+
+def task_yaml(name: str, files: dict, **extra) -> dict:
+    return {"name": name, "files": files, "text_fields": ["sentence"], "label_field": "sentiment", "num_labels": 2,
+            "label_names": NAMES, "metric": "accuracy", "metrics": ["accuracy"], "eval_splits": {"validation": name},
+            "test_splits": {}, "epochs": 2, "train_size": 24, **extra}
+
+
+@pytest.fixture
+def user_conf(tmp_path):
+    """A user's config folder (`--config-dir <tmp>/my-conf`, data in <tmp>/data) with two tasks: my_csv (train and
+    dev CSV files) and my_jsonl (train only, JSON Lines, label names)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    sst2_rows(0, 24).to_csv(data / "train.csv", index=False)
+    sst2_rows(24, 12).to_csv(data / "dev.csv", index=False)
+    sst2_rows(100, 32).to_json(data / "train.jsonl", orient="records", lines=True)
+    conf = tmp_path / "my-conf" / "task"
+    conf.mkdir(parents=True)
+    tasks = {"my_csv": task_yaml("my_csv", {"train": "train.csv", "validation": "dev.csv"}),
+             "my_jsonl": task_yaml("my_jsonl", {"train": str(data / "train.jsonl")})}
+    for name, task in tasks.items():
+        (conf / f"{name}.yaml").write_text(yaml.safe_dump(task))
+    return tmp_path

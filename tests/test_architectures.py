@@ -4,6 +4,7 @@ fallback line)."""
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import transformers as tf
@@ -200,10 +201,13 @@ def test_one_step_moves_exactly_the_selection_and_the_patch_round_trips(kind, me
         table = bias_change(path)
         assert table.notna().all().all() and list(table.columns) == ([1] if kind == "albert" else [1, 2])
         assert ("note" in table.attrs) == (kind == "albert")
-    if method == "bitfit" and kind == "gpt2":  # the fused bias is split into its q, k, v thirds
+    if kind == "gpt2":  # the fused bias is split into its q, k, v thirds; bq trains (and shows) only the first
+        table = bias_change(path)
         name = "transformer.h.1.attn.c_attn.bias"
         thirds = (before[name] - after[name]).abs().double().view(3, H).mean(1).tolist()
-        assert table.loc[["q", "k", "v"], 2].tolist() == thirds
+        shown = table.loc[["q", "k", "v"], 2].tolist()
+        assert shown == thirds if method == "bitfit" else (shown[0] == thirds[0] > 0 and np.isnan(shown[1:]).all())
+        assert table.drop(index="q").isna().all().all() if method == "bq" else table.notna().all().all()
 
 
 def settings(kind, selection, k):
@@ -317,3 +321,43 @@ def test_a_packed_job_on_deberta_trains_one_by_one_with_its_note(tmp_path, glue_
     out = capsys.readouterr().out
     assert "note: DeBERTa-v2 applies its query/key projections" in out and "training one seed at a time" in out
     assert sorted(r["seed"] for r in records) == [0, 1] and all("packed" not in r for r in records)
+
+
+def save_tiny_gpt2_without_padding(folder):
+    """A tiny GPT-2 as published: a byte-level BPE tokenizer with only <|endoftext|>, and no pad_token_id."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    words = ["the cat sat on the mat", "a dog is not a cat", "entailment holds here", "Hello, world"] * 4
+    bpe.train_from_iterator(words, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = tf.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                           unk_token="<|endoftext|>", model_input_names=["input_ids", "attention_mask"])
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = tf.GPT2Config(vocab_size=len(tokenizer), n_embd=H, n_layer=L, n_head=2, n_positions=64,
+                           eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    assert tokenizer.pad_token is None and config.pad_token_id is None
+    tf.AutoModel.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_decoder_without_a_padding_token_pads_with_eos(tmp_path, glue_dir):
+    from conftest import compose, quick
+
+    from bitfit_exp.models import load_model, load_tokenizer
+    from bitfit_exp.runner import run_job
+
+    folder = save_tiny_gpt2_without_padding(tmp_path / "gpt2")
+    tokenizer, model = load_tokenizer(str(folder)), load_model(str(folder), 2)
+    assert tokenizer.pad_token == "<|endoftext|>" and model.config.pad_token_id == tokenizer.eos_token_id
+    # Padded rows score as they do alone: the classifier reads each row's last real token.
+    batch = tokenizer(["the cat sat on the mat", "a dog"], padding=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        together = model(**batch).logits
+        alone = model(**tokenizer(["a dog"], return_tensors="pt")).logits
+    torch.testing.assert_close(together[1], alone[0], rtol=1e-5, atol=1e-6)
+    (records,) = run_job(compose(*quick(folder, tmp_path / "runs", "train.batch_size=8")))
+    assert [r["status"] for r in records] == ["finished"]

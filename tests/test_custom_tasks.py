@@ -6,11 +6,9 @@ import os
 import subprocess
 import sys
 
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from conftest import GLUE, compose
+from conftest import compose, sst2_rows, task_yaml
 from omegaconf import OmegaConf
 
 from bitfit_exp.data import load_splits
@@ -20,42 +18,6 @@ from bitfit_exp.schema import problems
 RUN = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
 PREFETCH = [sys.executable, "-c", "from bitfit_exp.cli import prefetch; prefetch()"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-NAMES = ["negative", "positive"]
-
-
-def sst2_rows(start: int, n: int) -> pd.DataFrame:
-    """n SST-2 sentences with their labels as names (`sentiment`)."""
-    path = GLUE / "sst2" / "train.parquet"
-    if not path.is_file():
-        pytest.skip(f"local SST-2 not found at {path}")
-    frame = pq.read_table(path).slice(start, n).to_pandas()
-    return pd.DataFrame({"sentence": frame["sentence"], "sentiment": frame["label"].map(dict(enumerate(NAMES)))})
-
-
-def task_yaml(name: str, files: dict, **extra) -> dict:
-    return {"name": name, "files": files, "text_fields": ["sentence"], "label_field": "sentiment", "num_labels": 2,
-            "label_names": NAMES, "metric": "accuracy", "metrics": ["accuracy"], "eval_splits": {"validation": name},
-            "test_splits": {}, "epochs": 2, "train_size": 24, **extra}
-
-
-@pytest.fixture
-def user_conf(tmp_path):
-    """A user's config folder with two tasks: my_csv (train and dev CSV files) and my_jsonl (train only, JSON
-    Lines, label names)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    sst2_rows(0, 24).to_csv(data / "train.csv", index=False)
-    sst2_rows(24, 12).to_csv(data / "dev.csv", index=False)
-    sst2_rows(100, 32).to_json(data / "train.jsonl", orient="records", lines=True)
-    conf = tmp_path / "my-conf" / "task"
-    conf.mkdir(parents=True)
-    tasks = {"my_csv": task_yaml("my_csv", {"train": "train.csv", "validation": "dev.csv"}),
-             "my_jsonl": task_yaml("my_jsonl", {"train": str(data / "train.jsonl")})}
-    for name, task in tasks.items():
-        (conf / f"{name}.yaml").write_text(yaml.safe_dump(task))
-    return tmp_path
-
-
 def bitfit_run(root, *overrides, command=RUN):
     args = ["--config-dir", str(root / "my-conf"), f"data.dir={root / 'data'}", f"runs_dir={root / 'runs'}",
             "data.max_length=32", "train.progress=false", "seeds=[0]", *overrides]

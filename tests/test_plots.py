@@ -97,7 +97,9 @@ def test_bias_change_matches_known_perturbations(kind, prefix, tmp_path):
     check_png(png)
     table = read_csv_table(png.with_suffix(".csv"))
     expected = expected_table(scale=2.0)  # mean over seeds of scale 1 and 3
-    assert list(table.index) == LABELS and list(table.columns) == ["1", "2", "Avg", "n_seeds", "of_seeds", "left_out"]
+    assert list(table.index) == LABELS and list(table.columns) == ["1", "2", "Avg", "n_seeds", "of_seeds", "left_out",
+                                                                 "layers"]
+    assert table["layers"].eq("one column per layer").all()
     assert table["n_seeds"].eq(2).all() and table["of_seeds"].eq(2).all() and table["left_out"].isna().all()
     table = table[["1", "2", "Avg"]]
     np.testing.assert_allclose(table.to_numpy(), expected.to_numpy(), rtol=1e-5, atol=1e-7)
@@ -191,6 +193,33 @@ def bitfit_seeds(runs, scales, patch=True):
 def bias_csv(out) -> pd.DataFrame:
     [png] = out.glob("bias_change_*.png")
     return read_csv_table(png.with_suffix(".csv"))
+
+
+def test_albert_figure_says_its_one_column_is_the_shared_layer(tmp_path, monkeypatch):
+    from transformers import AlbertConfig, AutoModelForSequenceClassification
+
+    setting = write(tmp_path / "runs", make_record("bitfit", 1e-3, 0, 60, patch=True))
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(AlbertConfig(
+        vocab_size=64, embedding_size=8, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=32, num_labels=2))
+    selection = select("bitfit", model)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters() if n in selection.params}
+    with torch.no_grad():
+        for name in initial:
+            dict(model.named_parameters())[name].add_(0.25)
+    save_patch(setting / "seed0" / "patch.safetensors", model, selection, trained_state(model, selection), initial,
+               {"seed": 0})
+    titles = []
+    draw = plots.plot_bias_change
+    monkeypatch.setattr(plots, "plot_bias_change", lambda table, title: (titles.append(title), draw(table, title))[1])
+    out = tmp_path / "figs"
+    assert plots.main(["bias-change", str(setting), "--out", str(out)]) == 0
+    note = "ALBERT: all layers share one layer's biases (one column per layer group)"
+    assert titles[-1].endswith("\n" + note)  # three layers, one column: the figure says why
+    table = bias_csv(out)
+    assert list(table.columns[:2]) == ["1", "Avg"] and table["layers"].eq(note).all()
+    np.testing.assert_allclose(table["1"].to_numpy(), 0.25, rtol=1e-6)  # every role moved by exactly 0.25
 
 
 def test_patch_without_record_is_ignored_with_a_warning(tmp_path, capsys):

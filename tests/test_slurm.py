@@ -163,3 +163,35 @@ def test_two_submissions_of_one_sweep_train_each_seed_once(cluster, tiny_bert_di
     found = records(tmp_path / "runs")
     assert sorted(r["seed"] for r in found.values()) == [0, 1, 2, 3]
     assert not list((tmp_path / "runs").glob("**/claim.json")) and not list((tmp_path / "runs").glob("**/.*.tmp"))
+
+
+def test_a_users_own_task_sweeps_on_slurm(cluster, user_conf, tiny_bert_dir, tmp_path):
+    # The task YAML lives only in the user's --config-dir and names its CSV files relative to data.dir; the jobs run
+    # on the node from another working directory. They must train the user's task, and equal a local sweep.
+    args = ["--config-dir", str(user_conf / "my-conf"), "task=my_csv", f"data.dir={user_conf / 'data'}",
+            f"model.name_or_path={tiny_bert_dir}", "data.max_length=32", "train.progress=false", "seeds=[0,1]",
+            "optim.lr=0.01,0.001"]
+    on_slurm = subprocess.run([*RUN, *args, f"runs_dir={tmp_path / 'slurm'}", *SLURM,
+                               f"hydra.sweep.dir={tmp_path / 'sweep'}", "--multirun"], capture_output=True, text=True,
+                              env=cluster, timeout=900, cwd=tmp_path)
+    assert on_slurm.returncode == 0, on_slurm.stderr[-3000:]
+    local = subprocess.run([*RUN, *args, f"runs_dir={tmp_path / 'local'}", "--multirun"], capture_output=True,
+                           text=True, env=cluster, timeout=900, cwd=tmp_path)
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    def by_setting(name):
+        found = records(tmp_path / name)
+        return {str(p.relative_to(tmp_path / name)): r for p, r in found.items()}
+
+    slurm, here = by_setting("slurm"), by_setting("local")
+    assert sorted(slurm) == sorted(here) and len(slurm) == 2 * 2  # same setting folders: same data fingerprint
+    assert all("/my_csv/" in path for path in slurm)
+    for path, record in slurm.items():
+        assert record["env"]["slurm_job_id"] and not here[path]["env"].get("slurm_job_id")
+        assert record["columns"] == {"validation": "my_csv"} and record["sizes"]["train"] == 24
+        assert [{k: v for k, v in e.items() if not k.endswith("_s")} for e in record["epochs"]] == \
+            [{k: v for k, v in e.items() if not k.endswith("_s")} for e in here[path]["epochs"]]
+    out = tmp_path / "tables"
+    subprocess.run([sys.executable, "-m", "bitfit_exp.tables", "--runs-dir", str(tmp_path / "slurm"), "--table",
+                    "ours", "--out", str(out), "--expected-seeds", "2"], check=True, capture_output=True, env=cluster)
+    assert "| my_csv |" in (out / "ours.md").read_text()
