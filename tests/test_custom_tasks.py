@@ -8,6 +8,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import compose, sst2_rows, task_yaml
 from omegaconf import OmegaConf
 
@@ -193,3 +194,18 @@ def test_the_schema_knows_the_custom_task_keys():
         "task.label_names=['negative', 'positive'] is not valid: 2 names for task.num_labels=3"]
     assert problems(compose("task=sst2", "~task.test_labels")) == [
         "task.test_labels is missing; a sequence task needs it"]
+
+
+def test_a_user_task_from_a_dataset_repository(user_conf, tiny_bert_dir):
+    # `hub_name` goes to datasets.load_dataset as it is: a hub id for users, here a local folder in the layout of a
+    # hub dataset repository (split names from the file names), which is the same code path without the network.
+    repo = user_conf / "reviews-dataset"
+    repo.mkdir()
+    sst2_rows(0, 24).to_csv(repo / "train.csv", index=False)
+    sst2_rows(24, 12).to_csv(repo / "validation.csv", index=False)
+    task = {k: v for k, v in task_yaml("my_hub", {}).items() if k != "files"}
+    (user_conf / "my-conf" / "task" / "my_hub.yaml").write_text(yaml.safe_dump({**task, "hub_name": str(repo)}))
+    out = bitfit_run(user_conf, "task=my_hub", "data.dir=null", f"model.name_or_path={tiny_bert_dir}", "optim.lr=0.01")
+    assert out.returncode == 0, out.stderr
+    record = the_record(user_conf / "runs", "my_hub")
+    assert record["status"] == "finished" and record["sizes"]["train"] == 24 and record["sizes"]["validation"] == 12
