@@ -98,8 +98,29 @@ def _check_before_hydra(argv: list[str]) -> None:
         check_runs_dir(runs_dir)
 
 
+def expand_config_dir(argv: list[str]) -> list[str]:
+    """`argv` with the --config-dir (-cd) folder as an absolute path: Hydra does not expand `~`, and a shell does
+    not either in `--config-dir=~/my-conf`.
+
+    >>> import os; expand_config_dir(["--config-dir=~/c", "task=x"]) == [f"--config-dir={os.path.expanduser('~/c')}", "task=x"]
+    True
+    """
+    out, after_flag = [], False
+    for arg in argv:
+        if after_flag:
+            arg, after_flag = str(Path(arg).expanduser().absolute()), False
+        elif arg in ("--config-dir", "-cd"):
+            after_flag = True
+        elif arg.startswith(("--config-dir=", "-cd=")):
+            flag, _, folder = arg.partition("=")
+            arg = f"{flag}={Path(folder).expanduser().absolute()}"
+        out.append(arg)
+    return out
+
+
 def run() -> None:
     """`bitfit-run`: check the config of every job, then hand the command line to Hydra."""
+    sys.argv[1:] = expand_config_dir(sys.argv[1:])
     try:
         _check_before_hydra(sys.argv[1:])
     except UserError as e:

@@ -17,6 +17,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -88,8 +89,24 @@ def valid_jobs(overrides: list[str], sweep: bool = True) -> list[tuple[list[str]
         if unknown:
             raise ConfigError(unknown) from None
         raise
+    except yaml.YAMLError as e:  # a config file of the user's folder that does not parse
+        raise ConfigError([yaml_problem(e)]) from None
     check(configs)
     return list(zip(jobs, configs, strict=True))
+
+
+def yaml_problem(e: "yaml.YAMLError") -> str:
+    """One line for a YAML file that does not parse: where, and what the parser expected.
+
+    >>> try:
+    ...     yaml.safe_load("files: [a")
+    ... except yaml.YAMLError as e:
+    ...     yaml_problem(e)
+    "<unicode string>, line 1: not valid YAML (expected ',' or ']', but got '<stream end>')"
+    """
+    mark = getattr(e, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
+    return f"{where}: not valid YAML ({getattr(e, 'problem', None) or str(e).splitlines()[0]})"
 
 
 def _value_overrides(overrides: list[str]) -> list[tuple[str, object]]:

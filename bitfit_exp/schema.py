@@ -114,7 +114,7 @@ class Task:
     metrics: list[str] = key(choices=metric_names, min_items=1)
     eval_splits: dict[str, str] = key(min_items=1)  # dev split -> table column; the first selects the epoch
     test_splits: dict[str, str] = key()  # test split -> prediction file (GLUE server, SQuAD JSON, CoNLL-like)
-    test_labels: Literal["ids", "names", "float"] = key(absent_ok=True)  # sequence
+    test_labels: Literal["ids", "names", "float", "score"] = key(absent_ok=True)  # sequence
     epochs: int = key(at_least=1)
     train_size: int = key(at_least=1)
     # Where the data is (bitfit_exp/data.py): the folder under data.dir, and a task's own hub dataset.
@@ -421,6 +421,10 @@ def _task_labels(cfg: dict) -> list[str]:
     if task.get("test_labels") == "names" and names is not None and n is not None and len(names) != n:
         problems.append(f"task.label_names={shown(names)} is not valid: test_labels=names needs one name per "
                         f"label, task.num_labels={n}")
+    written = task.get("test_labels")
+    if n is not None and written is not None and (n == 1) != (written in ("float", "score")):
+        fits = "score (raw) or float (GLUE STS-B: clipped to 0-5)" if n == 1 else "ids or names"
+        problems.append(f"task.test_labels={shown(written)} is not valid for task.num_labels={n}: use {fits}")
     return problems
 
 

@@ -209,3 +209,20 @@ def test_a_user_task_from_a_dataset_repository(user_conf, tiny_bert_dir):
     assert out.returncode == 0, out.stderr
     record = the_record(user_conf / "runs", "my_hub")
     assert record["status"] == "finished" and record["sizes"]["train"] == 24 and record["sizes"]["validation"] == 12
+
+
+def test_a_task_file_that_is_not_yaml_is_one_line(user_conf):
+    (user_conf / "my-conf" / "task" / "broken.yaml").write_text("name: broken\nfiles: [train.csv\n")
+    out = bitfit_run(user_conf, "task=broken")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == (f"error: {user_conf / 'my-conf' / 'task' / 'broken.yaml'}, line 3: not valid YAML "
+                          f"(expected ',' or ']', but got '<stream end>')\n")
+
+
+def test_config_dir_with_a_tilde_reaches_hydra_expanded(user_conf):
+    # `--config-dir=~/my-conf`: no shell expands this `~`, and Hydra does not either.
+    args = [*RUN, "--config-dir=~/my-conf", "task=my_csv", f"data.dir={user_conf / 'data'}", "--cfg", "job"]
+    out = subprocess.run(args, capture_output=True, text=True, env={**ENV, "HOME": str(user_conf)}, timeout=300,
+                         cwd=user_conf / "data")
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["task"]["label_field"] == "sentiment"

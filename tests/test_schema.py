@@ -82,6 +82,8 @@ def written(runs_dir: Path) -> list[Path]:
     ("task.metric=f1", "task.metric='f1' is not valid; choose one of task.metrics: accuracy"),
     ("task.text_fields=[a,b,c]", "task.text_fields=['a', 'b', 'c'] is not valid; expected a list of 1 to 2 "
                                  "non-empty strings"),
+    ("task.test_labels=raw", "task.test_labels='raw' is not valid; choose one of ids, names, float, score"),
+    ("task.test_labels=score", "task.test_labels='score' is not valid for task.num_labels=2: use ids or names"),
 ])
 def test_bad_value_is_one_line_and_exit_2(override, line, monkeypatch, capsys, tmp_path):
     if override.startswith("method.name="):

@@ -110,15 +110,21 @@ def baseline(data: Encoded, metric: str) -> tuple[str, float] | None:
 
 
 def glue_label(prediction, task) -> str | int:
-    """A prediction as the GLUE server wants it: label names (MNLI, QNLI, RTE), ids, or a 0-5 score (STS-B).
+    """A prediction as the task's `test_labels` says: label names (MNLI, QNLI, RTE), ids, a score clipped to 0-5
+    with 3 decimals as the GLUE server wants it for STS-B (`float`), or the raw score of a regression task of
+    one's own (`score`: the shortest text that reads back as the same float).
 
     >>> glue_label(1, {"test_labels": "names", "label_names": ["yes", "no"]}), glue_label(5.7, {"test_labels": "float"})
     ('no', '5.000')
+    >>> glue_label(-3.25, {"test_labels": "score"})
+    '-3.25'
     """
     if task["test_labels"] == "names":
         return task["label_names"][int(prediction)]
     if task["test_labels"] == "float":
         return f"{min(5.0, max(0.0, prediction)):.3f}"
+    if task["test_labels"] == "score":
+        return repr(float(prediction))
     return int(prediction)
 
 
