@@ -8,7 +8,9 @@ each task's rows through its own. So a batch mixing N tasks costs one forward pa
 logits equal those of its task's fine-tuned model run alone (to float tolerance; tests/test_serve.py).
 
 Patches that change weight entries (`rand_uniform`, `rand_rowcol`, a `full` patch) cannot share the backbone: they
-are refused with a line that points to `bitfit-export` (a standalone model, served on its own).
+are refused with a line that points to `bitfit-export` (a standalone model, served on its own), and so are DeBERTa-v2
+patches that train backbone biases: its query/key projections also run on the relative-position embeddings that all
+rows share (the reason packed training refuses it, architectures.DEBERTA_V2.pack_refusal).
 
 A patch is named by the task it was trained on; when several patches share a task each is named by its run folder
 (`<task>/<method>/lr<lr>-<hash>/seed<k>`), and `NAME=PATH` names one explicitly.
@@ -26,11 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from bitfit_exp.errors import UserError
+from bitfit_exp.architectures import architecture
+from bitfit_exp.errors import UserError, first_line
 from bitfit_exp.fingerprint import model_digest
 from bitfit_exp.methods import PACKABLE, head_parameter_names
 from bitfit_exp.models import load_model, load_tokenizer
@@ -86,7 +89,19 @@ class TaskPatch:
         return names if len(names) == self.num_labels else [str(i) for i in range(self.num_labels)]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path))
+        return read_patch(self.path)
+
+
+def damaged(path: Path, e: Exception) -> UserError:
+    return UserError(f"{path}: damaged patch file ({first_line(e)}); train the run again or serve another one")
+
+
+def read_patch(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a patch file; a damaged one (truncated, not safetensors) is one UserError line naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise damaged(path, e) from None
 
 
 def split_spec(spec: str) -> tuple[str | None, str]:
@@ -132,8 +147,11 @@ def _patch_of(record_path: Path, record: dict, name: str | None) -> TaskPatch:
     if not patch.is_file():
         raise UserError(f"{folder}: the run has no {PATCH} (status {record['status']}, train.save_patch="
                         f"{cfg['train'].get('save_patch')}); nothing to serve")
-    with safe_open(str(patch), "pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(patch), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise damaged(patch, e) from None
     task, setting = cfg["task"], record["setting"]
     return TaskPatch(
         name=name, task=task["name"], method=cfg["method"]["name"],
@@ -170,22 +188,32 @@ def find_patches(specs: list[str]) -> list[TaskPatch]:
 
 
 def check_servable(patch: TaskPatch, tensors: dict[str, torch.Tensor], model: nn.Module) -> None:
-    """Refuse a patch that changes anything but whole bias vectors of Linear/LayerNorm layers and the head."""
+    """Refuse a patch that changes anything but whole bias vectors of Linear/LayerNorm layers and the head, or that
+    trains biases of a family whose layers also run on tensors all rows share (DeBERTa-v2's relative positions)."""
     modules, head = dict(model.named_modules()), set(head_parameter_names(model))
     named = dict(model.named_parameters())
+    export = f"export it with `bitfit-export {patch.path.parent} OUT` and serve that model on its own"
     for key in tensors:
         kind, _, name = key.partition(".")
         if kind == "initial":
             continue
         owner = modules.get(name.rpartition(".")[0])
+        if kind == "trained" and name in named and name not in head and name.endswith(".bias") and owner is not None \
+                and not isinstance(owner, nn.Linear | nn.LayerNorm):
+            raise UserError(f"{patch.path}: trains the bias of {name}, a {type(owner).__name__} layer; only biases of "
+                            f"Linear and LayerNorm layers can be served per row, so {export}")
         shares = kind == "trained" and name in named and (
             name in head or (name.endswith(".bias") and isinstance(owner, nn.Linear | nn.LayerNorm)))
         if not shares:
             what = "changes entries of" if kind.startswith("sparse") else "trains"
             raise UserError(f"{patch.path}: method {patch.method} {what} {name}, not only biases and the head, so "
-                            f"it cannot share the frozen backbone (servable: {SHARED_METHODS}); export it with "
-                            f"`bitfit-export {patch.path.parent} OUT` and serve that model on its own")
-    missing = sorted(head - {k.partition(".")[2] for k in tensors if k.startswith("trained.")})
+                            f"it cannot share the frozen backbone (servable: {SHARED_METHODS}); {export}")
+    trained = {k.partition(".")[2] for k in tensors if k.startswith("trained.")}
+    arch = architecture(model)
+    if arch is not None and arch.pack_refusal and trained - head:  # a head-only (frozen) patch still serves
+        raise UserError(f"{patch.path}: {arch.pack_refusal}, and neither can the tasks of one served batch; "
+                        f"{export}")
+    missing = sorted(head - trained)
     if missing:
         raise UserError(f"{patch.path}: no trained head ({', '.join(missing)}); not a sequence-classification patch")
 
@@ -305,15 +333,17 @@ def install_rows(model: nn.Module, patches: list[TaskPatch], states: list[dict[s
         owned = {f"{module_name}.{p}" for p, _ in module.named_parameters(recurse=False)}
         if not owned & {n for state in trained for n in state}:
             continue
-        if owned <= head and isinstance(module, nn.Linear) and module.bias is not None:
-            weights = _stack(module.weight, [s[f"{module_name}.weight"] for s in trained])
-            biases = _stack(module.bias, [s[f"{module_name}.bias"] for s in trained])
+        if owned <= head and isinstance(module, nn.Linear):
+            weights = _stack(module.weight, [s.get(f"{module_name}.weight") for s in trained])
+            bias = module.weight.new_zeros(module.weight.shape[0]) if module.bias is None else module.bias
+            biases = _stack(bias, [s.get(f"{module_name}.bias") for s in trained])  # no bias: zeros
             swapped = RowHeadLinear(weights, biases, rows)
-        elif isinstance(module, nn.Linear | nn.LayerNorm):
+        elif isinstance(module, nn.Linear | nn.LayerNorm) and module.bias is not None:
             table = _stack(module.bias, [s.get(f"{module_name}.bias") for s in trained])
             swapped = (RowBiasLinear if isinstance(module, nn.Linear) else RowBiasLayerNorm)(module, table, rows)
         else:
-            raise UserError(f"cannot serve per-row values of {sorted(owned)} ({type(module).__name__})")
+            raise UserError(f"cannot serve per-row values of {', '.join(sorted(owned))} ({type(module).__name__}); "
+                            f"export such a patch with bitfit-export and serve that model on its own")
         parent, _, attr = module_name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, swapped)
     return rows
@@ -340,7 +370,7 @@ class MultiTaskEngine:
     """
 
     def __init__(self, patches: list[TaskPatch], model: str | None = None, device="cpu", max_batch: int = 64,
-                 max_chars: int = 100_000):
+                 max_chars: int | None = 100_000):
         self.name_or_path = model or patches[0].model
         self.device, self.max_batch, self.max_chars = torch.device(device), max_batch, max_chars
         self.tokenizer = load_tokenizer(self.name_or_path)
@@ -358,6 +388,7 @@ class MultiTaskEngine:
         self.ids = {p.name: t for t, p in enumerate(patches)}
         self.forward_passes = 0
         self._lock = threading.Lock()  # the per-row task ids are model state: one forward at a time
+        self._tokenizer_lock = threading.Lock()
 
     def memory(self) -> dict:
         """Bytes of the backbone's frozen tensors and of all tasks' per-row tables (biases and heads)."""
@@ -369,13 +400,16 @@ class MultiTaskEngine:
 
     # -- input -----------------------------------------------------------------------------------------------
 
-    def check_item(self, item, where: str, default_task: str | None = None) -> tuple[int, str, str | None]:
+    def check_item(self, item, where: str, default_task=None) -> tuple[int, str, str | None]:
         """(task id, text, text_pair) of one request item, or BadInput with a one-line reason."""
         if not isinstance(item, dict):
             raise BadInput(f"{where}: expected an object with task, text[, text_pair], got {type(item).__name__}")
         task = item.get("task", default_task)
         if task is None:
             raise BadInput(f"{where}: missing 'task' (serving: {', '.join(self.ids)})")
+        if not isinstance(task, str):
+            raise BadInput(f"{where}: 'task' must be a string (serving: {', '.join(self.ids)}), got "
+                           f"{type(task).__name__}")
         if task not in self.ids:
             raise BadInput(f"{where}: unknown task {task!r} (serving: {', '.join(self.ids)})", 404)
         patch = self.patches[self.ids[task]]
@@ -383,11 +417,8 @@ class MultiTaskEngine:
         if text is None:
             raise BadInput(f"{where}: missing 'text'")
         for key, value in (("text", text), ("text_pair", pair)):
-            if value is not None and not isinstance(value, str):
-                raise BadInput(f"{where}: '{key}' must be a string, got {type(value).__name__}")
-            if value is not None and len(value) > self.max_chars:
-                raise BadInput(f"{where}: '{key}' has {len(value):,} characters; the limit is {self.max_chars:,}",
-                               413)
+            if value is not None:
+                self._check_text(value, f"{where}: '{key}'")
         fields = " + ".join(patch.text_fields)
         if len(patch.text_fields) == 2 and pair is None:
             raise BadInput(f"{where}: task {task} takes a text pair ({fields}); 'text_pair' is missing")
@@ -395,24 +426,42 @@ class MultiTaskEngine:
             raise BadInput(f"{where}: task {task} takes one text ({fields}); drop 'text_pair'")
         return self.ids[task], text, pair
 
+    def _check_text(self, value, what: str) -> None:
+        if not isinstance(value, str):
+            raise BadInput(f"{what} must be a string, got {type(value).__name__}")
+        if self.max_chars and len(value) > self.max_chars:
+            raise BadInput(f"{what} has {len(value):,} characters; the limit is {self.max_chars:,} (--max-chars)", 413)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate (JSON "\ud800"): the tokenizer takes UTF-8 text only
+            raise BadInput(f"{what} is not valid Unicode text (a lone surrogate at character {e.start})") from None
+
     def tokenize(self, checked: list[tuple[int, str, str | None]]) -> list[Row]:
-        """Tokenize as training did (data.encode: truncation to the task's max_length), one call per task."""
+        """Tokenize as training did (data.encode: truncation to the task's max_length), one call per task. One call
+        at a time: a fast tokenizer keeps its truncation length as state, so concurrent calls could mix tasks'."""
         rows: list[Row | None] = [None] * len(checked)
-        for task in sorted({t for t, _, _ in checked}):
-            at = [i for i, (t, _, _) in enumerate(checked) if t == task]
-            texts = [[checked[i][1] for i in at]]
-            if len(self.patches[task].text_fields) == 2:
-                texts.append([checked[i][2] for i in at])
-            limit = self.patches[task].max_length
-            out = self.tokenizer(*texts, truncation=True, max_length=limit)
-            types = out.get("token_type_ids")
-            for j, i in enumerate(at):
-                ids = out["input_ids"][j]
-                cut = len(ids) >= limit and self._longer_than(checked[i][1:], limit)
-                rows[i] = Row(task, ids, None if types is None else types[j], cut)
+        with self._tokenizer_lock:
+            for task in sorted({t for t, _, _ in checked}):
+                at = [i for i, (t, _, _) in enumerate(checked) if t == task]
+                texts = [[checked[i][1] for i in at]]
+                if len(self.patches[task].text_fields) == 2:
+                    texts.append([checked[i][2] for i in at])
+                limit = self.patches[task].max_length
+                out = self.tokenizer(*texts, truncation=True, max_length=limit)
+                types = out.get("token_type_ids")
+                for j, i in enumerate(at):
+                    ids = out["input_ids"][j]
+                    rows[i] = Row(task, ids, None if types is None else types[j],
+                                  self._cut(out, j, checked[i][1:], limit))
         return rows
 
-    def _longer_than(self, texts, limit: int) -> bool:
+    def _cut(self, out, j: int, texts, limit: int) -> bool:
+        """Whether row j lost tokens to truncation: a fast tokenizer keeps them as the encoding's `overflowing`; a
+        slow one is asked for the full length."""
+        if out.encodings is not None:
+            return bool(out.encodings[j].overflowing)
+        if len(out["input_ids"][j]) < limit:
+            return False
         return len(self.tokenizer(*[t for t in texts if t is not None], verbose=False)["input_ids"]) > limit
 
     def prepare(self, items: list, default_task: str | None = None, noun: str = "item") -> list[Row]:

@@ -15,18 +15,22 @@ label's name; empty for regression), `score` (its probability, or the regression
 """
 
 import argparse
+import csv
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from bitfit_exp.errors import UserError
+from bitfit_exp.errors import UserError, first_line
 from bitfit_exp.multitask import BadInput, MultiTaskEngine, TaskPatch
 from bitfit_exp.serve import build_engine, engine_arguments
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+ADDED = ("label", "score", "probabilities", "truncated")  # the columns bitfit-predict adds
 
 
 def table_format(path) -> str:
@@ -37,25 +41,66 @@ def table_format(path) -> str:
 
 
 def read_table(path: Path) -> pd.DataFrame:
+    """The input rows; a file that cannot be read as its type says is one UserError line. TSV is read as training
+    reads it: tab-separated, quotes are text."""
     kind = table_format(path)
     if not path.is_file():
         raise UserError(f"--input {path} does not exist")
-    if kind == "parquet":
-        return pd.read_parquet(path)
-    if kind == "jsonl":
-        return pd.read_json(path, lines=True, dtype=False)
-    return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", keep_default_na=False, dtype=str)
+    try:
+        if kind == "parquet":
+            return pd.read_parquet(path)
+        if kind == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False)
+        if kind == "tsv":
+            return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, dtype=str)
+        return pd.read_csv(path, keep_default_na=False, dtype=str)
+    except Exception as e:  # each reader fails its own way (ParserError, EmptyDataError, ArrowInvalid, ValueError)
+        raise UserError(f"--input {path}: cannot read it as {kind} ({first_line(e)})") from None
+
+
+def check_output(path: Path, frame: pd.DataFrame) -> None:
+    """Before any prediction: the output file can be created, and its columns will not clash with the input's."""
+    clash = [c for c in ADDED if c in frame.columns]
+    if clash:
+        raise UserError(f"the input already has column(s) {', '.join(clash)}, which bitfit-predict adds; rename them "
+                        f"first")
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; give a file name")
+    if table_format(path) == "tsv" and (bad := _tab_or_newline(frame)):
+        raise UserError(f"--output {path}: column {bad} holds a tab or line break, which TSV (no quoting, as training "
+                        f"reads it) cannot hold; write .csv, .jsonl or .parquet")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".bitfit-predict-"):
+            pass
+    except OSError as e:
+        raise UserError(f"--output {path} cannot be written ({first_line(e)})") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"--output {path} exists and is not writable")
+
+
+def _tab_or_newline(frame: pd.DataFrame) -> str | None:
+    """The first text column with a value holding a tab or a line break."""
+    for column in frame.columns:
+        if frame[column].dtype == object and frame[column].astype(str).str.contains(r"[\t\r\n]").any():
+            return str(column)
+    return None
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:
     kind = table_format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "parquet":
-        frame.to_parquet(path, index=False)
-    elif kind == "jsonl":
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
-    else:
-        frame.to_csv(path, sep="\t" if kind == "tsv" else ",", index=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "parquet":
+            frame.to_parquet(path, index=False)
+        elif kind == "jsonl":
+            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+        elif kind == "tsv":  # as training reads TSV: no quoting, a quote is text
+            frame.to_csv(path, sep="\t", index=False, quoting=csv.QUOTE_NONE)
+        else:
+            frame.to_csv(path, index=False)
+    except OSError as e:
+        raise UserError(f"--output {path} cannot be written ({first_line(e)})") from None
 
 
 def _value(row, column: str | None):
@@ -122,18 +167,21 @@ def main(argv=None) -> int:
     p.add_argument("--text-column", help="column of the (first) text; default: the task's own, else `text`")
     p.add_argument("--pair-column", help="column of the second text of pair tasks; default: the task's, else "
                    "`text_pair`")
+    p.add_argument("--max-chars", type=int, default=100_000,
+                   help="longest text (characters) a row may hold; 0: no limit (texts are cut to the run's "
+                   "max_length tokens anyway)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal)")
     args = p.parse_args(argv)
     try:
         table_format(args.output)
+        if args.max_chars < 0:
+            raise UserError(f"--max-chars={args.max_chars}; give 0 (no limit) or a positive count")
         frame = read_table(args.input)
+        check_output(args.output, frame)
         engine = build_engine(args)
         items = items_of(frame, engine, args)
         added = predictions(engine, items, args.progress)
-        clash = [c for c in added.columns if c in frame.columns]
-        if clash:
-            raise UserError(f"{args.input} already has column(s) {', '.join(clash)}; rename them first")
         write_table(pd.concat([frame.reset_index(drop=True), added], axis=1), args.output)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

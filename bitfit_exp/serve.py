@@ -14,8 +14,9 @@ Endpoints:
   batching window collected and how many forward passes they took.
 
 Requests that arrive within `--window-ms` of each other are collected (up to `--max-batch` rows) and run together:
-rows of different tasks share one forward pass (bitfit_exp.multitask). Bad input is a 4xx with a one-line
-`{"error": ...}`; the server keeps serving.
+rows of different tasks share one forward pass (bitfit_exp.multitask). Bodies are parsed and tokenized in worker
+threads (the event loop keeps answering) and refused (413) past `--max-body-mb` before they are read. Bad input is a
+4xx with a one-line `{"error": ...}`, never a 500; the server keeps serving.
 
 >>> from bitfit_exp.serve import parse_body
 >>> parse_body({"task": "sst2", "items": [{"text": "a"}, {"task": "rte", "text": "b", "text_pair": "c"}]})
@@ -32,7 +33,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bitfit_exp.errors import UserError
+from bitfit_exp.errors import UserError, first_line
 from bitfit_exp.multitask import BadInput, MultiTaskEngine, Row, find_patches
 
 
@@ -43,10 +44,43 @@ def parse_body(body) -> tuple[list, str | None]:
                        400)
     if "items" not in body:
         return [body], None
-    items = body["items"]
+    items, default = body["items"], body.get("task")
     if not isinstance(items, list) or not items:
         raise BadInput("'items' must be a non-empty list of {task, text[, text_pair]} objects", 400)
-    return items, body.get("task")
+    if default is not None and not isinstance(default, str):
+        raise BadInput(f"the default 'task' must be a string, got {type(default).__name__}")
+    return items, default
+
+
+def parse_json(raw: bytes):
+    """The JSON value of a request body, or BadInput 400 (not JSON, not UTF-8, nested too deep to parse).
+
+    >>> parse_json(b"[" * 100_000 + b"]" * 100_000)
+    Traceback (most recent call last):
+    bitfit_exp.multitask.BadInput: the body is not JSON (nested too deeply)
+    """
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise BadInput("the body is not JSON (nested too deeply)", 400) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadInput(f"the body is not JSON ({str(e).splitlines()[0]})", 400) from None
+
+
+async def read_body(request, max_bytes: int) -> bytes:
+    """The request body, refused (413) before it is read past `max_bytes`: by its Content-Length when given, else
+    while streaming it (chunked uploads)."""
+    too_big = f"the body is larger than {max_bytes:,} bytes (--max-body-mb)"
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_bytes:
+        raise BadInput(too_big, 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise BadInput(too_big, 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass
@@ -111,9 +145,26 @@ def error(message: str, status: int):
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int = 1024):
+def prepare(engine: MultiTaskEngine, raw: bytes, max_items: int) -> list[Row]:
+    """Parse, check and tokenize one /predict body (in a worker thread: long texts take a while to tokenize).
+    Bad input of any kind is a BadInput: an unexpected error while preparing a request is the request's fault."""
+    items, default = parse_body(parse_json(raw))
+    if len(items) > max_items:
+        raise BadInput(f"{len(items)} items; at most {max_items} per request (--max-items)", 413)
+    try:
+        return engine.prepare(items, default)
+    except BadInput:
+        raise
+    except Exception as e:
+        raise BadInput(f"the request could not be prepared ({first_line(e)})") from None
+
+
+def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int = 1024,
+               max_body_bytes: int = 16 * 2**20):
     """The Starlette app serving `engine`: /health, /tasks, /predict (see the module docstring)."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
@@ -129,22 +180,19 @@ def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int =
 
     async def predict(request):
         try:
-            try:
-                body = json.loads(await request.body())
-            except (ValueError, UnicodeDecodeError) as e:
-                raise BadInput(f"the body is not JSON ({str(e).splitlines()[0]})", 400) from None
-            items, default = parse_body(body)
-            if len(items) > max_items:
-                raise BadInput(f"{len(items)} items; at most {max_items} per request (--max-items)", 413)
-            rows = engine.prepare(items, default)
+            rows = await run_in_threadpool(prepare, engine, await read_body(request, max_body_bytes), max_items)
         except BadInput as e:
             return error(str(e), e.status)
         try:
             logits, info = await batcher.submit(rows)
         except Exception as e:
-            return error(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 500)
+            return error(f"internal error: {first_line(e)}", 500)
         return JSONResponse({"predictions": [engine.result(r, v) for r, v in zip(rows, logits, strict=True)],
                              "batch": info})
+
+    async def http_error(request, e: HTTPException):  # unknown route (404), wrong method (405): JSON too
+        routes = "GET /health, GET /tasks, POST /predict"
+        return error(f"{e.detail}: {request.method} {request.url.path} (routes: {routes})", e.status_code)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -154,7 +202,8 @@ def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int =
         batcher.worker.shutdown(wait=False)
 
     return Starlette(routes=[Route("/health", health), Route("/tasks", tasks),
-                             Route("/predict", predict, methods=["POST"])], lifespan=lifespan)
+                             Route("/predict", predict, methods=["POST"])], lifespan=lifespan,
+                     exception_handlers={HTTPException: http_error})
 
 
 def model_argument(value: str | None) -> str | None:
@@ -202,9 +251,13 @@ def main(argv=None) -> int:
                    help="how long to collect concurrent requests into one batch after the first arrives")
     p.add_argument("--max-items", type=int, default=1024, help="most items one request may hold")
     p.add_argument("--max-chars", type=int, default=100_000, help="longest text (characters) an item may hold")
+    p.add_argument("--max-body-mb", type=float, default=16.0,
+                   help="largest request body (MiB), refused with 413 before it is read")
     p.add_argument("--log-level", default="warning", help="uvicorn's log level (info logs every request)")
     args = p.parse_args(argv)
     try:
+        if args.max_body_mb <= 0:
+            raise UserError(f"--max-body-mb={args.max_body_mb:g}; give a positive size")
         engine = build_engine(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -215,8 +268,8 @@ def main(argv=None) -> int:
     print(f"bitfit-serve: {len(engine.patches)} tasks over {engine.name_or_path} (fingerprint {engine.fingerprint}, "
           f"{memory['backbone_bytes'] / 2**20:.1f} MiB backbone + {memory['task_tables_bytes'] / 2**20:.2f} MiB task "
           f"tables) on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(create_app(engine, args.window_ms, args.max_items), host=args.host, port=args.port,
-                log_level=args.log_level)
+    app = create_app(engine, args.window_ms, args.max_items, int(args.max_body_mb * 2**20))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

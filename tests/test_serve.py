@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import GLUE, REPO, compose, quick
+from conftest import GLUE, MINILM, REPO, compose, quick
 from omegaconf import OmegaConf
 
 from bitfit_exp import records
@@ -125,7 +125,12 @@ def test_bad_items_are_one_line_4xx(runs):
              ({"task": "sst2", "text": "a", "text_pair": "b"}, 422, "task sst2 takes one text (sentence)"),
              ({"task": "sst2"}, 422, "missing 'text'"), ({"text": "a"}, 422, "missing 'task'"),
              ({"task": "sst2", "text": 3}, 422, "'text' must be a string"),
-             ({"task": "sst2", "text": "x" * 51}, 413, "51 characters; the limit is 50")]
+             ({"task": "sst2", "text": "x" * 51}, 413, "51 characters; the limit is 50 (--max-chars)"),
+             ({"task": ["sst2"], "text": "a"}, 422, "'task' must be a string (serving: rte, sst2, stsb, mrpc), got list"),
+             ({"task": {"x": 1}, "text": "a"}, 422, "'task' must be a string"),
+             ({"task": "sst2", "text": "a \ud800"}, 422, "'text' is not valid Unicode text (a lone surrogate at "
+                                                         "character 2)"),
+             ({"task": "rte", "text": "a", "text_pair": "\udfff"}, 422, "'text_pair' is not valid Unicode text")]
     for item, status, reason in cases:
         with pytest.raises(BadInput, match=re.escape(reason)) as e:
             engine.prepare([{"task": "sst2", "text": "fine"}, item])
@@ -155,6 +160,76 @@ def test_names_come_from_tasks_runs_or_the_user(runs):
         find_patches([str(lone)])
 
 
+def save_family(folder: Path, kind: str) -> Path:
+    """A tiny random DeBERTa-v2 or Qwen2 checkpoint with MiniLM's tokenizer (Qwen2 takes no token types)."""
+    from transformers import AutoModel, DebertaV2Config, Qwen2Config
+
+    size = dict(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                max_position_embeddings=160)
+    config = {"deberta-v2": lambda: DebertaV2Config(**size, type_vocab_size=0, relative_attention=True,
+                                                    position_buckets=16, pos_att_type=["p2c", "c2p"],
+                                                    norm_rel_ebd="layer_norm", share_att_key=True),
+              "qwen2": lambda: Qwen2Config(**size, num_key_value_heads=1)}[kind]()
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer = load_tokenizer(MINILM)
+    if kind == "qwen2":
+        tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_deberta_patches_are_refused_and_qwen2_heads_without_bias_serve(tmp_path, glue_dir):
+    deberta = save_family(tmp_path / "deberta", "deberta-v2")
+    refused = fake_run(tmp_path / "deberta-runs", deberta, "sst2", "bitfit", 1)
+    with pytest.raises(UserError, match=r"seed1/patch.safetensors: DeBERTa-v2 applies its query/key projections to "
+                                        r"the relative-position embeddings .* export it with `bitfit-export "):
+        MultiTaskEngine(find_patches([str(refused)]))
+    head_only = fake_run(tmp_path / "deberta-runs", deberta, "rte", "frozen", 2)  # the backbone is untouched
+    assert MultiTaskEngine(find_patches([str(head_only)])).predict([{"task": "rte", "text": "a", "text_pair": "b"}])
+
+    qwen = save_family(tmp_path / "qwen2", "qwen2")
+    runs = {"sst2": fake_run(tmp_path / "qwen-runs", qwen, "sst2", "bitfit", 1),
+            "rte": fake_run(tmp_path / "qwen-runs", qwen, "rte", "bitfit", 2)}
+    engine = MultiTaskEngine(find_patches([str(r) for r in runs.values()]))
+    items = [{"task": "sst2", "text": "a gem of a film"}, {"task": "rte", "text": "A man plays.", "text_pair": "He sings."},
+             {"task": "sst2", "text": "dull and long and boring, and then it got worse"}]
+    tokenizer = load_tokenizer(str(qwen))
+    for item, pred in zip(items, engine.predict(items), strict=True):  # rows of other lengths: padding is masked out
+        [patch] = find_patches([str(runs[item["task"]])])
+        model = apply_patch(load_model(patch.model, patch.num_labels), patch.path).eval()
+        texts = [t for t in (item["text"], item.get("text_pair")) if t is not None]
+        with torch.no_grad():
+            alone = model(**tokenizer(*texts, truncation=True, max_length=24, return_tensors="pt")).logits[0]
+        torch.testing.assert_close(torch.tensor(pred["logits"]), alone, rtol=1e-5, atol=1e-5)
+
+
+def damaged_copy(run: Path, root: Path) -> Path:
+    """A copy of run folder `run` (in the same place under `root`) whose patch file is cut after 1000 bytes."""
+    folder = root / run.relative_to(run.parents[4])  # <model>/<task>/<method>/lr<lr>-<hash>/seed<k>
+    folder.mkdir(parents=True)
+    (folder / "record.json").write_bytes((run / "record.json").read_bytes())
+    (folder / "patch.safetensors").write_bytes((run / "patch.safetensors").read_bytes()[:1000])
+    return folder
+
+
+def test_a_damaged_patch_file_is_one_line(runs, tmp_path, capsys):
+    from bitfit_exp.export import main as export_main
+    from bitfit_exp.predict import main as predict_main
+
+    folder = damaged_copy(runs["sst2"], tmp_path)
+    reason = f"{folder / 'patch.safetensors'}: damaged patch file (SafetensorError: "
+    with pytest.raises(UserError, match=re.escape(reason)):
+        find_patches([str(folder)])
+    pd.DataFrame({"text": ["a gem"]}).to_csv(tmp_path / "in.csv", index=False)
+    assert predict_main([str(folder), "--task", "sst2", "--input", str(tmp_path / "in.csv"),
+                         "--output", str(tmp_path / "o.csv")]) == 2
+    assert export_main([str(folder), str(tmp_path / "exported")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith(f"error: {reason}") for e in errors)
+    assert not (tmp_path / "exported").exists()  # a refused export leaves no folder behind
+
+
 # ---------------------------------------------------------------------------------------------- the real server
 
 
@@ -166,14 +241,16 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(runs):
-    """A real bitfit-serve process on a free local port: batches of up to 4 rows, collected for up to 3 s."""
+    """A real bitfit-serve process on a free local port: batches of up to 4 rows, collected for up to 3 s; bodies of
+    up to 0.05 MiB (52,428 bytes)."""
     import httpx
 
     port = free_port()
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "bitfit_exp.serve", *served(runs), "--port", str(port),
-                             "--window-ms", "3000", "--max-batch", "4", "--max-items", "8"],
+                             "--window-ms", "3000", "--max-batch", "4", "--max-items", "8",
+                             "--max-body-mb", "0.05"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -247,6 +324,67 @@ def test_a_large_mixed_request_is_split_and_bad_ones_do_not_stop_the_server(serv
     assert still.status_code == 200 and still.json()["predictions"][0]["task"] == "sst2"
 
 
+def test_any_bad_body_is_a_one_line_json_4xx(server):
+    import httpx
+
+    deep = 20_000  # json.loads gives up (RecursionError) long before this depth; the body stays under the limit
+    bad = [(b'{"task": ["sst2"], "text": "a"}', 422, "item 0: 'task' must be a string"),
+           (b'{"task": {"x": 1}, "items": [{"text": "a"}]}', 422, "the default 'task' must be a string, got dict"),
+           (b'{"task": "sst2", "text": "\\ud800"}', 422, "item 0: 'text' is not valid Unicode text"),
+           (b'{"task": "rte", "text": "a", "text_pair": "b \\udfff"}', 422, "item 0: 'text_pair' is not valid Unicode"),
+           (b"[" * deep + b"]" * deep, 400, "the body is not JSON (nested too deeply)"),
+           (json.dumps({"task": "sst2", "text": "x" * 60_000}).encode(), 413,
+            "the body is larger than 52,428 bytes (--max-body-mb)")]
+    for body, status, reason in bad:
+        got = httpx.post(f"{server}/predict", content=body, timeout=60)
+        assert (got.status_code, got.headers["content-type"]) == (status, "application/json"), got.text
+        assert reason in got.json()["error"] and "\n" not in got.json()["error"], got.text
+
+    def chunks():  # no Content-Length: the limit holds while the body streams in
+        yield b'{"task": "sst2", "text": "'
+        for _ in range(10):
+            yield b"x" * 10_000
+        yield b'"}'
+
+    got = httpx.post(f"{server}/predict", content=chunks(), timeout=60)
+    assert got.status_code == 413 and "larger than 52,428 bytes" in got.json()["error"]
+    missing = httpx.get(f"{server}/nope")
+    assert missing.status_code == 404 and missing.json()["error"].startswith("Not Found: GET /nope (routes: ")
+    wrong = httpx.get(f"{server}/predict")
+    assert wrong.status_code == 405 and wrong.json()["error"].startswith("Method Not Allowed: GET /predict")
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+
+
+def test_preparing_a_request_does_not_block_other_requests():
+    """A slow prepare (tokenizing long texts) runs in a worker thread: /health answers meanwhile. An unexpected
+    error while preparing is the request's 422, not a 500."""
+    import httpx
+
+    from bitfit_exp.serve import create_app
+
+    class SlowEngine:
+        name_or_path, fingerprint, patches, forward_passes, device, max_batch = "m", "f", [], 0, "cpu", 4
+
+        def prepare(self, items, default=None):
+            time.sleep(1.5)
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]\nsecond line")
+
+    async def race():
+        transport = httpx.ASGITransport(app=create_app(SlowEngine()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            slow = asyncio.create_task(client.post("/predict", json={"task": "t", "text": "a"}))
+            await asyncio.sleep(0.2)
+            start = time.monotonic()
+            health = await client.get("/health")
+            return health, time.monotonic() - start, await slow
+
+    health, waited, slow = asyncio.run(race())
+    assert health.status_code == 200 and waited < 0.5
+    assert slow.status_code == 422
+    assert slow.json() == {"error": "the request could not be prepared (TypeError: TextEncodeInput must be "
+                                    "Union[TextInputSequence, ...])"}
+
+
 # ---------------------------------------------------------------------------------------------- files and export
 
 
@@ -286,6 +424,50 @@ def test_predict_file_errors_are_one_line(runs, tmp_path, capsys):
                  "--task", "rte"]) == 2
     assert "unknown file type .xlsx" in capsys.readouterr().err
 
+def test_predict_refuses_bad_files_and_outputs_before_predicting(runs, tmp_path, capsys, monkeypatch):
+    import bitfit_exp.predict as predict
+
+    def never(*args, **kwargs):
+        raise AssertionError("predicted before the files were checked")
+
+    monkeypatch.setattr(predict, "predictions", never)
+    (tmp_path / "bad.jsonl").write_text('{"text": "a gem"}\n{"text": broken\n')
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "bad.parquet").write_text("not parquet\n")
+    (tmp_path / "afile").write_text("")
+    pd.DataFrame({"text": ["a gem"]}).to_csv(tmp_path / "in.csv", index=False)
+    pd.DataFrame({"text": ["a gem"], "label": [1]}).to_parquet(tmp_path / "labelled.parquet")
+    cases = [("bad.jsonl", "o.csv", "bad.jsonl: cannot read it as jsonl (ValueError: "),
+             ("empty.csv", "o.csv", "empty.csv: cannot read it as csv (EmptyDataError: No columns to parse"),
+             ("bad.parquet", "o.csv", "bad.parquet: cannot read it as parquet (ArrowInvalid: "),
+             ("in.csv", "afile/o.csv", "afile/o.csv cannot be written ("),
+             ("in.csv", "afile", "unknown file type (none)"),
+             ("labelled.parquet", "o.csv", "the input already has column(s) label, which bitfit-predict adds")]
+    for source, output, reason in cases:
+        code = predict.main([str(runs["sst2"]), "--task", "sst2", "--input", str(tmp_path / source),
+                             "--output", str(tmp_path / output)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("error: ") and reason in err and "\n" not in err, err
+
+
+def test_predict_reads_tsv_as_training_does_and_max_chars(runs, alone, tmp_path, capsys):
+    from bitfit_exp.predict import main
+
+    texts = ['"a gem" , said the critic', "worst film ever", "word " * 29 + "end"]  # 30 words, 148 characters
+    (tmp_path / "in.tsv").write_text("text\n" + "\n".join(texts) + "\n")
+    args = [str(runs["sst2"]), "--task", "sst2", "--input", str(tmp_path / "in.tsv"), "--output"]
+    assert main([*args, str(tmp_path / "o.tsv"), "--max-chars", "100"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: row 2: 'text' has 148 characters; the limit is 100 "
+                                               "(--max-chars)")
+    assert main([*args, str(tmp_path / "o.tsv"), "--max-chars", "0", "--no-progress"]) == 0  # 0: no limit
+    out = pd.read_csv(tmp_path / "o.tsv", sep="\t", quoting=3, keep_default_na=False)  # csv.QUOTE_NONE
+    assert out["text"].tolist() == texts  # the quotes are text, as training reads TSV
+    for text, (_, row) in zip(texts, out.iterrows(), strict=True):
+        probs = alone({"task": "sst2", "text": text}).softmax(-1)
+        assert row["score"] == pytest.approx(float(probs.max()), abs=1e-5)
+    assert out["truncated"].tolist() == [False, False, True]
+
+
 
 def test_export_round_trip_loads_with_plain_transformers(runs, alone, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
@@ -306,6 +488,12 @@ def test_export_round_trip_loads_with_plain_transformers(runs, alone, tmp_path):
     got = classify({"text": item["text"], "text_pair": item["text_pair"]})
     assert (got[0] if isinstance(got, list) else got)["label"] == ["entailment", "not_entailment"][
         int(alone(item).argmax())]
+    regression = json.loads((tmp_path / "stsb" / "config.json").read_text())
+    assert regression["problem_type"] == "regression"  # so pipelines give the raw score, no sigmoid
+    score = pipeline("text-classification", model=str(tmp_path / "stsb"), device="cpu")
+    item = ITEMS[2]
+    got = score({"text": item["text"], "text_pair": item["text_pair"]})
+    assert (got[0] if isinstance(got, list) else got)["score"] == pytest.approx(float(alone(item)[0]), abs=1e-5)
     masked, _, _ = patched_model(str(runs["masked"]))  # masked methods export too (they cannot be served shared)
     export(str(runs["masked"]), tmp_path / "masked")
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "masked")
@@ -313,3 +501,8 @@ def test_export_round_trip_loads_with_plain_transformers(runs, alone, tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(UserError, match="is not empty"):
         export(str(runs["rte"]), tmp_path / "rte")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'afile'} is a file; export into a new folder")):
+        export(str(runs["rte"]), tmp_path / "afile")
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'afile' / 'x'}: cannot create the folder there (")):
+        export(str(runs["rte"]), tmp_path / "afile" / "x")
