@@ -3,8 +3,8 @@ are one setting wherever the files came from (hub name, `bitfit-prefetch` folder
 16-row debug copy of a data folder is never taken for the real one.
 
 - model: the encoder's parameters as loaded (names below the base prefix, shapes, dtypes, values), the architecture
-  keys of its config that change what it computes, and the tokenizer (vocabulary and how it encodes a probe text);
-  the head is left out (it is initialised per seed). Cached on disk per checkpoint folder (file sizes and mtimes),
+  keys of its config that change what it computes (per family), and the tokenizer (vocabulary and how it encodes a
+  probe text); the head and any parameter the checkpoint lacks are left out (initialised at random). Cached on disk per checkpoint folder (file sizes and mtimes),
   since hashing BERT-large's 1.3 GB takes seconds.
 - data: per split read (train and the dev splits; test labels are hidden and do not change results), the number of
   rows and a hash of every column's values.
@@ -25,11 +25,34 @@ import numpy as np
 import pandas as pd
 import torch
 
-VERSION = 1  # bump when what is hashed changes: every cached fingerprint is then recomputed
-# Config keys that change what an encoder computes (its weights' names and shapes cover the rest).
+# Bump when what is hashed changes: every cached fingerprint is then recomputed. 2: the family keys below, and no
+# parameter the checkpoint lacks (a BERT saved without its pooler: its random pooler was hashed); a checkpoint
+# with none of those keys and every encoder parameter (BERT, RoBERTa, XLM-R, ELECTRA, MiniLM) keeps its value.
+VERSION = 2
+# Config keys that change what an encoder computes (its weights' names and shapes cover the rest), in BERT's names.
 ARCHITECTURE_KEYS = ("model_type", "hidden_act", "layer_norm_eps", "position_embedding_type", "num_attention_heads",
                      "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob",
                      "classifier_dropout", "pad_token_id")
+# The same for each family with other names or further computation keys (the BERT-style families have none, so
+# their fingerprints are those of version 1). ALBERT: its shared layer runs num_hidden_layers times, which no
+# weight shows.
+FAMILY_KEYS = {
+    "gpt2": ("n_head", "layer_norm_epsilon", "activation_function", "attn_pdrop", "resid_pdrop", "embd_pdrop",
+             "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"),
+    "distilbert": ("n_heads", "activation", "dropout", "attention_dropout", "qa_dropout", "seq_classif_dropout",
+                   "sinusoidal_pos_embds"),
+    "qwen2": ("num_key_value_heads", "head_dim", "rms_norm_eps", "attention_dropout", "rope_parameters",
+              "rope_theta", "rope_scaling", "sliding_window", "use_sliding_window", "max_window_layers",
+              "layer_types"),
+    "deberta-v2": ("relative_attention", "pos_att_type", "position_buckets", "max_relative_positions", "norm_rel_ebd",
+                   "share_att_key", "position_biased_input", "conv_kernel_size", "conv_act", "pooler_dropout",
+                   "pooler_hidden_act"),
+    "albert": ("num_hidden_layers", "num_hidden_groups", "inner_group_num", "classifier_dropout_prob"),
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra"), ()),
+}
+# For a model_type not in FAMILY_KEYS: every key with one of these words (split at "_"), or ending in "pdrop".
+COMPUTATION_WORDS = frozenset({"act", "activation", "dropout", "eps", "epsilon", "norm", "rope", "theta", "scaling",
+                               "position", "positions", "window", "heads", "head"})
 PROBE = ("Hello, WORLD! Ça va? naïve café: 1,234.5 tokens", "A SECOND segment")
 
 
@@ -57,12 +80,30 @@ def tokenizer_digest(tokenizer) -> str:
     return _sha(json.dumps(vocab).encode(), json.dumps(encoded, sort_keys=True).encode())
 
 
+def computation_keys(config: dict) -> tuple[str, ...]:
+    """The keys of `config` (a config's to_dict()) that the fingerprint hashes: ARCHITECTURE_KEYS and its family's.
+
+    >>> from transformers import GPT2Config
+    >>> computation_keys(GPT2Config().to_dict())[:4]
+    ('model_type', 'pad_token_id', 'n_head', 'layer_norm_epsilon')
+    >>> computation_keys({"model_type": "new", "norm_eps": 1e-5, "rope_theta": 1e4, "vocab_size": 9})
+    ('model_type', 'norm_eps', 'rope_theta')
+    """
+    family = FAMILY_KEYS.get(config.get("model_type"))
+    if family is None:
+        family = tuple(k for k in config if k.endswith("pdrop") or COMPUTATION_WORDS.intersection(k.split("_")))
+    return tuple(k for k in dict.fromkeys((*ARCHITECTURE_KEYS, *family)) if k in config)
+
+
 def model_digest(model, tokenizer) -> str:
-    """The fingerprint of a loaded sequence classifier's pre-trained part and its tokenizer."""
-    prefix = model.base_model_prefix + "."
-    encoder = {n[len(prefix):]: p for n, p in model.named_parameters() if n.startswith(prefix)}
+    """The fingerprint of a loaded sequence classifier's pre-trained part and its tokenizer. Parameters the
+    checkpoint lacks (`models.new_parameters`: a missing pooler) are left out: they are random, not pre-trained."""
+    from bitfit_exp.models import new_parameters
+
+    prefix, new = model.base_model_prefix + ".", set(new_parameters(model))
+    encoder = {n[len(prefix):]: p for n, p in model.named_parameters() if n.startswith(prefix) and n not in new}
     config = model.config.to_dict()
-    arch = {k: config[k] for k in ARCHITECTURE_KEYS if k in config}
+    arch = {k: config[k] for k in computation_keys(config)}
     return _sha(json.dumps(arch, sort_keys=True, default=str).encode(), tensors_digest(encoder).encode(),
                 tokenizer_digest(tokenizer).encode())
 

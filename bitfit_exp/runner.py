@@ -24,7 +24,7 @@ from bitfit_exp.fingerprint import data_fingerprint, model_fingerprint
 from bitfit_exp.kinds import kind_of
 from bitfit_exp.methods import PACKABLE, encoder_parameters, head_parameter_names, packable, select
 from bitfit_exp.metrics import baseline_note
-from bitfit_exp.models import load_model, load_tokenizer
+from bitfit_exp.models import load_model, load_tokenizer, new_parameters
 from bitfit_exp.packed import packing_problem, train_packed
 from bitfit_exp.patch import load_trained_state, save_patch, trained_state
 from bitfit_exp.records import (
@@ -99,6 +99,8 @@ class Prepared:
 
 
 def parameter_counts(model, selection) -> dict:
+    """The record's "params": counts, and `new_encoder`: the encoder parameters the checkpoint lacks, which the run's
+    seed initialised at random (a pooler missing from a masked-LM checkpoint; usually none)."""
     encoder_total = sum(p.numel() for p in encoder_parameters(model).values())
     head = set(head_parameter_names(model))
     trained_encoder = selection.count(model, include_head=False)
@@ -108,6 +110,7 @@ def parameter_counts(model, selection) -> dict:
         "head": sum(p.numel() for n, p in model.named_parameters() if n in head),
         "encoder_total": encoder_total,
         "pct_encoder": 100.0 * trained_encoder / encoder_total,
+        "new_encoder": [n for n in new_parameters(model) if n not in head],
     }
 
 

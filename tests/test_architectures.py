@@ -323,6 +323,41 @@ def test_a_packed_job_on_deberta_trains_one_by_one_with_its_note(tmp_path, glue_
     assert sorted(r["seed"] for r in records) == [0, 1] and all("packed" not in r for r in records)
 
 
+def test_a_packed_job_on_a_checkpoint_without_pooler_trains_one_by_one_with_its_note(tmp_path, glue_dir, capsys):
+    """Each seed initialises the missing pooler at random; a pack would share one seed's frozen pooler weight."""
+    from conftest import compose, quick
+    from test_identity import save_without_pooler
+
+    from bitfit_exp.runner import run_job
+
+    folder = save_without_pooler(tmp_path / "nopooler")
+    runs = {}
+    for packed in ("false", "true"):
+        (records,) = run_job(compose(*quick(folder, tmp_path / f"runs-{packed}", f"train.packed={packed}",
+                                            "seeds=[0,1]", "train.epochs=1", "optim.lr=0.05")))
+        runs[packed] = {r["seed"]: r for r in records}
+    out = capsys.readouterr().out
+    assert ("note: the checkpoint lacks bert.pooler.dense.weight, which each seed initialises at random but a pack "
+            "would share frozen from one seed") in out and "training one seed at a time" in out
+    assert all("packed" not in r for r in runs["true"].values())
+    for seed in (0, 1):  # what a one-by-one run gives
+        assert runs["true"][seed]["epochs"][-1]["train_loss"] == runs["false"][seed]["epochs"][-1]["train_loss"]
+        assert runs["true"][seed]["params"]["new_encoder"] == ["bert.pooler.dense.bias", "bert.pooler.dense.weight"]
+
+
+def test_a_missing_parameter_that_every_setting_trains_does_not_stop_packing(tmp_path):
+    from test_identity import save_without_pooler
+
+    from bitfit_exp.methods import Selection
+    from bitfit_exp.models import load_model
+
+    model = load_model(str(save_without_pooler(tmp_path / "nopooler")), num_labels=2)
+    selection = select("bitfit", model)
+    assert packing_problem(model, selection).startswith("the checkpoint lacks bert.pooler.dense.weight, which")
+    with_pooler = Selection({**selection.params, "bert.pooler.dense.weight": None})  # starts from its seed's values
+    assert packing_problem(model, with_pooler) is None
+
+
 def save_tiny_gpt2_without_padding(folder):
     """A tiny GPT-2 as published: a byte-level BPE tokenizer with only <|endoftext|>, and no pad_token_id."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -199,3 +199,136 @@ def test_a_diverged_seed_is_recorded_once_and_never_averaged(tmp_path, tiny_bert
     assert all(r["diverged"]["reason"] for _, r in found) and "NaN" not in found[0][0].read_text()
     again = bitfit_run(*diverging)  # done is done: no crash, no retraining
     assert "DIVERGED" not in again.stdout and "2 already finished" in again.stdout
+
+
+# --- model fingerprints: what a checkpoint computes, not the random state it was loaded under ----------------------
+
+# The fingerprints of fingerprint VERSION 1 (before the per-family keys and before leaving missing parameters out),
+# which every existing run of these checkpoints is found by: they must never change.
+PINNED = {"bert": "c39c96c83c95fdcf", "roberta": "310bfeee908511ad", "electra": "0130c7a0c653650e",
+          "minilm": "9d78726d1bf7600d"}
+
+
+def save_tiny_electra(folder: Path) -> Path:
+    import torch
+    import transformers as tf
+
+    from bitfit_exp.models import load_tokenizer
+
+    torch.manual_seed(0)
+    tf.AutoModel.from_config(tf.ElectraConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2,
+                                              num_attention_heads=2, intermediate_size=32,
+                                              max_position_embeddings=160, embedding_size=8)).save_pretrained(folder)
+    load_tokenizer(MINILM).save_pretrained(folder)
+    return folder
+
+
+def test_fingerprints_of_bert_style_checkpoints_never_change(tmp_path, monkeypatch):
+    from conftest import save_tiny
+
+    from bitfit_exp.fingerprint import model_fingerprint
+
+    monkeypatch.setenv("BITFIT_CACHE_DIR", str(tmp_path / "cache"))  # computed here, not read from a cache
+    folders = {kind: str(save_tiny(tmp_path / kind, kind)) for kind in ("bert", "roberta")}
+    folders.update(electra=str(save_tiny_electra(tmp_path / "electra")), minilm=MINILM)
+    assert {kind: model_fingerprint(folder) for kind, folder in folders.items()} == PINNED
+
+
+def other_value(value):
+    """A value of the same kind as a config value, but another one."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1 if isinstance(value, int) else value / 2 + 0.01
+    if isinstance(value, str):
+        return "relu" if value != "relu" else "gelu"
+    if isinstance(value, list):
+        return value[:1] if len(value) > 1 else [*value, "x"]
+    if isinstance(value, dict):
+        return {**value, "rope_theta": 2 * value.get("rope_theta", 1.0)}
+    return 8  # None: e.g. a sliding window switched on
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from bitfit_exp.models import load_tokenizer
+
+    return load_tokenizer(MINILM)
+
+
+@pytest.mark.parametrize("kind", ["bert", "electra", "distilbert", "albert", "deberta-v2", "gpt2", "qwen2"])
+def test_every_computation_key_of_a_family_changes_its_fingerprint(kind, tokenizer):
+    from test_architectures import config, tiny
+
+    from bitfit_exp.fingerprint import ARCHITECTURE_KEYS, FAMILY_KEYS, model_digest
+
+    model = tiny(kind)
+    keys = [k for k in (*ARCHITECTURE_KEYS, *FAMILY_KEYS[kind]) if k in config(kind).to_dict() and k != "model_type"]
+    assert len(keys) == {"bert": 8, "electra": 8, "distilbert": 9, "albert": 11, "deberta-v2": 16, "gpt2": 10,
+                         "qwen2": 12}[kind]
+    before = model_digest(model, tokenizer)
+    for key in keys:
+        value = model.config.to_dict()[key]
+        setattr(model.config, key, other_value(value))
+        assert model_digest(model, tokenizer) != before, key
+        setattr(model.config, key, value)
+    assert model_digest(model, tokenizer) == before
+
+
+# Keys whose words look like computation (COMPUTATION_WORDS) but that no task kind's model reads: the summary head
+# of GPT-2's double-heads and ELECTRA's multiple-choice models; GPT-2's positions are the shape of its wpe.
+NOT_COMPUTATION = {"summary_activation", "summary_first_dropout", "summary_last_dropout", "n_positions"}
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "albert", "deberta-v2",
+                                  "gpt2", "qwen2"])
+def test_no_key_that_looks_like_computation_is_left_out(kind):
+    from test_architectures import config
+
+    from bitfit_exp.fingerprint import COMPUTATION_WORDS, computation_keys
+
+    values = config(kind).to_dict()
+    looks = {k for k in values if k.endswith("pdrop") or COMPUTATION_WORDS.intersection(k.split("_"))}
+    assert looks - set(computation_keys(values)) - NOT_COMPUTATION == set()
+
+
+def test_an_unmapped_family_hashes_the_keys_that_look_like_computation():
+    from bitfit_exp.fingerprint import computation_keys
+
+    config = {"model_type": "newformer", "hidden_act": "gelu", "norm_eps": 1e-5, "attn_pdrop": 0.1,
+              "global_rope_theta": 1e4, "vocab_size": 9, "hidden_size": 16, "output_attentions": False}
+    assert computation_keys(config) == ("model_type", "hidden_act", "norm_eps", "attn_pdrop", "global_rope_theta")
+
+
+def save_without_pooler(folder: Path) -> Path:
+    """A tiny BERT saved as masked-LM checkpoints are: no pooler."""
+    import torch
+    import transformers as tf
+    from conftest import tiny_config
+
+    from bitfit_exp.models import load_tokenizer
+
+    torch.manual_seed(0)
+    tf.BertModel(tiny_config("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                 add_pooling_layer=False).save_pretrained(folder)
+    load_tokenizer(MINILM).save_pretrained(folder)
+    return folder
+
+
+def test_parameters_the_checkpoint_lacks_are_not_fingerprinted(tmp_path, tokenizer):
+    import torch
+
+    from bitfit_exp.fingerprint import model_digest
+    from bitfit_exp.models import load_model, new_parameters
+
+    folder = save_without_pooler(tmp_path / "nopooler")
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        models.append(load_model(str(folder), num_labels=2))
+    assert new_parameters(models[0]) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight", "classifier.bias",
+                                         "classifier.weight"]
+    pooler = [m.bert.pooler.dense.weight for m in models]
+    assert not torch.equal(*pooler)  # two random poolers ...
+    assert model_digest(models[0], tokenizer) == model_digest(models[1], tokenizer)  # ... one fingerprint
+    assert new_parameters(load_model(MINILM, num_labels=2)) == ["classifier.bias", "classifier.weight"]
