@@ -193,6 +193,10 @@ def check_servable(patch: TaskPatch, tensors: dict[str, torch.Tensor], model: nn
     modules, head = dict(model.named_modules()), set(head_parameter_names(model))
     named = dict(model.named_parameters())
     export = f"export it with `bitfit-export {patch.path.parent} OUT` and serve that model on its own"
+    fixed = sorted(k.partition(".")[2] for k in tensors if k.startswith("fixed."))
+    if fixed:
+        raise UserError(f"{patch.path}: its checkpoint lacks {', '.join(fixed)}, which the run initialised at random "
+                        f"from its seed; the tasks of one backbone cannot differ there, so {export}")
     for key in tensors:
         kind, _, name = key.partition(".")
         if kind == "initial":

@@ -1,7 +1,9 @@
 """Save only what a run trained (a "bias patch") as safetensors, and apply it to a fresh pre-trained model.
 
-The file holds the trained tensors (whole, or as flat indices + values for masked methods), the head, and the
-initial values of the trained encoder biases (`initial.<name>`, for the bias-change analysis of Figure 1).
+The file holds the trained tensors (whole, or as flat indices + values for masked methods), the head, the
+initial values of the trained encoder biases (`initial.<name>`, for the bias-change analysis of Figure 1), and the
+untrained parameters the checkpoint lacked (`fixed.<name>`: e.g. the pooler of a BERT saved without one, which
+each seed initialises at random; without them the patch would not reproduce the run).
 
 >>> from bitfit_exp.patch import save_patch, apply_patch   # see tests/test_patch.py for a full round trip
 """
@@ -14,6 +16,7 @@ from torch import nn
 
 from bitfit_exp.atomic import write_atomic
 from bitfit_exp.methods import Selection, head_parameter_names
+from bitfit_exp.models import new_parameters
 
 
 def trained_state(model: nn.Module, selection: Selection) -> dict[str, torch.Tensor]:
@@ -54,6 +57,10 @@ def save_patch(path: Path, model: nn.Module, selection: Selection, state: dict[s
     for name, value in initial.items():
         if name.endswith(".bias") and name not in head:
             tensors[f"initial.{name}"] = value.contiguous()
+    named = dict(model.named_parameters())
+    for name in new_parameters(model):
+        if name not in selection.params and name not in head:
+            tensors[f"fixed.{name}"] = named[name].detach().cpu().contiguous()
     # Serialized here and written by Python: safetensors' own file writer does not report a full disk.
     blob = save(tensors, metadata={k: str(v) for k, v in metadata.items()})
     write_atomic(Path(path), lambda f: f.write(blob))
@@ -69,7 +76,7 @@ def apply_patch(model: nn.Module, path: Path) -> nn.Module:
             if name not in named:
                 raise KeyError(f"{path}: parameter {name} is not in this model; was the patch made for another one?")
             target = named[name]
-            if kind == "trained":
+            if kind in ("trained", "fixed"):
                 target.copy_(value)
             elif kind == "sparse_idx":
                 target.view(-1)[value.to(target.device)] = tensors[f"sparse_val.{name}"].to(target.device)

@@ -344,6 +344,25 @@ def test_a_packed_job_on_a_checkpoint_without_pooler_trains_one_by_one_with_its_
         assert runs["true"][seed]["epochs"][-1]["train_loss"] == runs["false"][seed]["epochs"][-1]["train_loss"]
         assert runs["true"][seed]["params"]["new_encoder"] == ["bert.pooler.dense.bias", "bert.pooler.dense.weight"]
 
+    # The patch carries the seed's random pooler weight: applied under any random state, it gives the run's model.
+    from safetensors.torch import load_file
+
+    from bitfit_exp.models import load_model
+    from bitfit_exp.multitask import MultiTaskEngine, find_patches
+    from bitfit_exp.patch import apply_patch
+
+    (patch,) = (tmp_path / "runs-false").glob("**/seed0/patch.safetensors")
+    assert "fixed.bert.pooler.dense.weight" in load_file(str(patch))
+    patched = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        patched.append(dict(apply_patch(load_model(str(folder), 2), patch).named_parameters()))
+    assert all(torch.equal(v, patched[1][n]) for n, v in patched[0].items())
+    # One served backbone cannot hold each task's own random pooler: refused, pointing to bitfit-export.
+    with pytest.raises(UserError, match=r"its checkpoint lacks bert\.pooler\.dense\.weight, which the run "
+                                        r"initialised at random .*bitfit-export"):
+        MultiTaskEngine(find_patches([str(patch.parent)]))
+
 
 def test_a_missing_parameter_that_every_setting_trains_does_not_stop_packing(tmp_path):
     from test_identity import save_without_pooler
