@@ -6,10 +6,12 @@ Where a task's data is read from:
   `name`; GLUE tasks: data.dir=../shared/data/glue, task rte -> rte/). Each file is checked by the task kind
   (`kind.check_file`) before anything is tokenized.
 - `data.dir` null: the hub. A task naming its own dataset (`hub_name`, with optional `hub_config`, `hub_data_dir`,
-  `hub_revision`) loads that; otherwise `data.hub_name` (nyu-mll/glue) with the task's name as the config.
+  `hub_revision`) loads that; otherwise `data.hub_name` (nyu-mll/glue) with the task's name as the config. Each
+  split is checked in memory by the kind's `check_table` where it has one (the sequence kind).
 - A task with `files: {split: path}`: those files, whatever data.dir says (see `load_files`): CSV, TSV, JSON
-  Lines (one object per line) or Parquet, by extension, or a folder of such files; a relative path is resolved
-  against data.dir when it is set, else against the current directory. docs/custom-tasks.md has a complete task.
+  Lines (one object per line) or Parquet, by extension (parsed as `read_table` says), or a folder of such files;
+  a relative path is resolved against data.dir when it is set, else against the current directory.
+  docs/custom-tasks.md has a complete task.
 - `data.dev_fraction` set (a number in (0, 1)): the task's first eval split does not exist and is carved from train
   by a seeded draw (`carve_dev`, seed `data.dev_seed`), with a note saying so; set while that split exists, it is
   refused. Null (the default) and the split missing: an error saying to set it. Carving happens before the runner
@@ -349,8 +351,8 @@ def read_table(path: Path, fix: str = "fix the file", columns: list[str] | None 
     all (a " is text, GLUE's convention; a field cannot hold a tab or a newline); both have a header line. Column
     types are inferred, except CSV and TSV columns named in `strings` (True: every column), read as text whatever
     they look like (`007` stays '007', an empty cell ''); dictionary (categorical) columns are decoded to their
-    values; `columns` picks the columns of a parquet file. A file that cannot be parsed, or CSV, TSV or JSON Lines
-    text that is not UTF-8, is a one-line UserError naming the file, ending in `(fix)`.
+    values; `columns` picks the columns of a parquet file. A missing or empty file, one that cannot be parsed, or
+    CSV, TSV or JSON Lines text that is not UTF-8 is a one-line UserError naming the file, ending in `(fix)`.
 
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "t.tsv"
@@ -358,7 +360,10 @@ def read_table(path: Path, fix: str = "fix the file", columns: list[str] | None 
     >>> read_table(path, strings=["sentence"]).to_pylist()
     [{'sentence': '"Hi," she said', 'label': 1}]
     """
+    path = Path(path)
     kind = FORMATS.get(path.suffix.lower(), "parquet")
+    if not path.is_file():
+        raise UserError(f"{path}: does not exist ({fix})")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: is empty (0 bytes) ({fix})")
     try:
