@@ -6,10 +6,12 @@ Where a task's data is read from:
   `name`; GLUE tasks: data.dir=../shared/data/glue, task rte -> rte/). Each file is checked by the task kind
   (`kind.check_file`) before anything is tokenized.
 - `data.dir` null: the hub. A task naming its own dataset (`hub_name`, with optional `hub_config`, `hub_data_dir`,
-  `hub_revision`) loads that; otherwise `data.hub_name` (nyu-mll/glue) with the task's name as the config.
+  `hub_revision`) loads that; otherwise `data.hub_name` (nyu-mll/glue) with the task's name as the config. Each
+  split is checked in memory by the kind's `check_table` where it has one (the sequence kind).
 - A task with `files: {split: path}`: those files, whatever data.dir says (see `load_files`): CSV, TSV, JSON
-  Lines (one object per line) or Parquet, by extension, or a folder of such files; a relative path is resolved
-  against data.dir when it is set, else against the current directory. docs/custom-tasks.md has a complete task.
+  Lines (one object per line) or Parquet, by extension (parsed as `read_table` says), or a folder of such files;
+  a relative path is resolved against data.dir when it is set, else against the current directory.
+  docs/custom-tasks.md has a complete task.
 - `data.dev_fraction` set (a number in (0, 1)): the task's first eval split does not exist and is carved from train
   by a seeded draw (`carve_dev`, seed `data.dev_seed`), with a note saying so; set while that split exists, it is
   refused. Null (the default) and the split missing: an error saying to set it. Carving happens before the runner
@@ -273,8 +275,9 @@ def split_files(split: str, path: Path, task) -> list[Path]:
 
 
 def load_files(task, data, optional: set = frozenset()) -> dict:
-    """{split: datasets.Dataset} of the files named by task.files (see the module docstring), each file checked by
-    the task's kind first. The keys of task.files are split names: train, the eval splits and the test splits."""
+    """{split: datasets.Dataset} of the files named by task.files (see the module docstring), each file read and
+    checked by the task's kind (the shards of a folder one by one, then joined by `concat_shards`). The keys of
+    task.files are split names: train, the eval splits and the test splits."""
     import datasets
     from datasets.table import InMemoryTable
 
@@ -289,35 +292,141 @@ def load_files(task, data, optional: set = frozenset()) -> dict:
     if missing:
         raise UserError(f"task {task.name} has no file for split {', '.join(missing)} in task.files (it names "
                         f"{', '.join(given) or 'none'}){_carve_hint(task, missing)}")
-    check_file, splits = kind_of(task).check_file, {}
+    kind, splits = kind_of(task), {}
     for split, where in given.items():
-        paths = split_files(split, resolve_path(where, data.get("dir")), task)
-        for path in paths:
-            check_file(path, task, test=split in task.test_splits, fix=f"fix the file or task.files.{split}")
-        tables = [read_table(path, "fix the file") for path in paths]
-        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        folder = resolve_path(where, data.get("dir"))
+        fix, test = f"fix the file or task.files.{split}", split in task.test_splits
+        shards = {path: _read_checked(kind, path, task, test, fix) for path in split_files(split, folder, task)}
+        table = concat_shards(shards, task, f"task {task.name}: the files in {folder} (task.files.{split})")
         splits[split] = datasets.Dataset(InMemoryTable(table))
     return splits
 
 
-def read_table(path: Path, fix: str, columns: list[str] | None = None) -> pa.Table:
-    """The rows of a CSV, TSV, JSON Lines or Parquet file (by extension) as an Arrow table, types inferred (only
-    `columns`, of a parquet file); a file that cannot be parsed is a one-line UserError naming it."""
+def _read_checked(kind, path: Path, task, test: bool, fix: str) -> pa.Table:
+    """One file of a split, checked: the kind's `read_file` where it has one (it reads, checks and resolves the
+    labels: the sequence kind), else its `check_file`, then the file as it is."""
+    if hasattr(kind, "read_file"):
+        return kind.read_file(path, task, test=test, fix=fix)
+    kind.check_file(path, task, test=test, fix=fix)
+    return read_table(path, fix)
+
+
+def concat_shards(shards: dict[Path, pa.Table], task, where: str) -> pa.Table:
+    """One table of the files of a split (each read and checked on its own), in order. Where their label columns
+    differ in type (names in one file, ids in another), every file's labels become ids first (`labels_as_ids`);
+    any other column whose types cannot be joined is a one-line UserError naming `where` and the column.
+
+    >>> task = {"num_labels": 2, "label_names": ["no", "yes"]}
+    >>> ids, names = pa.table({"label": [0, 1]}), pa.table({"label": ["yes", "no"]})
+    >>> concat_shards({Path("a.csv"): ids, Path("b.csv"): names}, task, "shards")["label"].to_pylist()
+    [0, 1, 1, 0]
+    """
+    if len(shards) == 1:
+        return next(iter(shards.values()))
+    if len(_column_types(shards, label_field(task))) > 1:
+        shards = {path: labels_as_ids(table, task) for path, table in shards.items()}
+    try:
+        return pa.concat_tables(list(shards.values()), promote_options="permissive")
+    except pa.ArrowException:  # ArrowTypeError, ArrowInvalid: a column typed differently in two files
+        columns = dict.fromkeys(name for table in shards.values() for name in table.column_names)
+        column = next((c for c in columns if len(_column_types(shards, c)) > 1), "?")
+        types = "; ".join(f"{t} in {p.name}" for t, p in _column_types(shards, column).items())
+        raise UserError(f"{where}: column {column} holds different types in different files ({types}); give it "
+                        f"one type in every file") from None
+
+
+def _column_types(shards: dict[Path, pa.Table], column: str) -> dict[str, Path]:
+    """{type of `column`: the first file holding that type} over the files that have the column."""
+    found = {}
+    for path, table in shards.items():
+        if column in table.column_names:
+            found.setdefault(str(table.schema.field(column).type), path)
+    return found
+
+
+def read_table(path: Path, fix: str = "fix the file", columns: list[str] | None = None,
+               strings: list[str] | bool = ()) -> pa.Table:
+    """The rows of a CSV, TSV, JSON Lines or Parquet file (by extension) as an Arrow table: CSV is RFC 4180 (a
+    field in double quotes may hold commas, newlines and "" for a quote); TSV is tab-separated with no quoting at
+    all (a " is text, GLUE's convention; a field cannot hold a tab or a newline); both have a header line. Column
+    types are inferred, except CSV and TSV columns named in `strings` (True: every column), read as text whatever
+    they look like (`007` stays '007', an empty cell ''); dictionary (categorical) columns are decoded to their
+    values; `columns` picks the columns of a parquet file. A missing or empty file, one that cannot be parsed, or
+    CSV, TSV or JSON Lines text that is not UTF-8 is a one-line UserError naming the file, ending in `(fix)`.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "t.tsv"
+    >>> _ = path.write_text('sentence\\tlabel\\n"Hi," she said\\t1\\n')
+    >>> read_table(path, strings=["sentence"]).to_pylist()
+    [{'sentence': '"Hi," she said', 'label': 1}]
+    """
+    path = Path(path)
     kind = FORMATS.get(path.suffix.lower(), "parquet")
+    if not path.is_file():
+        raise UserError(f"{path}: does not exist ({fix})")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: is empty (0 bytes) ({fix})")
     try:
-        if kind == "parquet":
-            return pq.read_table(path, columns=columns)
-        if kind == "JSON Lines":
-            import pyarrow.json as pj
-
-            return pj.read_json(path)
-        import pyarrow.csv as pc
-
-        return pc.read_csv(path, parse_options=pc.ParseOptions(delimiter="\t" if kind == "TSV" else ","))
+        table = _parse(path, kind, columns, strings)
     except (pa.ArrowException, OSError) as e:  # bad footer: ArrowInvalid; damaged pages: OSError
         raise UserError(f"{path}: is not a readable {kind} file: {first_line(e)} ({fix})") from None
+    if kind != "parquet":  # the text readers do not check UTF-8 (CSV's is turned off to name the row)
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            bad = _not_utf8(column)
+            if bad is not None:
+                raise UserError(f"{path}: column {name} is not UTF-8 text at {_where(bad)}; save the file as UTF-8 "
+                                f"({fix})")
+    return decode_dictionaries(table)
+
+
+def _parse(path: Path, kind: str, columns: list[str] | None, strings: list[str] | bool) -> pa.Table:
+    if kind == "parquet":
+        return pq.read_table(path, columns=columns)
+    if kind == "JSON Lines":
+        import pyarrow.json as pj
+
+        return pj.read_json(path)
+    import pyarrow.csv as pc
+
+    parse = pc.ParseOptions(delimiter="\t", quote_char=False) if kind == "TSV" else pc.ParseOptions(delimiter=",")
+    if strings is True:  # every column: the names come from the header
+        strings = pc.open_csv(path, parse_options=parse, convert_options=pc.ConvertOptions(check_utf8=False)
+                              ).schema.names
+    convert = pc.ConvertOptions(column_types={name: pa.string() for name in strings or ()}, check_utf8=False)
+    return pc.read_csv(path, parse_options=parse, convert_options=convert)
+
+
+def _not_utf8(column: pa.ChunkedArray) -> np.ndarray | None:
+    """A mask of the rows of a text column that are not valid UTF-8, or None when all are (or it is not text)."""
+    if not _is_text(column):
+        return None
+    try:
+        column.validate(full=True)
+        return None
+    except pa.ArrowInvalid:
+        pass
+
+    def bad(value: bytes | None) -> bool:
+        try:
+            value is None or value.decode("utf-8")
+            return False
+        except UnicodeDecodeError:
+            return True
+
+    return np.array([bad(v) for v in column.cast(pa.large_binary()).to_pylist()])
+
+
+def decode_dictionaries(table: pa.Table) -> pa.Table:
+    """`table` with its dictionary-encoded columns (a pandas Categorical in parquet) as plain columns of their
+    values.
+
+    >>> decode_dictionaries(pa.table({"label": pa.array(["a", "b", "a"]).dictionary_encode()})).schema
+    label: string
+    """
+    for index, column in enumerate(table.schema):
+        if pa.types.is_dictionary(column.type):
+            table = table.set_column(index, column.name, table.column(index).cast(column.type.value_type))
+    return table
 
 
 def _glue_layout(task) -> bool:
@@ -330,6 +439,17 @@ def label_field(task) -> str:
     return str(task.get("label_field") or "label")
 
 
+def labels_by_name(task) -> bool:
+    """Whether the task's label cells may be names: a classifier (num_labels > 1) with label_names, not GLUE."""
+    return int(task.get("num_labels") or 0) > 1 and bool(task.get("label_names")) and not _glue_layout(task)
+
+
+def text_columns(task) -> list[str]:
+    """The columns read as text from a CSV or TSV file of the task whatever they look like: the text fields, and
+    the label column where its cells may be names (`labels_by_name`: names such as `1` or `true` stay text)."""
+    return [*task.text_fields, *([label_field(task)] if labels_by_name(task) else [])]
+
+
 def needed_columns(task, test: bool = False) -> list[str]:
     """The columns a split file must have: the text fields and the label (GLUE tasks: and idx; other tasks' test
     files may leave the label out, unlabelled)."""
@@ -338,11 +458,20 @@ def needed_columns(task, test: bool = False) -> list[str]:
     return [*task.text_fields, *([] if test else [label_field(task)])]
 
 
+def read_split_file(path: Path, task, test: bool = False, fix: str = "fix the file") -> pa.Table:
+    """All columns of one split file as the sequence kind loads them: read with `text_columns` as text, checked
+    as `check_split_table` does (a one-line UserError naming `path`), labels cleaned (`clean_labels`) and resolved
+    (`resolve_labels`)."""
+    table = clean_labels(read_table(path, fix, strings=text_columns(task)), task, test)
+    check_split_table(table, task, test, str(path), fix)
+    return resolve_labels(table, task)
+
+
 def check_split_file(path: Path, task, test: bool = False, fix: str = "fix the file") -> None:
     """Raise a one-line UserError naming `path` unless it is a readable file (CSV, TSV, JSON Lines or parquet, by
-    extension) with rows, the task's columns, text in its text fields and labels the task can use (-1, or no label,
-    is allowed in `test` splits; string labels must be among task.label_names); `fix` says what to do. All checks
-    are vectorized over the whole file.
+    extension) with rows, the task's columns, text in its text fields and labels the task can use (see
+    `check_split_table`); `fix` says what to do. All checks are vectorized over the whole file; of a parquet file
+    only the task's columns are read.
 
     >>> from omegaconf import OmegaConf
     >>> task = OmegaConf.load("conf/task/rte.yaml")
@@ -350,39 +479,118 @@ def check_split_file(path: Path, task, test: bool = False, fix: str = "fix the f
     Traceback (most recent call last):
     bitfit_exp.errors.UserError: conf/task/rte.yaml: is not a readable parquet file: ArrowInvalid: ... (fix the file)
     """
-    table = _read_columns(path, task, test, fix)
+    if FORMATS.get(path.suffix.lower(), "parquet") != "parquet":
+        read_split_file(path, task, test, fix)
+        return
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: is empty (0 bytes) ({fix})")
+    try:
+        present = pq.ParquetFile(path).schema_arrow.names
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: is not a readable parquet file: {first_line(e)} ({fix})") from None
+    _check_columns(present, task, test, str(path), fix)
+    wanted = [c for c in [*task.text_fields, label_field(task), "idx"] if c in present]
+    check_split_table(clean_labels(read_table(path, fix, wanted), task, test), task, test, str(path), fix)
+
+
+def check_split_table(table: pa.Table, task, test: bool = False, where: str = "the data",
+                      fix: str = "fix the file") -> None:
+    """Raise a one-line UserError `<where>: <problem> (<fix>)` unless `table` (a split: a file's rows, or a hub
+    split in memory) has rows, the task's columns (`needed_columns`), text in its text fields (no nulls) and labels
+    the task can use: class ids 0..num_labels-1, or, with label_names outside GLUE, text cells that are each a name
+    (mapped to its position) or else an id; finite numbers for regression (num_labels 1). Test splits may have -1
+    or no label (null) outside GLUE."""
+    _check_columns(table.column_names, task, test, where, fix)
     if table.num_rows == 0:
-        raise UserError(f"{path}: has no rows ({fix})")
+        raise UserError(f"{where}: has no rows ({fix})")
     for name in task.text_fields:
         problem = _text_problem(table[name])
         if problem:
-            raise UserError(f"{path}: text field {name} {problem} ({fix})")
+            raise UserError(f"{where}: text field {name} {problem} ({fix})")
     if label_field(task) in table.column_names:
         problem = _label_problem(table[label_field(task)], task, test)
         if problem:
-            raise UserError(f"{path}: {problem} ({fix})")
+            raise UserError(f"{where}: {problem} ({fix})")
     if "idx" in table.column_names and not pa.types.is_integer(table["idx"].type):
-        raise UserError(f"{path}: idx holds {table['idx'].type}, not integers ({fix})")
+        raise UserError(f"{where}: idx holds {table['idx'].type}, not integers ({fix})")
 
 
-def _read_columns(path: Path, task, test: bool, fix: str) -> pa.Table:
-    """The task's columns of the file at `path` (a missing or misnamed column is a UserError naming those present)."""
-    if path.stat().st_size == 0:
-        raise UserError(f"{path}: is empty (0 bytes) ({fix})")
-    parquet = FORMATS.get(path.suffix.lower(), "parquet") == "parquet"
-    try:
-        present = pq.ParquetFile(path).schema_arrow.names if parquet else None
-    except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: is not a readable parquet file: {first_line(e)} ({fix})") from None
-    table = None if parquet else read_table(path, fix)
-    present = present if parquet else table.column_names
+def _check_columns(present: list[str], task, test: bool, where: str, fix: str) -> None:
+    """A missing, misnamed or repeated column is a UserError naming those present."""
     needed = needed_columns(task, test)
     missing = [c for c in needed if c not in present]
     if missing:
-        raise UserError(f"{path}: has columns {', '.join(present) or 'none'}; task {task.name} needs "
+        raise UserError(f"{where}: has columns {', '.join(present) or 'none'}; task {task.name} needs "
                         f"{', '.join(needed)}; missing: {', '.join(missing)} ({fix})")
-    wanted = [c for c in [*task.text_fields, label_field(task), "idx"] if c in present]
-    return read_table(path, fix, wanted) if parquet else table.select(wanted)
+    twice = [c for c in [*needed, label_field(task), "idx"] if list(present).count(c) > 1]
+    if twice:
+        raise UserError(f"{where}: has {len(twice) > 1 and 'columns' or 'column'} {', '.join(twice)} more than "
+                        f"once ({fix})")
+
+
+def clean_labels(table: pa.Table, task, test: bool) -> pa.Table:
+    """Outside GLUE: empty label cells ('' in a text column of a CSV file) as null (no label); in a test split, a
+    label column holding no label at all (all cells empty) dropped: the rows are unlabelled, as with no column.
+
+    >>> task = {"name": "t", "text_fields": ["s"]}
+    >>> clean_labels(pa.table({"s": ["a", "b"], "label": ["x", ""]}), task, test=True)["label"].to_pylist()
+    ['x', None]
+    >>> clean_labels(pa.table({"s": ["a"], "label": [""]}), task, test=True).column_names
+    ['s']
+    """
+    name = label_field(task)
+    if name not in table.column_names or _glue_layout(task):
+        return table
+    labels = table[name]
+    if _is_text(labels):
+        labels = pa.compute.if_else(pa.compute.equal(labels, ""), pa.scalar(None, labels.type), labels)
+        table = table.set_column(table.schema.get_field_index(name), name, labels)
+    if test and labels.null_count == len(labels):
+        return table.drop_columns([name])
+    return table
+
+
+def resolve_labels(table: pa.Table, task) -> pa.Table:
+    """A text label column of a task with label_names (`labels_by_name`) as the file means it: as it is when
+    every label is a name (or missing), else ids (`labels_as_ids`). So a file of names loads as names, a file of
+    ids as ids (int64, as inferred from a CSV file of ids), a mix as ids. Other label columns as they are.
+
+    >>> task = {"num_labels": 2, "label_names": ["1", "2"]}
+    >>> resolve_labels(pa.table({"label": ["2", "1"]}), task)["label"].to_pylist()
+    ['2', '1']
+    >>> resolve_labels(pa.table({"label": ["2", "0"]}), task)["label"].to_pylist()
+    [1, 0]
+    """
+    name = label_field(task)
+    if name not in table.column_names or not _is_text(table[name]) or not labels_by_name(task):
+        return table
+    labels = table[name]
+    names = pa.array(list(task["label_names"]), pa.string())
+    if pa.compute.all(pa.compute.or_kleene(pa.compute.is_in(labels, value_set=names), labels.is_null())).as_py():
+        return table
+    return labels_as_ids(table, task)
+
+
+def labels_as_ids(table: pa.Table, task) -> pa.Table:
+    """`table` with a text label column as class ids (int64): a cell that is one of task.label_names is its
+    position, any other cell the id it spells (`2` -> 2), an empty one null. Other label columns as they are.
+
+    >>> labels_as_ids(pa.table({"label": ["yes", "0", None]}), {"label_names": ["no", "yes"]})["label"].to_pylist()
+    [1, 0, None]
+    """
+    name = label_field(task)
+    if name not in table.column_names or not _is_text(table[name]):
+        return table
+    labels = table[name]
+    positions = pa.compute.index_in(labels, value_set=pa.array(list(task["label_names"]), pa.string()))
+    ids = pa.compute.coalesce(positions.cast(pa.int64()), _spelled_ids(labels))
+    return table.set_column(table.schema.get_field_index(name), name, ids)
+
+
+def _spelled_ids(labels: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The integer each text cell spells (`-1`, `2`), null where it spells none."""
+    spelled = pa.compute.match_substring_regex(labels, r"^-?[0-9]{1,9}$")
+    return pa.compute.if_else(spelled, labels, pa.scalar(None, labels.type)).cast(pa.int64())
 
 
 def _where(mask: np.ndarray) -> str:
@@ -400,6 +608,9 @@ def _text_problem(column: pa.ChunkedArray) -> str | None:
         return f"holds {column.type}, not text"
     if column.null_count:
         return f"is null at {_where(column.is_null().to_numpy(zero_copy_only=False))}"
+    bad = _not_utf8(column)
+    if bad is not None:
+        return f"is not UTF-8 text at {_where(bad)}"
     return None
 
 
@@ -409,15 +620,17 @@ def _is_text(column: pa.ChunkedArray) -> bool:
 
 def _label_problem(labels: pa.ChunkedArray, task, test: bool) -> str | None:
     """What is wrong with a label column, or None: classification labels must be 0..num_labels-1 (or -1 in a test
-    split) or names among task.label_names, regression labels (num_labels 1) finite numbers; test splits may leave
-    labels null (unlabelled) outside GLUE."""
+    split) or, with label_names outside GLUE, text cells each a name or an id; regression labels (num_labels 1)
+    finite numbers; test splits may leave labels null (unlabelled) outside GLUE."""
     name, num_labels = label_field(task), int(task.num_labels)
-    names = list(task.get("label_names") or [])
-    if _is_text(labels) and num_labels > 1 and names and not _glue_layout(task):
-        return _label_name_problem(labels, name, names, test and not _glue_layout(task))
+    nulls_ok = test and not _glue_layout(task)
+    if pa.types.is_null(labels.type):  # every cell empty
+        return None if nulls_ok else f"{name} is null at {_where(np.ones(len(labels), dtype=bool))}"
+    if _is_text(labels) and labels_by_name(task):
+        return _label_name_problem(labels, name, list(task.label_names), test, nulls_ok)
     if not (pa.types.is_integer(labels.type) or pa.types.is_floating(labels.type)):
         return f"{name} holds {labels.type}, not numbers"
-    if labels.null_count and not (test and not _glue_layout(task)):
+    if labels.null_count and not nulls_ok:
         return f"{name} is null at {_where(labels.is_null().to_numpy(zero_copy_only=False))}"
     values = labels.to_numpy(zero_copy_only=False)
     if num_labels == 1:
@@ -431,17 +644,24 @@ def _label_problem(labels: pa.ChunkedArray, task, test: bool) -> str | None:
     return None
 
 
-def _label_name_problem(labels: pa.ChunkedArray, name: str, names: list[str], nulls_ok: bool) -> str | None:
-    """Label names (strings) must be among `names` (task.label_names)."""
+def _label_name_problem(labels: pa.ChunkedArray, name: str, names: list[str], test: bool,
+                        nulls_ok: bool) -> str | None:
+    """Text labels must each be a name among `names` (task.label_names) or else spell an id 0..len(names)-1 (or
+    -1 in a test split)."""
     known = pa.array(names, type=pa.string())
+    ids = pa.array(range(-1 if test else 0, len(names)), pa.int64())
+    usable = pa.compute.or_kleene(pa.compute.is_in(labels, value_set=known),
+                                  pa.compute.is_in(_spelled_ids(labels), value_set=ids))
     nulls = labels.is_null().to_numpy(zero_copy_only=False)
-    bad = ~pa.compute.is_in(labels.cast(pa.string()), value_set=known).to_numpy(zero_copy_only=False)
+    bad = ~usable.to_numpy(zero_copy_only=False)
     if nulls_ok:
         bad &= ~nulls
     if bad.any():
         value = labels[int(np.argmax(bad))].as_py()
-        return (f"{name} {value!r} is not one of task.label_names ({', '.join(names)}) at {_where(bad)}"
-                if value is not None else f"{name} is null at {_where(nulls)}")
+        minus_one = " or -1" if test else ""
+        return (f"{name} {value!r} is not one of task.label_names ({', '.join(names)}) nor an id "
+                f"0..{len(names) - 1}{minus_one} at {_where(bad)}" if value is not None
+                else f"{name} is null at {_where(nulls)}")
     return None
 
 
@@ -473,7 +693,14 @@ def _load_hub(task, hub_name: str):
                         f"{str(e).splitlines()[0][:160]}); offline, pass data.dir=/path/to/data (layout "
                         f"{local_name(task)}/<split>.parquet) or prefetch it with `bitfit-prefetch "
                         f"task={task.name}`") from None
-    return {s: loaded[s] for s in stored_splits(task) if s in loaded}
+    splits = {s: loaded[s] for s in stored_splits(task) if s in loaded}
+    check_table = getattr(kind_of(task), "check_table", None)  # the sequence kind's (a user's own dataset)
+    if check_table is not None:
+        fix = f"fix the dataset, or task {task.name}'s text_fields, label_field, label_names"
+        for split, rows in splits.items():
+            test = split in task.test_splits
+            check_table(clean_labels(rows.data.table, task, test), task, test, f"{where} split {split}", fix)
+    return splits
 
 
 def save_local(task, splits, root: Path) -> list[Path]:

@@ -130,14 +130,20 @@ BAD_FILES = {  # file name, content, the one line (after the path)
     "missing_column": ("t.csv", "text,sentiment\na,negative\n",
                        "has columns text, sentiment; task my_task needs sentence, sentiment; missing: sentence"),
     "unknown_label": ("t.csv", "sentence,sentiment\na,negative\nb,neutral\nc,positive\nd,neutral\n",
-                      "sentiment 'neutral' is not one of task.label_names (negative, positive) at row 1, 2 of 4 "
-                      "rows in all"),
+                      "sentiment 'neutral' is not one of task.label_names (negative, positive) nor an id 0..1 at "
+                      "row 1, 2 of 4 rows in all"),
+    "label_id_text_out_of_range": ("t.csv", "sentence,sentiment\na,negative\nb,2\n",
+                                   "sentiment '2' is not one of task.label_names (negative, positive) nor an id 0..1 "
+                                   "at row 1, 1 of 2 rows in all"),
+    "blank_train_label": ("t.csv", "sentence,sentiment\na,negative\nb,\n", "sentiment is null at row 1, 1 of 2 "
+                          "rows in all"),
     "label_id_out_of_range": ("t.jsonl", '{"sentence": "a", "sentiment": 0}\n{"sentence": "b", "sentiment": 2}\n',
                               "sentiment must be 0..1 but is 2 at row 1, 1 of 2 rows in all"),
     "empty_split": ("t.csv", "sentence,sentiment\n", "has no rows"),
     "text_not_text": ("t.jsonl", '{"sentence": 3, "sentiment": "negative"}\n', "text field sentence holds int64, "
                       "not text"),
     "not_json_lines": ("t.jsonl", '[{"sentence": "a"}]\n', "is not a readable JSON Lines file: "),
+    "column_twice": ("t.csv", "sentence,sentence,sentiment\na,b,negative\n", "has column sentence more than once"),
 }
 
 
@@ -173,8 +179,8 @@ def test_a_bad_file_through_bitfit_run_is_one_line_and_exit_2(user_conf):
     out = bitfit_run(user_conf, "task=my_csv", "model=minilm")
     assert out.returncode == 2
     assert out.stderr == (f"error: {user_conf / 'data' / 'train.csv'}: sentiment 'awful' is not one of "
-                          f"task.label_names (negative, positive) at row 1, 1 of 2 rows in all (fix the file or "
-                          f"task.files.train)\n")
+                          f"task.label_names (negative, positive) nor an id 0..1 at row 1, 1 of 2 rows in all (fix "
+                          f"the file or task.files.train)\n")
 
 
 NO_TEST = ["~task.test_splits", "+task.test_splits={}"]
@@ -226,3 +232,113 @@ def test_config_dir_with_a_tilde_reaches_hydra_expanded(user_conf):
                          cwd=user_conf / "data")
     assert out.returncode == 0, out.stderr
     assert yaml.safe_load(out.stdout)["task"]["label_field"] == "sentiment"
+
+
+# Reading a user's files: what each format means (docs/custom-tasks.md, "File formats").
+def texts_and_labels(splits: dict, split: str = "train") -> tuple[list, list]:
+    rows = splits[split]
+    return list(rows["sentence"]), list(rows["sentiment"]) if "sentiment" in rows.column_names else None
+
+
+def test_a_tsv_file_has_no_quoting_and_a_csv_file_has_rfc4180_quoting(tmp_path):
+    # GLUE's TSV files are plain: a sentence may start with a quote that is not closed on the line.
+    write(tmp_path / "t.tsv", 'sentence\tsentiment\n"Hello," she said\tpositive\n"unclosed\tnegative\n'
+                              'a ""b""\tpositive\n')
+    write(tmp_path / "t.csv", 'sentence,sentiment\n"a, fine\nfilm",positive\n"say ""hi""",negative\n')
+    assert texts_and_labels(splits_of(task_yaml("t", {"train": "t.tsv", "validation": "t.tsv"}), tmp_path)) == (
+        ['"Hello," she said', '"unclosed', 'a ""b""'], ["positive", "negative", "positive"])
+    assert texts_and_labels(splits_of(task_yaml("t", {"train": "t.csv", "validation": "t.csv"}), tmp_path)) == (
+        ["a, fine\nfilm", 'say "hi"'], ["positive", "negative"])
+
+
+def test_test_files_may_leave_labels_empty(tmp_path):
+    write(tmp_path / "train.csv", "sentence,sentiment\na,positive\nb,negative\n")
+    write(tmp_path / "none.csv", "sentence,sentiment\nx,\ny,\n")  # an empty label column: typed null
+    write(tmp_path / "some.csv", "sentence,sentiment\nx,positive\ny,\n")
+    write(tmp_path / "ids.csv", "sentence,label\nx,\ny,\n")
+    tests = {"test_splits": {"test": "t.tsv"}, "test_labels": "names"}
+    for test, labels in [("none.csv", None), ("some.csv", ["positive", None])]:
+        splits = splits_of(task_yaml("t", {"train": "train.csv", "validation": "train.csv", "test": test},
+                                     **tests), tmp_path)
+        assert texts_and_labels(splits, "test") == (["x", "y"], labels)
+    no_names = task_yaml("t", {"train": "train.csv", "validation": "train.csv", "test": "ids.csv"}, **tests,
+                         label_field="label")
+    no_names.pop("label_names")
+    (tmp_path / "train.csv").write_text("sentence,label\na,1\nb,0\n")
+    assert splits_of(no_names, tmp_path)["test"].column_names == ["sentence"]
+    with pytest.raises(UserError, match=r"ids\.csv: label is null at row 0, 2 of 2 rows in all"):
+        splits_of({**no_names, "files": {"train": "ids.csv", "validation": "train.csv"}}, tmp_path)
+
+
+@pytest.mark.parametrize("names, cells, loaded", [
+    (["1", "2"], ["1", "2", "2"], ["1", "2", "2"]),              # names that look like numbers stay names
+    (["false", "true"], ["true", "false", "true"], ["true", "false", "true"]),
+    (["negative", "positive"], ["0", "1", "1"], [0, 1, 1]),      # ids with label_names: ids, as before
+    (["negative", "positive"], ["0", "positive", "1"], [0, 1, 1]),  # a mix: ids
+])
+def test_csv_labels_are_names_first_then_ids(names, cells, loaded, tmp_path):
+    write(tmp_path / "t.csv", "sentence,sentiment\n" + "".join(f"{i}{i},{c}\n" for i, c in enumerate(cells)))
+    splits = splits_of(task_yaml("t", {"train": "t.csv", "validation": "t.csv"}, label_names=names), tmp_path)
+    assert texts_and_labels(splits) == (["00", "11", "22"], loaded)  # digits in a text field are text
+    from bitfit_exp.kinds.sequence import label_values
+
+    positions = [names.index(c) if c in names else int(c) for c in cells]
+    assert label_values(loaded, {"num_labels": 2, "label_names": names}).tolist() == positions
+
+
+def test_categorical_parquet_columns_are_read_as_their_values(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"sentence": pd.Categorical(["a", "b"]),
+                  "sentiment": pd.Categorical(["positive", "negative"])}).to_parquet(tmp_path / "t.parquet")
+    splits = splits_of(task_yaml("t", {"train": "t.parquet", "validation": "t.parquet"}), tmp_path)
+    assert texts_and_labels(splits) == (["a", "b"], ["positive", "negative"])
+
+
+def test_shards_with_ids_in_one_file_and_names_in_another(tmp_path):
+    (tmp_path / "shards").mkdir()
+    write(tmp_path / "shards" / "a.csv", "sentence,sentiment,note\na,0,1\nb,1,2\n")
+    write(tmp_path / "shards" / "b.csv", "sentence,sentiment,note\nc,positive,3\nd,negative,4\n")
+    splits = splits_of(task_yaml("t", {"train": "shards", "validation": "shards"}), tmp_path)
+    assert texts_and_labels(splits) == (["a", "b", "c", "d"], [0, 1, 1, 0])
+    write(tmp_path / "shards" / "b.csv", "sentence,sentiment,note\nc,positive,x\n")
+    with pytest.raises(UserError) as caught:
+        splits_of(task_yaml("t", {"train": "shards", "validation": "shards"}), tmp_path)
+    assert str(caught.value) == (f"task t: the files in {tmp_path / 'shards'} (task.files.train): column note holds "
+                                 f"different types in different files (int64 in a.csv; string in b.csv); give it "
+                                 f"one type in every file")
+
+
+@pytest.mark.parametrize("name", ["t.jsonl", "t.csv"])
+def test_text_that_is_not_utf8_is_one_line(name, tmp_path):
+    lines = ['{"sentence": "caf\xe9", "sentiment": "positive"}', '{"sentence": "b", "sentiment": "negative"}'] \
+        if name.endswith("jsonl") else ["sentence,sentiment", "b,negative", "caf\xe9,positive"]
+    (tmp_path / name).write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    with pytest.raises(UserError) as caught:
+        splits_of(task_yaml("t", {"train": name}), tmp_path, dev_fraction=0.5)
+    row = 0 if name.endswith("jsonl") else 1
+    assert str(caught.value) == (f"{tmp_path / name}: column sentence is not UTF-8 text at row {row}, 1 of 2 rows "
+                                 f"in all; save the file as UTF-8 (fix the file or task.files.train)")
+
+
+def test_a_hub_dataset_is_checked_like_files(tmp_path):
+    repo = tmp_path / "reviews-dataset"
+    repo.mkdir()
+    write(repo / "train.csv", "text,sentiment\na,positive\nb,negative\n")
+    write(repo / "validation.csv", "text,sentiment\nc,positive\nd,awful\n")
+    task = {k: v for k, v in task_yaml("my_hub", {}).items() if k != "files"}
+
+    def error(**change) -> str:
+        with pytest.raises(UserError) as caught:
+            load_splits(OmegaConf.create({**task, "hub_name": str(repo), **change}),
+                        OmegaConf.create({"dir": None, "hub_name": "nyu-mll/glue"}))
+        return str(caught.value)
+
+    fix = "(fix the dataset, or task my_hub's text_fields, label_field, label_names)"
+    assert error() == (f"{repo} split train: has columns text, sentiment; task my_hub needs sentence, sentiment; "
+                       f"missing: sentence {fix}")
+    assert error(text_fields=["text"], label_field="label") == (
+        f"{repo} split train: has columns text, sentiment; task my_hub needs text, label; missing: label {fix}")
+    assert error(text_fields=["text"]) == (
+        f"{repo} split validation: sentiment 'awful' is not one of task.label_names (negative, positive) nor an "
+        f"id 0..1 at row 1, 1 of 2 rows in all {fix}")

@@ -11,7 +11,9 @@ The interface (module-level names; `task` is the task YAML, an OmegaConf DictCon
   `model_config(task) -> dict` further config values for from_pretrained (the sequence kind's problem_type).
 - `check_file(path, task, test, fix)`: raise a one-line UserError naming `path` unless the local parquet file is
   usable by this kind (`test`: a test split, labels may be missing; `fix` says what to do). Called per split file
-  by `data.load_splits` before anything is tokenized.
+  by `data.load_splits` before anything is tokenized. Optional: `read_file(path, task, test, fix) -> pa.Table`
+  (a task's own file, task.files: read, checked and its labels resolved; without it: `check_file`, then the file
+  as it is) and `check_table(table, task, test, where, fix)` (a hub split in memory; without it: unchecked).
 - `encode(dataset, task, tokenizer, data_cfg, role, limit=None) -> Encoded`: `dataset` a datasets.Dataset or a
   pandas DataFrame; `data_cfg` the data config (max_length, and kind keys such as doc_stride); `role` "train",
   "eval" or "test"; `limit` the first N examples (not features). One `Encoded` row is one model input

@@ -26,7 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitfit_exp.data import Encoded, check_split_file, columns_of, label_field
+from bitfit_exp.data import (
+    Encoded,
+    check_split_file,
+    check_split_table,
+    columns_of,
+    label_field,
+    read_split_file,
+)
 from bitfit_exp.errors import UserError
 from bitfit_exp.metrics import METRICS as _METRICS
 from bitfit_exp.metrics import compute_metrics, constant_baseline
@@ -45,6 +52,8 @@ def model_config(task) -> dict:
 
 
 check_file = check_split_file  # GLUE columns: the text fields, label (0..num_labels-1 or a score), idx
+read_file = read_split_file  # a task's own file (task.files): read, checked, labels resolved (names or ids)
+check_table = check_split_table  # a split from the hub, in memory
 
 
 def encode(dataset, task, tokenizer, data_cfg, role: str = "eval", limit: int | None = None) -> Encoded:
@@ -60,20 +69,34 @@ def encode(dataset, task, tokenizer, data_cfg, role: str = "eval", limit: int | 
 
 
 def label_values(values: list, task) -> np.ndarray:
-    """A split's labels as the head's targets: float scores (regression), else class ids, a name mapped to its
-    position in task.label_names, a missing label (an unlabelled test row) to -1.
+    """A split's labels as the head's targets: float scores (regression), else class ids: a name mapped to its
+    position in task.label_names, other text the id it spells, a missing label (an unlabelled test row) -1.
 
-    >>> label_values(["positive", None, 0], {"num_labels": 2, "label_names": ["negative", "positive"]}).tolist()
-    [1, -1, 0]
+    >>> label_values(["positive", None, 0, "0"], {"num_labels": 2, "label_names": ["negative", "positive"]}).tolist()
+    [1, -1, 0, 0]
     """
     if num_outputs(task) == 1:
         return np.asarray(values, dtype=np.float32)
     ids = {name: i for i, name in enumerate(task.get("label_names") or [])}
-    unknown = next(((row, v) for row, v in enumerate(values) if isinstance(v, str) and v not in ids), None)
+    unknown = next(((row, v) for row, v in enumerate(values)
+                    if isinstance(v, str) and v not in ids and not _spells_id(v)), None)
     if unknown:
         raise UserError(f"task {task.get('name')}: label {unknown[1]!r} at row {unknown[0]} is not one of "
-                        f"task.label_names ({', '.join(ids)})")
-    return np.asarray([-1 if v is None else ids[v] if isinstance(v, str) else v for v in values], dtype=np.int64)
+                        f"task.label_names ({', '.join(ids)}) nor an id")
+    return np.asarray([_label_id(v, ids) for v in values], dtype=np.int64)
+
+
+def _spells_id(text: str) -> bool:
+    return text.removeprefix("-").isdigit()
+
+
+def _label_id(value, ids: dict[str, int]) -> int:
+    """One label as a class id: a name's position, the id a text spells, -1 for a missing one (None, NaN, '')."""
+    if value is None or value == "" or (isinstance(value, float) and np.isnan(value)):
+        return -1
+    if isinstance(value, str):
+        return ids[value] if value in ids else int(value)
+    return int(value)
 
 
 def batch_labels(data: Encoded, index: torch.LongTensor, width: int) -> dict[str, torch.Tensor]:
