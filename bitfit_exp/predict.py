@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from bitfit_exp import data
 from bitfit_exp.errors import UserError, first_line
 from bitfit_exp.multitask import BadInput, MultiTaskEngine, TaskPatch
 from bitfit_exp.serve import build_engine, engine_arguments
@@ -41,21 +42,11 @@ def table_format(path) -> str:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """The input rows; a file that cannot be read as its type says is one UserError line. TSV is read as training
-    reads it: tab-separated, quotes are text."""
-    kind = table_format(path)
-    if not path.is_file():
-        raise UserError(f"--input {path} does not exist")
-    try:
-        if kind == "parquet":
-            return pd.read_parquet(path)
-        if kind == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-        if kind == "tsv":
-            return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, dtype=str)
-        return pd.read_csv(path, keep_default_na=False, dtype=str)
-    except Exception as e:  # each reader fails its own way (ParserError, EmptyDataError, ArrowInvalid, ValueError)
-        raise UserError(f"--input {path}: cannot read it as {kind} ({first_line(e)})") from None
+    """The input rows, read as training reads a task's files (bitfit_exp.data.read_table: CSV with RFC 4180 quoting,
+    TSV tab-separated with quotes as text, every CSV/TSV column as text); a file that cannot be read is one
+    UserError line."""
+    table_format(path)  # an unknown extension: the line that lists the known ones
+    return data.read_table(path, fix="fix --input", strings=True).to_pandas()
 
 
 def check_output(path: Path, frame: pd.DataFrame) -> None:

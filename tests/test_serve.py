@@ -437,9 +437,10 @@ def test_predict_refuses_bad_files_and_outputs_before_predicting(runs, tmp_path,
     (tmp_path / "afile").write_text("")
     pd.DataFrame({"text": ["a gem"]}).to_csv(tmp_path / "in.csv", index=False)
     pd.DataFrame({"text": ["a gem"], "label": [1]}).to_parquet(tmp_path / "labelled.parquet")
-    cases = [("bad.jsonl", "o.csv", "bad.jsonl: cannot read it as jsonl (ValueError: "),
-             ("empty.csv", "o.csv", "empty.csv: cannot read it as csv (EmptyDataError: No columns to parse"),
-             ("bad.parquet", "o.csv", "bad.parquet: cannot read it as parquet (ArrowInvalid: "),
+    cases = [("bad.jsonl", "o.csv", "bad.jsonl: is not a readable JSON Lines file: ArrowInvalid: JSON parse error: "
+                                    "Invalid value. in row 1 (fix --input)"),
+             ("empty.csv", "o.csv", "empty.csv: is empty (0 bytes) (fix --input)"),
+             ("bad.parquet", "o.csv", "bad.parquet: is not a readable parquet file: "),
              ("in.csv", "afile/o.csv", "afile/o.csv cannot be written ("),
              ("in.csv", "afile", "unknown file type (none)"),
              ("labelled.parquet", "o.csv", "the input already has column(s) label, which bitfit-predict adds")]
