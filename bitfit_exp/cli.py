@@ -102,7 +102,8 @@ def expand_config_dir(argv: list[str]) -> list[str]:
     """`argv` with the --config-dir (-cd) folder as an absolute path: Hydra does not expand `~`, and a shell does
     not either in `--config-dir=~/my-conf`.
 
-    >>> import os; expand_config_dir(["--config-dir=~/c", "task=x"]) == [f"--config-dir={os.path.expanduser('~/c')}", "task=x"]
+    >>> import os
+    >>> expand_config_dir(["-cd", "~/c", "task=x"]) == ["-cd", os.path.expanduser("~/c"), "task=x"]
     True
     """
     out, after_flag = [], False

@@ -4,8 +4,8 @@ are one setting wherever the files came from (hub name, `bitfit-prefetch` folder
 
 - model: the encoder's parameters as loaded (names below the base prefix, shapes, dtypes, values), the architecture
   keys of its config that change what it computes (per family), and the tokenizer (vocabulary and how it encodes a
-  probe text); the head and any parameter the checkpoint lacks are left out (initialised at random). Cached on disk per checkpoint folder (file sizes and mtimes),
-  since hashing BERT-large's 1.3 GB takes seconds.
+  probe text); the head and any parameter the checkpoint lacks are left out (initialised at random). Cached on disk
+  per checkpoint folder (file sizes and mtimes), since hashing BERT-large's 1.3 GB takes seconds.
 - data: per split read (train and the dev splits; test labels are hidden and do not change results), the number of
   rows and a hash of every column's values.
 
