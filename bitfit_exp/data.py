@@ -511,8 +511,14 @@ def check_split_table(table: pa.Table, task, test: bool = False, where: str = "t
         problem = _label_problem(table[label_field(task)], task, test)
         if problem:
             raise UserError(f"{where}: {problem} ({fix})")
-    if "idx" in table.column_names and not pa.types.is_integer(table["idx"].type):
-        raise UserError(f"{where}: idx holds {table['idx'].type}, not integers ({fix})")
+    if "idx" in table.column_names:
+        idx = table["idx"]
+        if not pa.types.is_integer(idx.type):
+            raise UserError(f"{where}: idx holds {idx.type}, not integers ({fix})")
+        if idx.null_count:  # the prediction file would name such a row by an empty index
+            raise UserError(f"{where}: idx is empty at {_where(np.asarray(idx.is_null()))} ({fix})")
+        if pa.compute.count_distinct(idx).as_py() < len(idx):
+            raise UserError(f"{where}: idx repeats values; it must name each row once ({fix})")
 
 
 def _check_columns(present: list[str], task, test: bool, where: str, fix: str) -> None:

@@ -144,6 +144,10 @@ BAD_FILES = {  # file name, content, the one line (after the path)
                       "not text"),
     "not_json_lines": ("t.jsonl", '[{"sentence": "a"}]\n', "is not a readable JSON Lines file: "),
     "column_twice": ("t.csv", "sentence,sentence,sentiment\na,b,negative\n", "has column sentence more than once"),
+    "idx_empty": ("t.csv", "sentence,sentiment,idx\na,negative,0\nb,positive,\n",
+                  "idx is empty at row 1, 1 of 2 rows in all"),
+    "idx_twice": ("t.csv", "sentence,sentiment,idx\na,negative,3\nb,positive,3\n",
+                  "idx repeats values; it must name each row once"),
 }
 
 
