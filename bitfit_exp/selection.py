@@ -92,7 +92,7 @@ def record_rows(record: dict, path, epoch: str | None = None) -> list[dict]:
     """One row per dev split of a done record, at `epoch` ("best" | "last"; None: the record's main.select).
 
     A diverged record's rows have score NaN (whatever it scored before diverging) and `diverged` True; a finished
-    record whose metric is undefined (written as null, e.g. a correlation of constant predictions) has score NaN.
+    record whose metric is undefined (written as null; metrics.py scores constant predictions 0, so this is rare) has score NaN.
     """
     setting, main, config = record["setting"], record["main"], record["config"]
     which = epoch or main["select"]
@@ -176,9 +176,12 @@ def select_best_lr(df: pd.DataFrame) -> pd.DataFrame:
     main = df[df["main"]].assign(bad=lambda d: d["score"].isna())
     per_lr = main.groupby(SETTING, as_index=False).agg(score=("score", "mean"), bad=("bad", "sum"))
     per_lr["clean"] = per_lr["bad"] == 0
+    # Equal means (the same number of correct answers over the seeds) differ in their last bits as float sums of
+    # 100*k/n: rounded, they tie, and the tie goes to the smaller lr as documented.
+    per_lr["rank"] = per_lr["score"].round(9)
     per_lr["n_lrs"] = per_lr.groupby(GROUP)["lr"].transform("size")
     per_lr = per_lr.merge(main.groupby(GROUP, as_index=False).agg(n_records=("seed", "size")), on=GROUP)
-    ranked = per_lr.sort_values([*GROUP, "clean", "score", "lr", "hash"], na_position="last",
+    ranked = per_lr.sort_values([*GROUP, "clean", "rank", "lr", "hash"], na_position="last",
                                 ascending=[True] * len(GROUP) + [False, False, True, True])
     chosen = ranked.drop_duplicates(GROUP)[[*SETTING, "n_lrs", "n_records"]]
     picked = df.merge(chosen, on=SETTING).assign(no_score=lambda d: d["score"].isna() & ~d["diverged"])
@@ -316,6 +319,9 @@ class Selection:
     left_out: list[str]
 
 
+OUTSIDE_SWEEP = "at lrs outside the sweep"  # records of a cell's own protocol: no other row shows them
+
+
 def _table_cell(df: pd.DataFrame, found: pd.DataFrame, target: Composed, experiment: str):
     """One cell of a paper table: the best rows of the records of `target`'s protocol at its sweep's lrs (the
     checkpoint/data identity with the most done seeds; None when there are none), and a line per left-out group of
@@ -337,8 +343,8 @@ def _table_cell(df: pd.DataFrame, found: pd.DataFrame, target: Composed, experim
         outside = mine[~mine["lr"].map(target.sweeps)]
         if len(outside):
             lrs = ", ".join(f"{x:g}" for x in sorted(set(outside["lr"])))
-            left_out.append(_left_out_line(p, f"at lrs outside the sweep of +experiment={experiment}: {lrs} (sweep: "
-                                              f"{sweep})", len(outside), outside["lr"].nunique()))
+            left_out.append(_left_out_line(p, f"{OUTSIDE_SWEEP} of +experiment={experiment}: {lrs} (sweep: {sweep})",
+                                           len(outside), outside["lr"].nunique()))
         inside = mine[mine["lr"].map(target.sweeps)]
         if p.protocol_id != used and len(inside):
             what = f"with another checkpoint or data: {identity_diff(json.loads(p.identity), used_identity)}"
@@ -436,18 +442,23 @@ def ours_selection(best: pd.DataFrame) -> Selection:
         per_row.setdefault((p.model, p.method, sig, p.task), []).append(p.protocol_id)
     labels = {(model, method, sig): label for (model, method), sigs in rows.items()
               for sig, label in _variant_labels(sigs).items()}
+    # Signatures with one label are one row: a key left at a task's default reads as its value there (RTE's
+    # default 20 epochs and MNLI's train.epochs=20 are both "train.epochs=20").
+    per_label = {}
+    for (model, method, sig, task), ids in per_row.items():
+        per_label.setdefault((model, method, labels[(model, method, sig)], task), []).extend(ids)
     chosen, left_out = [], []
-    for (model, method, sig, _task), ids in per_row.items():
+    for (_model, _method, variant, _task), ids in per_label.items():
         candidates = protocols[protocols["protocol_id"].isin(ids)]
         used = _most_records(candidates)
-        variant = labels[(model, method, sig)]
         chosen.append(best[best["protocol_id"] == used].assign(variant=variant))
         used_identity = json.loads(candidates.set_index("protocol_id").at[used, "identity"])
         left_out += [_left_out_line(p, f"with another data set: {identity_diff(json.loads(p.identity), used_identity)}")
                      for p in candidates[candidates["protocol_id"] != used].itertuples()]
     order = {pair: i for i, pair in enumerate(found_rows(best))}
-    table_rows = sorted(((model, method, labels[(model, method, sig)]) for (model, method), sigs in rows.items()
-                         for sig in sigs), key=lambda r: (order[r[:2]], r[2] != _main_label(rows, labels, r), r[2]))
+    table_rows = sorted(dict.fromkeys((model, method, labels[(model, method, sig)]) for (model, method), sigs in
+                                      rows.items() for sig in sigs),
+                        key=lambda r: (order[r[:2]], r[2] != _main_label(rows, labels, r), r[2]))
     picked = pd.concat(chosen, ignore_index=True) if chosen else best.iloc[:0].assign(variant="")
     return Selection(picked, table_rows, left_out)
 
@@ -471,12 +482,14 @@ def with_other_protocols(df: pd.DataFrame, table: TableDef) -> Selection:
     """table_selection's cells, and below them every other protocol found for the table's tasks as rows of their
     own (another model, or a config other than the table's experiment, e.g. a small CPU run): labelled as
     ours_selection labels them, and "other protocol" where that leaves a paper row's label empty. Nothing is mixed
-    into the paper's cells; `left_out` names only what no row shows (another data identity of a shown row)."""
+    into the paper's cells; `left_out` names only what no row shows: records of a cell's own protocol at lrs
+    outside its sweep, and another data identity of a shown row."""
     df = df[df["task"].isin(table.tasks)]
     paper = table_selection(df, table)
+    unshown = [line for line in paper.left_out if OUTSIDE_SWEEP in line]
     rest = df[~df["protocol_id"].isin(set(paper.best["protocol_id"]))]
     if rest.empty:
-        return Selection(paper.best, paper.rows, [])
+        return Selection(paper.best, paper.rows, unshown)
     others = ours_selection(select_best_lr(rest))
     relabel = {(m, f, v): (m, f, _against_table(others.best, (m, f, v), table) if (m, f) in table.rows else v)
                for m, f, v in others.rows}
@@ -484,7 +497,7 @@ def with_other_protocols(df: pd.DataFrame, table: TableDef) -> Selection:
                                        zip(others.best["model"], others.best["method"], others.best["variant"],
                                            strict=True)])
     return Selection(pd.concat([paper.best, best], ignore_index=True), paper.rows + [relabel[r] for r in others.rows],
-                     others.left_out)
+                     unshown + others.left_out)
 
 
 def _against_table(best: pd.DataFrame, row: tuple[str, str, str], table: TableDef) -> str:

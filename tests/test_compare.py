@@ -66,3 +66,14 @@ def test_diverged_seeds_are_counted_not_averaged(tmp_path, capsys):
     assert "| 62.00±2.00 (n=3) | 62.00±1.41 (n=2, 1 diverged) | +0.00 ✓ |" in out
     assert "| 81.00±1.41 (n=2) | diverged (2/2) | — |" in out
     assert "1/1 settings within seed noise (|Δ| <= max std); 1 with no finished seed on one side" in out
+
+
+def test_a_finished_seed_with_no_score_is_not_called_diverged(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_seeds(a, "bert_base", "stsb", "bitfit", 4e-4, [88.0, 89.0, 90.0])
+    write_seeds(b, "bert_base", "stsb", "bitfit", 4e-4, [88.0, 89.0])
+    write(b, make_record("bert_base", "stsb", "bitfit", 4e-4, 2, None))  # finished; its metric is undefined (null)
+    (row,) = compare_runs(a, b)[0].itertuples()
+    assert (row.n_b, row.diverged_b, row.no_score_b) == (2, 0, 1)
+    assert main([str(a), str(b)]) == 0
+    assert "| 89.00±1.00 (n=3) | 88.50±0.71 (n=2, 1 no score) |" in capsys.readouterr().out

@@ -512,3 +512,37 @@ def test_token_table_next_to_the_papers_ptb_numbers(tmp_path, capsys):
     assert (chosen["lr"], chosen["mean"], chosen["paper_mean"], chosen["delta"]) == ("0.0001", "90.5", "97.2", "")
     ours = (out / "ours.md").read_text(encoding="utf-8")
     assert "MiniLM-L6 | BitFit | ours" in ours and "BERT-base" not in ours  # POS records are not GLUE rows
+
+
+def test_equal_means_tie_to_the_smaller_lr_despite_float_noise(tmp_path):
+    # 997 correct answers of 5 x 277 at both lrs: equal means, whose float sums differ in the last bits.
+    n, a, b = 277, [218, 180, 208, 197, 194], [201, 199, 199, 199, 199]
+    write_seeds(tmp_path, "bert_base", "rte", "bitfit", 1e-4, [100 * k / n for k in a])
+    write_seeds(tmp_path, "bert_base", "rte", "bitfit", 4e-4, [100 * k / n for k in b])
+    df, _ = collect(tmp_path)
+    means = df.groupby("lr")["score"].mean()
+    assert means[4e-4] != means[1e-4] and means[4e-4] == pytest.approx(means[1e-4], abs=1e-9)  # the noise
+    (row,) = select_best_lr(df).itertuples()
+    assert row.lr == 1e-4 and row.std == pytest.approx(5.204, abs=1e-3)
+
+
+def test_rows_whose_labels_coincide_are_one_row(tmp_path):
+    # train.epochs=20 everywhere: RTE's default already, MNLI's and SST-2's an override. One row, not two.
+    write_seeds(tmp_path, "bert_base", "rte", "bitfit", 4e-4, [70.0, 72.0, 74.0])
+    write_seeds(tmp_path, "bert_base", "mnli", "bitfit", 4e-4, [(80.0, 81.0)] * 3, changes={"train.epochs": 20})
+    write_seeds(tmp_path, "bert_base", "sst2", "bitfit", 4e-4, [90.0] * 3, changes={"train.epochs": 20})
+    chosen = ours_selection(select_best_lr(collect(tmp_path)[0]))
+    assert chosen.rows == [("bert_base", "bitfit", "train.epochs=20")]
+    assert sorted(set(chosen.best["task"])) == ["mnli", "rte", "sst2"]
+    assert main(["--runs-dir", str(tmp_path), "--table", "ours", "--out", str(tmp_path / "t")]) == 0
+
+
+def test_the_pos_table_names_records_at_lrs_outside_its_sweep(tmp_path):
+    from bitfit_exp.selection import with_other_protocols
+
+    write_seeds(tmp_path, "bert_base", "pos", "bitfit", 4e-4, [(90.0, 89.0), (91.0, 90.0), (92.0, 91.0)])
+    write_seeds(tmp_path, "bert_base", "pos", "bitfit", 2e-3, [(97.0, 96.0)] * 3)  # not an lr of +experiment=pos
+    chosen = with_other_protocols(collect(tmp_path)[0], TABLES["pos"])
+    assert set(chosen.best["lr"]) == {4e-4}
+    assert chosen.left_out == ["left out of BERT-base BitFit POS: 3 records (1 lr) at lrs outside the sweep of "
+                               "+experiment=pos: 0.002 (sweep: 0.0001, 0.0004, 0.0007, 0.001)"]
