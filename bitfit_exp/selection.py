@@ -92,7 +92,8 @@ def record_rows(record: dict, path, epoch: str | None = None) -> list[dict]:
     """One row per dev split of a done record, at `epoch` ("best" | "last"; None: the record's main.select).
 
     A diverged record's rows have score NaN (whatever it scored before diverging) and `diverged` True; a finished
-    record whose metric is undefined (written as null; metrics.py scores constant predictions 0, so this is rare) has score NaN.
+    record whose metric is undefined (written as null; rare, since metrics.py scores constant predictions 0) has
+    score NaN.
     """
     setting, main, config = record["setting"], record["main"], record["config"]
     which = epoch or main["select"]
