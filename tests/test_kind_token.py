@@ -89,6 +89,56 @@ def test_decode_reads_batches_of_different_widths_in_order(tokenizer):
         kind.decode([first], data)
 
 
+TRAINING_TEXT = [" President Bush on Tuesday nominated two individuals .", " The hyperparameterization works ."] * 4
+
+
+@pytest.fixture(scope="module")
+def byte_level_tokenizer(tmp_path_factory):
+    """A tiny roberta-base-like tokenizer: byte-level BPE, RobertaTokenizer, add_prefix_space=False, as
+    AutoTokenizer loads roberta-base."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    folder = tmp_path_factory.mktemp("roberta")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(TRAINING_TEXT, vocab_size=320, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))
+    merges = [tuple(line.split()) for line in (folder / "merges.txt").read_text().splitlines()[1:] if line]
+    tokenizer = RobertaTokenizerFast(vocab=bpe.get_vocab(), merges=merges)
+    assert tokenizer.add_prefix_space is False
+    return tokenizer
+
+
+def test_byte_level_bpe_sees_each_word_with_its_leading_space(byte_level_tokenizer):
+    tok = byte_level_tokenizer
+    words = [("President", "NNP"), ("Bush", "NNP"), ("works", "VBZ"), ("hyperparameterization", "NN"), (".", ".")]
+    glued = tok.convert_ids_to_tokens(tok([w for w, _ in words], is_split_into_words=True)["input_ids"])
+    assert glued[:4] == ["<s>", "Pr", "esid", "ent"]  # fed as given, each word would lose its word start
+    data = kind.encode(frame(words), TASK, tok, {"max_length": 64}, role="eval")
+    pieces = tok.convert_ids_to_tokens(data.input_ids[0])
+    assert pieces == ["<s>", "ĠPresid", "ent", "ĠBush", "Ġworks", "Ġhy", "perpar", "amet", "eriz", "ation", "Ġ.",
+                      "</s>"]
+    assert pieces[1:-1] == tok.tokenize(" President Bush works hyperparameterization .")  # as in running text
+    assert data.labels[0] == [-100, 5, -100, 5, 2, 1, -100, -100, -100, -100, 3, -100]
+    assert [pieces[p] for p in data.extra["first_positions"][0]] == ["ĠPresid", "ĠBush", "Ġworks", "Ġhy", "Ġ."]
+    assert data.extra["words"] == [["President", "Bush", "works", "hyperparameterization", "."]]  # as given
+    assert kind.needs_prefix_space(tok)
+
+
+def test_wordpiece_and_sentencepiece_words_are_fed_as_given(tokenizer):
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spm = SentencePieceBPETokenizer()
+    spm.train_from_iterator(TRAINING_TEXT, vocab_size=120, special_tokens=["<pad>", "<unk>"])
+    metaspace = PreTrainedTokenizerFast(tokenizer_object=spm._tokenizer, unk_token="<unk>", pad_token="<pad>")
+    assert not kind.needs_prefix_space(tokenizer) and not kind.needs_prefix_space(metaspace)
+    data = kind.encode(frame([("President", "NNP"), ("Bushes", "NNP")]), TASK, metaspace, {"max_length": 64},
+                       role="eval")
+    pieces = metaspace.convert_ids_to_tokens(data.input_ids[0])
+    assert pieces == ["▁President", "▁Bush", "es"] and data.labels[0] == [5, 5, -100]
+
+
 def test_null_tags_are_dropped_and_empty_words_become_unknown(tokenizer):
     table = pd.DataFrame({"tokens": [["don't", "do", "n't", "\u200b", "it"]],
                           "xpos": [[None, "VBZ", "DT", "NN", "NNP"]]})
@@ -201,6 +251,26 @@ def test_read_conll_two_column_and_conllu(tmp_path):
     with pytest.raises(UserError, match=r"conll2000.txt:1: 3 field\(s\), expected a word in column 1 and a tag "
                                         r"in column 4"):
         kind.read_conll(space, columns=(0, 3))
+
+
+def test_read_conll_space_separated_pound_sign_is_a_word_not_a_comment(tmp_path):
+    wsj = tmp_path / "wsj.txt"
+    wsj.write_text("# sent_id = a\nThe DT\nprice NN\n# #\n200 CD\n\n# #\n1 CD\n\n# a comment here\n#comment\n"
+                   "# sent_id = c\nIt PRP\n")
+    assert kind.read_conll(wsj) == {"sent_id": ["a", "2", "c"], "tokens": [["The", "price", "#", "200"], ["#", "1"],
+                                                                       ["It"]],
+                                    "xpos": [["DT", "NN", "#", "CD"], ["#", "CD"], ["PRP"]]}
+    chunks = tmp_path / "conll2000.txt"  # three fields per word line: a two-field `#` line is a comment there
+    chunks.write_text("# # B-NP\n# note\n5 CD I-NP\n")
+    assert kind.read_conll(chunks) == {"sent_id": ["1"], "tokens": [["#", "5"]], "xpos": [["#", "CD"]]}
+
+
+def test_read_conll_conllu_comments_stay_comments(tmp_path):
+    conllu = tmp_path / "ud.conllu"
+    conllu.write_text("# newdoc id = d1\n# newpar\n# sent_id = s-1\n# text = # 1\n1\t#\t#\tSYM\tNN\t_\t2\tdep\t_\t_\n"
+                      "2\t1\t1\tNUM\tCD\t_\t0\troot\t_\t_\n\n# sent_id = s-2\n# #\n1\tOk\tok\tINTJ\tUH\t_\t0\troot\t_\t_\n")
+    assert kind.read_conll(conllu) == {"sent_id": ["s-1", "s-2"], "tokens": [["#", "1"], ["Ok"]],
+                                       "xpos": [["NN", "CD"], ["UH"]]}
 
 
 def test_convert_writes_the_layout_load_splits_reads(tmp_path):

