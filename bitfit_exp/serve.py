@@ -93,25 +93,37 @@ class Batcher:
     """Collects requests for up to `window_s` after the first one (or until `max_rows` rows) and runs them as one
     list through the engine, in a worker thread so the server keeps accepting requests meanwhile."""
 
-    def __init__(self, engine: MultiTaskEngine, window_s: float, max_rows: int):
+    def __init__(self, engine: MultiTaskEngine, window_s: float, max_rows: int, max_queued_rows: int = 65536):
         self.engine, self.window_s, self.max_rows = engine, window_s, max_rows
+        self.max_queued_rows, self.queued_rows = max_queued_rows, 0
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="bitfit-forward")
 
     async def submit(self, rows: list[Row]) -> tuple[list, dict]:
+        """The request's logits and batch info; BadInput 503 when the rows waiting already reach
+        `max_queued_rows` (a flood of requests must not grow memory without bound)."""
+        if self.queued_rows + len(rows) > self.max_queued_rows:
+            raise BadInput(f"the server is busy: {self.queued_rows:,} rows wait for the model (--max-queued-rows "
+                           f"{self.max_queued_rows:,}); retry later", 503)
         pending = Pending(rows, asyncio.get_running_loop().create_future())
+        self.queued_rows += len(rows)
         await self.queue.put(pending)
         return await pending.future
 
+    async def _get(self, timeout: float | None = None) -> Pending:
+        pending = await (self.queue.get() if timeout is None else asyncio.wait_for(self.queue.get(), timeout))
+        self.queued_rows -= len(pending.rows)
+        return pending
+
     async def _collect(self) -> list[Pending]:
-        group = [await self.queue.get()]
+        group = [await self._get()]
         deadline = asyncio.get_running_loop().time() + self.window_s
         while sum(len(p.rows) for p in group) < self.max_rows:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
             try:
-                group.append(await asyncio.wait_for(self.queue.get(), left))
+                group.append(await self._get(left))
             except TimeoutError:
                 break
         return group
@@ -160,7 +172,7 @@ def prepare(engine: MultiTaskEngine, raw: bytes, max_items: int) -> list[Row]:
 
 
 def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int = 1024,
-               max_body_bytes: int = 16 * 2**20):
+               max_body_bytes: int = 16 * 2**20, max_queued_rows: int = 65536):
     """The Starlette app serving `engine`: /health, /tasks, /predict (see the module docstring)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -168,7 +180,7 @@ def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int =
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    batcher = Batcher(engine, window_ms / 1000, engine.max_batch)
+    batcher = Batcher(engine, window_ms / 1000, engine.max_batch, max_queued_rows)
 
     async def health(request):
         return JSONResponse({"status": "ok", "model": engine.name_or_path, "model_fingerprint": engine.fingerprint,
@@ -185,6 +197,8 @@ def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int =
             return error(str(e), e.status)
         try:
             logits, info = await batcher.submit(rows)
+        except BadInput as e:
+            return error(str(e), e.status)
         except Exception as e:
             return error(f"internal error: {first_line(e)}", 500)
         return JSONResponse({"predictions": [engine.result(r, v) for r, v in zip(rows, logits, strict=True)],
@@ -253,11 +267,16 @@ def main(argv=None) -> int:
     p.add_argument("--max-chars", type=int, default=100_000, help="longest text (characters) an item may hold")
     p.add_argument("--max-body-mb", type=float, default=16.0,
                    help="largest request body (MiB), refused with 413 before it is read")
+    p.add_argument("--max-queued-rows", type=int, default=65536,
+                   help="rows that may wait for the model; a request beyond that gets 503 (retry later)")
     p.add_argument("--log-level", default="warning", help="uvicorn's log level (info logs every request)")
     args = p.parse_args(argv)
     try:
         if args.max_body_mb <= 0:
             raise UserError(f"--max-body-mb={args.max_body_mb:g}; give a positive size")
+        if args.max_queued_rows < args.max_items:
+            raise UserError(f"--max-queued-rows={args.max_queued_rows} is below --max-items={args.max_items}: a "
+                            f"full request could never be queued")
         engine = build_engine(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -268,7 +287,7 @@ def main(argv=None) -> int:
     print(f"bitfit-serve: {len(engine.patches)} tasks over {engine.name_or_path} (fingerprint {engine.fingerprint}, "
           f"{memory['backbone_bytes'] / 2**20:.1f} MiB backbone + {memory['task_tables_bytes'] / 2**20:.2f} MiB task "
           f"tables) on http://{args.host}:{args.port}", flush=True)
-    app = create_app(engine, args.window_ms, args.max_items, int(args.max_body_mb * 2**20))
+    app = create_app(engine, args.window_ms, args.max_items, int(args.max_body_mb * 2**20), args.max_queued_rows)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -383,6 +384,45 @@ def test_preparing_a_request_does_not_block_other_requests():
     assert slow.status_code == 422
     assert slow.json() == {"error": "the request could not be prepared (TypeError: TextEncodeInput must be "
                                     "Union[TextInputSequence, ...])"}
+
+
+def test_a_full_queue_is_a_503_and_the_server_goes_on():
+    """Rows waiting for the model are bounded (--max-queued-rows): a flood gets 503s, not unbounded memory."""
+    import httpx
+
+    from bitfit_exp.serve import create_app
+
+    class SlowModel:
+        name_or_path, fingerprint, patches, forward_passes, device, max_batch = "m", "f", [], 0, "cpu", 2
+
+        def prepare(self, items, default=None):
+            return [SimpleNamespace(task="t") for _ in items]
+
+        def logits(self, rows):
+            time.sleep(1.0)
+            return [[0.0]] * len(rows)
+
+        def result(self, row, logits):
+            return {"score": logits[0]}
+
+    async def flood():
+        app = create_app(SlowModel(), window_ms=1, max_items=2, max_queued_rows=3)
+        transport = httpx.ASGITransport(app=app)  # which does not run the app's lifespan (the batcher): here
+        async with app.router.lifespan_context(app), \
+                httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            body = {"task": "t", "items": [{"text": "a"}, {"text": "b"}]}
+            first = asyncio.create_task(client.post("/predict", json=body))  # taken at once: the model runs 1 s
+            await asyncio.sleep(0.3)
+            second = asyncio.create_task(client.post("/predict", json=body))  # waits: 2 rows queued
+            await asyncio.sleep(0.3)
+            third = await client.post("/predict", json=body)  # 2 + 2 > 3
+            return await first, await second, third
+
+    first, second, third = asyncio.run(flood())
+    assert first.status_code == second.status_code == 200 and len(second.json()["predictions"]) == 2
+    assert third.status_code == 503
+    assert third.json() == {"error": "the server is busy: 2 rows wait for the model (--max-queued-rows 3); retry "
+                                     "later"}
 
 
 # ---------------------------------------------------------------------------------------------- files and export
