@@ -133,15 +133,16 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def _missing_pad_id(path: str, overrides: dict) -> dict:
-    """{"pad_token_id": id} when the checkpoint's config has none (GPT-2, some Qwen2 configs): the tokenizer's
-    padding token, as load_tokenizer gives it. Decoder sequence classifiers find each row's last token with it,
-    and refuse batches of more than one row without it."""
+def _model_config(path: str, num_labels: int, overrides: dict):
+    """The checkpoint's config with `num_labels` and `overrides`, read once; one without pad_token_id (GPT-2, some
+    Qwen2 configs) gets the tokenizer's padding token, as load_tokenizer gives it: decoder sequence classifiers find
+    each row's last token with it, and refuse batches of more than one row without it."""
     from transformers import AutoConfig
 
-    if "pad_token_id" in overrides or AutoConfig.from_pretrained(path).pad_token_id is not None:
-        return {}
-    return {"pad_token_id": load_tokenizer(path).pad_token_id}
+    config = AutoConfig.from_pretrained(path, num_labels=num_labels, **overrides)
+    if config.pad_token_id is None:
+        config.pad_token_id = load_tokenizer(path).pad_token_id
+    return config
 
 
 def load_model(name_or_path: str, num_labels: int, auto_class: str = "AutoModelForSequenceClassification",
@@ -157,9 +158,8 @@ def load_model(name_or_path: str, num_labels: int, auto_class: str = "AutoModelF
     logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected for every run
     logging.disable_progress_bar()
     try:
-        config = {**_missing_pad_id(path, config), **config}
-        model, info = getattr(transformers, auto_class).from_pretrained(path, num_labels=num_labels,
-                                                                         output_loading_info=True, **config)
+        model, info = getattr(transformers, auto_class).from_pretrained(
+            path, config=_model_config(path, num_labels, config), output_loading_info=True)
     except UserError:  # the tokenizer's own one line (asked for its padding token)
         raise
     except Exception as e:  # damaged weights raise by format: RuntimeError, UnpicklingError, SafetensorError, ...
