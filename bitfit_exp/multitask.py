@@ -202,13 +202,12 @@ def check_servable(patch: TaskPatch, tensors: dict[str, torch.Tensor], model: nn
         if kind == "initial":
             continue
         owner = modules.get(name.rpartition(".")[0])
-        if kind == "trained" and name in named and name not in head and name.endswith(".bias") and owner is not None \
-                and not isinstance(owner, nn.Linear | nn.LayerNorm):
-            raise UserError(f"{patch.path}: trains the bias of {name}, a {type(owner).__name__} layer; only biases of "
-                            f"Linear and LayerNorm layers can be served per row, so {export}")
         shares = kind == "trained" and name in named and (
             name in head or (name.endswith(".bias") and isinstance(owner, nn.Linear | nn.LayerNorm)))
         if not shares:
+            if kind == "trained" and name in named and name.endswith(".bias") and owner is not None:
+                raise UserError(f"{patch.path}: trains the bias of {name}, a {type(owner).__name__} layer; only "
+                                f"biases of Linear and LayerNorm layers can be served per row, so {export}")
             what = "changes entries of" if kind.startswith("sparse") else "trains"
             raise UserError(f"{patch.path}: method {patch.method} {what} {name}, not only biases and the head, so "
                             f"it cannot share the frozen backbone (servable: {SHARED_METHODS}); {export}")
