@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
 from bitfit_exp.kinds import sequence
-from bitfit_exp.methods import select
-from bitfit_exp.packed import DropoutStreams, PackedAdamW, pack, packed_loss
-from bitfit_exp.training import compiled, freeze
+from bitfit_exp.model.methods import select
+from bitfit_exp.train.packed import DropoutStreams, PackedAdamW, pack, packed_loss
+from bitfit_exp.train.trainer import compiled, freeze
 
 SHAPES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),

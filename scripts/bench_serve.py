@@ -1,4 +1,4 @@
-"""Memory and throughput of serving N task patches over one backbone (bitfit_exp.multitask) against N separate
+"""Memory and throughput of serving N task patches over one backbone (bitfit_exp.serving.engine) against N separate
 fine-tuned models, and of mixed-task batches against one-task-at-a-time batches.
 
     python scripts/bench_serve.py /tmp/serve-runs/minilm --tasks 1 4 16 64 --rows 256 --batch-size 32 --json out.json
@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bitfit_exp.models import load_model  # noqa: E402
-from bitfit_exp.multitask import MultiTaskEngine, find_patches  # noqa: E402
-from bitfit_exp.patch import apply_patch  # noqa: E402
+from bitfit_exp.model.loading import load_model  # noqa: E402
+from bitfit_exp.model.patch import apply_patch  # noqa: E402
+from bitfit_exp.serving.engine import MultiTaskEngine, find_patches  # noqa: E402
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 

@@ -31,7 +31,7 @@ def save_tiny(folder: Path, kind: str, **overrides) -> Path:
     import torch
     from transformers import AutoModel
 
-    from bitfit_exp.models import load_tokenizer
+    from bitfit_exp.model.loading import load_tokenizer
 
     torch.manual_seed(0)
     AutoModel.from_config(tiny_config(kind, **overrides)).save_pretrained(folder)
@@ -61,7 +61,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from bitfit_exp.cli import conf_dir
+    from bitfit_exp.core.config_dir import conf_dir
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides))

@@ -10,12 +10,12 @@ import torch
 import transformers as tf
 from torch import nn
 
-from bitfit_exp.analysis import bias_change
-from bitfit_exp.errors import UserError
-from bitfit_exp.methods import select
-from bitfit_exp.packed import DropoutStreams, pack, packing_problem
-from bitfit_exp.patch import apply_patch, save_patch, trained_state
-from bitfit_exp.training import Masks, freeze, make_optimizer
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.model.methods import select
+from bitfit_exp.model.patch import apply_patch, save_patch, trained_state
+from bitfit_exp.results.analysis import bias_change
+from bitfit_exp.train.packed import DropoutStreams, pack, packing_problem
+from bitfit_exp.train.trainer import Masks, freeze, make_optimizer
 
 H, L, V, PAD = 16, 2, 64, 63
 COMMON = dict(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=2, intermediate_size=32,
@@ -53,7 +53,7 @@ def tiny(kind: str, p: float = 0.0, seed: int = 0):
 
 
 KINDS = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "albert", "deberta-v2", "gpt2", "qwen2"]
-# Written out from the modules of each family (not taken from bitfit_exp.architectures): layer N's prefix, b_q and
+# Written out from the modules of each family (not taken from bitfit_exp.model.architectures): layer N's prefix, b_q and
 # b_m2 paths inside it, and the pooler bias the subsets add.
 LAYER = {"bert": "bert.encoder.layer.{}.", "roberta": "roberta.encoder.layer.{}.",
          "xlm-roberta": "roberta.encoder.layer.{}.", "electra": "electra.encoder.layer.{}.",
@@ -307,8 +307,8 @@ def test_model_groups_of_the_mapped_families(group, checkpoint):
 def test_a_packed_job_on_deberta_trains_one_by_one_with_its_note(tmp_path, glue_dir, capsys):
     from conftest import MINILM, compose, quick
 
-    from bitfit_exp.models import load_tokenizer
-    from bitfit_exp.runner import run_job
+    from bitfit_exp.model.loading import load_tokenizer
+    from bitfit_exp.train.runner import run_job
 
     folder = tmp_path / "deberta"
     torch.manual_seed(0)
@@ -328,7 +328,7 @@ def test_a_packed_job_on_a_checkpoint_without_pooler_trains_one_by_one_with_its_
     from conftest import compose, quick
     from test_identity import save_without_pooler
 
-    from bitfit_exp.runner import run_job
+    from bitfit_exp.train.runner import run_job
 
     folder = save_without_pooler(tmp_path / "nopooler")
     runs = {}
@@ -347,9 +347,9 @@ def test_a_packed_job_on_a_checkpoint_without_pooler_trains_one_by_one_with_its_
     # The patch carries the seed's random pooler weight: applied under any random state, it gives the run's model.
     from safetensors.torch import load_file
 
-    from bitfit_exp.models import load_model
-    from bitfit_exp.multitask import MultiTaskEngine, find_patches
-    from bitfit_exp.patch import apply_patch
+    from bitfit_exp.model.loading import load_model
+    from bitfit_exp.model.patch import apply_patch
+    from bitfit_exp.serving.engine import MultiTaskEngine, find_patches
 
     (patch,) = (tmp_path / "runs-false").glob("**/seed0/patch.safetensors")
     assert "fixed.bert.pooler.dense.weight" in load_file(str(patch))
@@ -367,8 +367,8 @@ def test_a_packed_job_on_a_checkpoint_without_pooler_trains_one_by_one_with_its_
 def test_a_missing_parameter_that_every_setting_trains_does_not_stop_packing(tmp_path):
     from test_identity import save_without_pooler
 
-    from bitfit_exp.methods import Selection
-    from bitfit_exp.models import load_model
+    from bitfit_exp.model.loading import load_model
+    from bitfit_exp.model.methods import Selection
 
     model = load_model(str(save_without_pooler(tmp_path / "nopooler")), num_labels=2)
     selection = select("bitfit", model)
@@ -400,8 +400,8 @@ def save_tiny_gpt2_without_padding(folder):
 def test_a_decoder_without_a_padding_token_pads_with_eos(tmp_path, glue_dir):
     from conftest import compose, quick
 
-    from bitfit_exp.models import load_model, load_tokenizer
-    from bitfit_exp.runner import run_job
+    from bitfit_exp.model.loading import load_model, load_tokenizer
+    from bitfit_exp.train.runner import run_job
 
     folder = save_tiny_gpt2_without_padding(tmp_path / "gpt2")
     tokenizer, model = load_tokenizer(str(folder)), load_model(str(folder), 2)

@@ -16,12 +16,13 @@ import pytest
 from conftest import GLUE, REPO, quick
 from omegaconf import OmegaConf
 
-from bitfit_exp.data import check_split_file, load_splits
-from bitfit_exp.errors import UserError
-from bitfit_exp.models import RESAVE, load_model, load_tokenizer
-from bitfit_exp.records import check_runs_dir
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.data.checks import check_split_file
+from bitfit_exp.kinds.splits import load_splits
+from bitfit_exp.model.loading import RESAVE, load_model, load_tokenizer
+from bitfit_exp.results.records import check_runs_dir
 
-RUN = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
+RUN = [sys.executable, "-c", "from bitfit_exp.commands.run import run; run()"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 ROWS = 24  # rows kept of each real split
 
@@ -119,7 +120,7 @@ def damaged_glue(root: Path, case: str) -> tuple[Path, Path, str]:
 # torch), keeping each run's exit code and everything it wrote to stderr, a traceback included.
 DRIVER = """
 import contextlib, io, json, sys, traceback
-from bitfit_exp.cli import run
+from bitfit_exp.commands.run import run
 jobs, answers_file, answers = json.loads(sys.argv[1]), sys.argv[2], []
 for args in jobs:
     sys.argv, stderr = ["bitfit-run", *args], io.StringIO()

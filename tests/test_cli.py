@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import GLUE, MINILM, quick
 
-RUN = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
+RUN = [sys.executable, "-c", "from bitfit_exp.commands.run import run; run()"]
 
 
 def bitfit_run(*overrides, env=None):

@@ -1,4 +1,4 @@
-"""bitfit_exp.compare: the same settings trained two ways, matched by protocol and lr."""
+"""bitfit_exp.results.compare: the same settings trained two ways, matched by protocol and lr."""
 
 import math
 
@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from test_tables import make_record, write, write_seeds
 
-from bitfit_exp.compare import compare_runs, main
+from bitfit_exp.commands.compare import main
+from bitfit_exp.results.compare import compare_runs
 
 
 def test_compare_runs_two_ways_by_hand(tmp_path, capsys):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import compose, quick, save_tiny
 
-from bitfit_exp.packed import train_packed
-from bitfit_exp.runner import Prepared, start_seed
-from bitfit_exp.training import train_seed
+from bitfit_exp.train.packed import train_packed
+from bitfit_exp.train.runner import Prepared, start_seed
+from bitfit_exp.train.trainer import train_seed
 
 pytestmark = pytest.mark.slow
 CPU = torch.device("cpu")

@@ -12,12 +12,12 @@ import yaml
 from conftest import compose, sst2_rows, task_yaml
 from omegaconf import OmegaConf
 
-from bitfit_exp.data import load_splits
-from bitfit_exp.errors import UserError
-from bitfit_exp.schema import problems
+from bitfit_exp.config.schema import problems
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.kinds.splits import load_splits
 
-RUN = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
-PREFETCH = [sys.executable, "-c", "from bitfit_exp.cli import prefetch; prefetch()"]
+RUN = [sys.executable, "-c", "from bitfit_exp.commands.run import run; run()"]
+PREFETCH = [sys.executable, "-c", "from bitfit_exp.commands.prefetch import prefetch; prefetch()"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 def bitfit_run(root, *overrides, command=RUN):
     args = ["--config-dir", str(root / "my-conf"), f"data.dir={root / 'data'}", f"runs_dir={root / 'runs'}",
@@ -49,7 +49,7 @@ def test_a_user_task_runs_and_resumes_through_config_dir(task, user_conf, tiny_b
     assert "1 seeds, 1 already finished" in again.stdout  # same data fingerprint: the same setting folder
     assert the_record(user_conf / "runs", task) == record
 
-    from bitfit_exp.tables import main as tables
+    from bitfit_exp.commands.tables import main as tables
 
     assert tables(["--runs-dir", str(user_conf / "runs"), "--table", "ours", "--out", str(user_conf / "t")]) == 0
     header = (user_conf / "t" / "ours.md").read_text().splitlines()[2]
@@ -58,7 +58,7 @@ def test_a_user_task_runs_and_resumes_through_config_dir(task, user_conf, tiny_b
 
 @pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_a_user_task_packs_and_plots_like_glue(user_conf, tiny_bert_dir):
-    from bitfit_exp.plots import main as plot
+    from bitfit_exp.commands.plot import main as plot
 
     out = bitfit_run(user_conf, "task=my_csv", f"model.name_or_path={tiny_bert_dir}", "optim.lr=0.01",
                      "seeds=[0,1]", "train.packed=true")
@@ -78,7 +78,7 @@ def test_the_early_check_composes_with_the_users_folder(user_conf, tiny_bert_dir
     assert missing.returncode == 2 and missing.stderr.startswith("error: In 'config': Could not find 'task/nope'; ")
     assert "my_csv, my_jsonl" in missing.stderr
 
-    from bitfit_exp.plan import valid_jobs
+    from bitfit_exp.config.compose import valid_jobs
 
     ((_, cfg),) = valid_jobs(["task=my_jsonl", f"hydra.searchpath=[file://{user_conf / 'my-conf'}]"], sweep=False)
     assert cfg.task.label_field == "sentiment" and cfg.data.dev_fraction is None

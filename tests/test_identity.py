@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import GLUE, MINILM, quick
 
-from bitfit_exp.records import (
+from bitfit_exp.results.records import (
     CorruptRecord,
     done,
     read_record,
@@ -23,7 +23,7 @@ from bitfit_exp.records import (
     write_json_atomic,
 )
 
-RUN = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
+RUN = [sys.executable, "-c", "from bitfit_exp.commands.run import run; run()"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 LEGACY = Path(__file__).parent / "data" / "legacy_v1"
 # The command that wrote tests/data/legacy_v1 (schema 1), with data.dir pointing at the same data.
@@ -77,7 +77,7 @@ def test_schema1_key_of_the_fixture_is_reproduced(tmp_path):
 
 @pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_one_checkpoint_and_data_wherever_they_are_read_from(tmp_path, glue_dir):
-    from bitfit_exp.models import save_for_offline
+    from bitfit_exp.model.loading import save_for_offline
 
     copy = save_for_offline(MINILM, tmp_path / "minilm_copy") or tmp_path / "minilm_copy"
     data = tmp_path / "glue_copy"
@@ -179,7 +179,7 @@ def test_a_killed_overwrite_keeps_the_old_record_counted(tmp_path, tiny_bert_dir
 
 
 def test_an_overwrite_does_not_redo_a_record_written_since_it_started(tmp_path):
-    from bitfit_exp.runner import Member, _stamp, to_train
+    from bitfit_exp.train.runner import Member, _stamp, to_train
 
     path = sealed(tmp_path)
     member = Member(None, 0, path, _stamp(path))  # overwrite=true, seen at job start
@@ -213,7 +213,7 @@ def save_tiny_electra(folder: Path) -> Path:
     import torch
     import transformers as tf
 
-    from bitfit_exp.models import load_tokenizer
+    from bitfit_exp.model.loading import load_tokenizer
 
     torch.manual_seed(0)
     tf.AutoModel.from_config(tf.ElectraConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2,
@@ -226,7 +226,7 @@ def save_tiny_electra(folder: Path) -> Path:
 def test_fingerprints_of_bert_style_checkpoints_never_change(tmp_path, monkeypatch):
     from conftest import save_tiny
 
-    from bitfit_exp.fingerprint import model_fingerprint
+    from bitfit_exp.model.fingerprint import model_fingerprint
 
     monkeypatch.setenv("BITFIT_CACHE_DIR", str(tmp_path / "cache"))  # computed here, not read from a cache
     folders = {kind: str(save_tiny(tmp_path / kind, kind)) for kind in ("bert", "roberta")}
@@ -251,7 +251,7 @@ def other_value(value):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from bitfit_exp.models import load_tokenizer
+    from bitfit_exp.model.loading import load_tokenizer
 
     return load_tokenizer(MINILM)
 
@@ -260,7 +260,7 @@ def tokenizer():
 def test_every_computation_key_of_a_family_changes_its_fingerprint(kind, tokenizer):
     from test_architectures import config, tiny
 
-    from bitfit_exp.fingerprint import ARCHITECTURE_KEYS, FAMILY_KEYS, model_digest
+    from bitfit_exp.model.fingerprint import ARCHITECTURE_KEYS, FAMILY_KEYS, model_digest
 
     model = tiny(kind)
     keys = [k for k in (*ARCHITECTURE_KEYS, *FAMILY_KEYS[kind]) if k in config(kind).to_dict() and k != "model_type"]
@@ -285,7 +285,7 @@ NOT_COMPUTATION = {"summary_activation", "summary_first_dropout", "summary_last_
 def test_no_key_that_looks_like_computation_is_left_out(kind):
     from test_architectures import config
 
-    from bitfit_exp.fingerprint import COMPUTATION_WORDS, computation_keys
+    from bitfit_exp.model.fingerprint import COMPUTATION_WORDS, computation_keys
 
     values = config(kind).to_dict()
     looks = {k for k in values if k.endswith("pdrop") or COMPUTATION_WORDS.intersection(k.split("_"))}
@@ -293,7 +293,7 @@ def test_no_key_that_looks_like_computation_is_left_out(kind):
 
 
 def test_an_unmapped_family_hashes_the_keys_that_look_like_computation():
-    from bitfit_exp.fingerprint import computation_keys
+    from bitfit_exp.model.fingerprint import computation_keys
 
     config = {"model_type": "newformer", "hidden_act": "gelu", "norm_eps": 1e-5, "attn_pdrop": 0.1,
               "global_rope_theta": 1e4, "vocab_size": 9, "hidden_size": 16, "output_attentions": False}
@@ -306,7 +306,7 @@ def save_without_pooler(folder: Path) -> Path:
     import transformers as tf
     from conftest import tiny_config
 
-    from bitfit_exp.models import load_tokenizer
+    from bitfit_exp.model.loading import load_tokenizer
 
     torch.manual_seed(0)
     tf.BertModel(tiny_config("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
@@ -318,8 +318,8 @@ def save_without_pooler(folder: Path) -> Path:
 def test_parameters_the_checkpoint_lacks_are_not_fingerprinted(tmp_path, tokenizer):
     import torch
 
-    from bitfit_exp.fingerprint import model_digest
-    from bitfit_exp.models import load_model, new_parameters
+    from bitfit_exp.model.fingerprint import model_digest
+    from bitfit_exp.model.loading import load_model, new_parameters
 
     folder = save_without_pooler(tmp_path / "nopooler")
     models = []

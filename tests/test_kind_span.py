@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bitfit_exp.data import Encoded
-from bitfit_exp.errors import UserError
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.data.batches import Encoded
+from bitfit_exp.data.carve import split_by_title
 from bitfit_exp.kinds import span
 from tests.conftest import MINILM, REPO, tiny_config
 
@@ -18,7 +19,7 @@ LONG_CONTEXT = " ".join(WORDS[i % len(WORDS)] for i in range(60))  # 60 tokens
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from bitfit_exp.models import load_tokenizer
+    from bitfit_exp.model.loading import load_tokenizer
 
     return load_tokenizer(MINILM)
 
@@ -253,19 +254,19 @@ def test_split_by_title_is_disjoint_complete_and_deterministic():
 
     titles = [f"t{i // 3}" for i in range(30)]  # 10 articles, 3 questions each
     frame = pd.DataFrame({"id": [str(i) for i in range(30)], "title": titles})
-    train, dev = span.split_by_title(frame, 0.3, seed=1)
+    train, dev = split_by_title(frame, 0.3, seed=1)
     assert len(set(dev.title)) == 3 and len(set(train.title)) == 7
     assert not set(train.title) & set(dev.title)
     assert sorted(train.id.tolist() + dev.id.tolist(), key=int) == frame.id.tolist()
     assert train.id.tolist() == sorted(train.id.tolist(), key=int)  # rows keep their order
-    again_train, again_dev = span.split_by_title(frame, 0.3, seed=1)
+    again_train, again_dev = split_by_title(frame, 0.3, seed=1)
     assert again_dev.id.tolist() == dev.id.tolist() and again_train.id.tolist() == train.id.tolist()
-    other = {tuple(span.split_by_title(frame, 0.3, seed=s)[1].title.unique()) for s in range(5)}
+    other = {tuple(split_by_title(frame, 0.3, seed=s)[1].title.unique()) for s in range(5)}
     assert len(other) > 1  # the seed draws the articles
-    ds_train, ds_dev = span.split_by_title(datasets.Dataset.from_pandas(frame), 0.3, seed=1)
+    ds_train, ds_dev = split_by_title(datasets.Dataset.from_pandas(frame), 0.3, seed=1)
     assert ds_dev["id"] == dev.id.tolist() and ds_train["id"] == train.id.tolist()
     with pytest.raises(UserError, match="dev_fraction=1.0"):
-        span.split_by_title(frame, 1.0, seed=0)
+        split_by_title(frame, 1.0, seed=0)
 
 
 def test_squad_yaml_names_the_kind_and_its_keys():

@@ -9,9 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bitfit_exp.data import load_splits
-from bitfit_exp.errors import UserError
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.commands import convert_pos
 from bitfit_exp.kinds import token as kind
+from bitfit_exp.kinds.splits import load_splits
 from tests.conftest import MINILM, REPO, tiny_config
 
 UD_EWT = REPO.parent / "shared" / "data" / "ud_ewt"
@@ -20,14 +21,14 @@ TASK = {"name": "toy", "kind": "token", "label_names": ["DT", "NN", "VBZ", ".", 
 
 
 def load(task: dict, data_dir) -> dict:
-    """The task's splits as the runner loads them (bitfit_exp.data.load_splits)."""
+    """The task's splits as the runner loads them (bitfit_exp.kinds.splits.load_splits)."""
     return load_splits(OmegaConf.create(task), OmegaConf.create({"dir": None if data_dir is None else str(data_dir),
                                                                    "hub_name": "nyu-mll/glue"}))
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from bitfit_exp.models import load_tokenizer
+    from bitfit_exp.model.loading import load_tokenizer
 
     return load_tokenizer(MINILM)
 
@@ -293,15 +294,15 @@ def test_convert_writes_the_layout_load_splits_reads(tmp_path):
 def test_convert_command_line(tmp_path, capsys):
     text = tmp_path / "in.conll"
     text.write_text("1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n")
-    done = subprocess.run([sys.executable, "-m", "bitfit_exp.kinds.token", "convert", str(text),
+    done = subprocess.run([sys.executable, "-m", "bitfit_exp.commands.convert_pos", "convert", str(text),
                            str(tmp_path / "out.parquet")], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0 and done.stdout == f"wrote 1 sentences to {tmp_path / 'out.parquet'}\n"
     assert pd.read_parquet(tmp_path / "out.parquet")["xpos"].map(list).tolist() == [["UH"]]
     with pytest.raises(SystemExit) as exit_:
-        kind.main(["convert", str(tmp_path / "missing.tsv"), str(tmp_path / "x.parquet"), "--columns", "1,2"])
+        convert_pos.main(["convert", str(tmp_path / "missing.tsv"), str(tmp_path / "x.parquet"), "--columns", "1,2"])
     assert exit_.value.code == 2 and capsys.readouterr().err == f"error: {tmp_path / 'missing.tsv'} does not exist\n"
     with pytest.raises(SystemExit):
-        kind.main(["convert", str(text), str(tmp_path / "x.parquet"), "--columns", "0,2"])
+        convert_pos.main(["convert", str(text), str(tmp_path / "x.parquet"), "--columns", "0,2"])
     assert capsys.readouterr().err == "error: --columns='0,2': column numbers start at 1\n"
 
 

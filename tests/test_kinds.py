@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import REPO, compose, save_tiny
 
-from bitfit_exp.errors import UserError
+from bitfit_exp.core.errors import UserError
 from bitfit_exp.kinds import kind_of, model_logits, rows_of
-from bitfit_exp.records import RECORD
-from bitfit_exp.runner import run_job
+from bitfit_exp.results.records import RECORD
+from bitfit_exp.train.runner import run_job
 
 DATA = REPO.parent / "shared" / "data"
 TASKS = {  # a few examples of each; SQuAD has only validation here: train and dev are cut from it by title
@@ -97,7 +97,7 @@ def test_packed_logits_split_by_setting():
 
 
 def test_the_config_schema_knows_each_kinds_task_keys():
-    from bitfit_exp.schema import problems
+    from bitfit_exp.config.schema import problems
 
     base = ["task.title_split={dev_fraction:0.5,seed:0}"]
     for task in ["rte", "stsb", "squad", "pos"]:

@@ -5,15 +5,15 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
 
-from bitfit_exp.errors import UserError
-from bitfit_exp.methods import METHODS, Selection, bias_budget, encoder_parameters, select
-from bitfit_exp.runner import parameter_counts
-from bitfit_exp.tables import fmt_param
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.model.methods import METHODS, Selection, bias_budget, encoder_parameters, select
+from bitfit_exp.results.tables import fmt_param
+from bitfit_exp.train.runner import parameter_counts
 
 # Deliberately distinct sizes, so a swapped dimension shows up in the hand-computed counts.
 V, H, HEADS, INTER, L, P, T, LABELS = 40, 8, 2, 20, 2, 24, 3, 3
 ALL_METHODS = ["full", "bitfit", "bm2_bq", "bm2", "bq", "biases", "frozen", "rand_uniform", "rand_rowcol"]
-# Appendix A.1, written out (not taken from bitfit_exp.methods.BIAS_COMPONENTS).
+# Appendix A.1, written out (not taken from bitfit_exp.model.methods.BIAS_COMPONENTS).
 A1 = {
     "q": "attention.self.query.bias",
     "k": "attention.self.key.bias",

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bitfit_exp.metrics import METRICS, compute_metrics
+from bitfit_exp.kinds.metrics import METRICS, compute_metrics
 
 #            idx: 0  1  2  3  4
 PRED = [1, 0, 1, 1, 0]
@@ -83,7 +83,7 @@ def test_unknown_metric_names_valid_choices():
 
 
 def test_constant_baseline_per_metric():
-    from bitfit_exp.metrics import baseline_note, constant_baseline
+    from bitfit_exp.kinds.metrics import baseline_note, constant_baseline
 
     labels = [0, 1, 1, 2, 1]  # majority class 1
     assert constant_baseline("accuracy", labels) == ("majority class", 0.6)

@@ -9,12 +9,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bitfit_exp.cli import conf_dir
-from bitfit_exp.errors import UserError
-from bitfit_exp.methods import Selection
-from bitfit_exp.optim import AdamWHF2021
-from bitfit_exp.packed import PackedAdamW
-from bitfit_exp.training import make_optimizer
+from bitfit_exp.core.config_dir import conf_dir
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.model.methods import Selection
+from bitfit_exp.train.optim import AdamWHF2021
+from bitfit_exp.train.packed import PackedAdamW
+from bitfit_exp.train.trainer import make_optimizer
 
 B1, B2, STEPS = 0.9, 0.999, 6
 EPS = 1e-3  # large, so that where eps meets the bias correction changes the result well above float error

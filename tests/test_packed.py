@@ -4,9 +4,9 @@ import pytest
 import torch
 from conftest import compose, quick, save_tiny
 
-from bitfit_exp.packed import pack, train_packed
-from bitfit_exp.runner import Prepared, start_seed
-from bitfit_exp.training import train_seed
+from bitfit_exp.train.packed import pack, train_packed
+from bitfit_exp.train.runner import Prepared, start_seed
+from bitfit_exp.train.trainer import train_seed
 
 SEEDS, LRS = [0, 1, 2], [0.05, 0.01, 0.002]
 
@@ -97,7 +97,7 @@ def test_a_setting_trains_the_same_in_any_pack(kind, tiny_bert_dir, tiny_roberta
 
 
 def test_dropout_streams_are_per_setting_and_restorable():
-    from bitfit_exp.packed import DropoutStreams
+    from bitfit_exp.train.packed import DropoutStreams
 
     x = torch.ones(3 * 4, 5, 6)
     three = DropoutStreams([7, 8, 9], "cpu").keep(x, 0.5).view(3, 4, 5, 6)
@@ -116,7 +116,7 @@ def run_cli(*args):
     import sys
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-c", "from bitfit_exp.cli import run; run()", *args],
+    return subprocess.run([sys.executable, "-c", "from bitfit_exp.commands.run import run; run()", *args],
                           capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -169,7 +169,7 @@ def test_packed_falls_back_to_one_by_one_for_other_methods(tmp_path, tiny_bert_d
 
 
 def test_checkpoints_of_the_other_trainer_or_cut_short_start_over(tmp_path, capsys):
-    from bitfit_exp.training import read_checkpoint, save_checkpoint
+    from bitfit_exp.train.checkpoints import read_checkpoint, save_checkpoint
 
     path = tmp_path / "checkpoint.pt"
     rng = dict.fromkeys(["python", "numpy", "torch", "order"])
@@ -223,8 +223,8 @@ def test_bench_flop_count_and_peaks():
 
 
 def test_a_pack_too_big_for_the_device_is_one_clear_error(tmp_path, tiny_bert_dir, glue_dir, monkeypatch):
-    import bitfit_exp.runner as runner
-    from bitfit_exp.errors import UserError
+    import bitfit_exp.train.runner as runner
+    from bitfit_exp.core.errors import UserError
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
@@ -237,8 +237,8 @@ def test_a_pack_too_big_for_the_device_is_one_clear_error(tmp_path, tiny_bert_di
 
 
 def test_seek_puts_the_schedule_where_stepping_would():
-    from bitfit_exp.packed import PackedAdamW, seek
-    from bitfit_exp.training import lr_schedule
+    from bitfit_exp.train.packed import PackedAdamW, seek
+    from bitfit_exp.train.trainer import lr_schedule
 
     cfg = compose("optim.warmup_ratio=0.5", "train.epochs=2")  # 10 steps of warmup over 2 x 10 steps
     stepped, sought = (PackedAdamW([torch.nn.Parameter(torch.zeros(3, 4))], [0.1, 0.2, 0.3]) for _ in range(2))

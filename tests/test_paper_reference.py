@@ -7,7 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bitfit_exp.reference import PAPER_DIR, load_reference, load_token_reference, reference_cell, token_cell
+from bitfit_exp.results.reference import (
+    PAPER_DIR,
+    load_reference,
+    load_token_reference,
+    reference_cell,
+    token_cell,
+)
 
 PAPER_TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "paper"
 TASKS = ["qnli", "sst2", "mnli_m", "mnli_mm", "cola", "mrpc", "stsb", "rte", "qqp", "avg"]

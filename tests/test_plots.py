@@ -15,12 +15,14 @@ from conftest import compose, quick, tiny_config
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
-from bitfit_exp import analysis, plots
-from bitfit_exp.data import subset_rows
-from bitfit_exp.methods import BIAS_COMPONENTS, bias_component, select
-from bitfit_exp.patch import save_patch, trained_state
-from bitfit_exp.records import seal, setting_key, write_json_atomic
-from bitfit_exp.runner import Prepared, run_seed
+from bitfit_exp.commands import plot as plot_command
+from bitfit_exp.data.batches import subset_rows
+from bitfit_exp.model.methods import BIAS_COMPONENTS, bias_component, select
+from bitfit_exp.model.patch import save_patch, trained_state
+from bitfit_exp.results import analysis
+from bitfit_exp.results import figures as plots
+from bitfit_exp.results.records import seal, setting_key, write_json_atomic
+from bitfit_exp.train.runner import Prepared, run_seed
 
 LABELS = ["b_q", "b_k", "b_v", "b_m1", "b_LN1", "b_m2", "b_m3", "b_LN2"]
 
@@ -92,7 +94,7 @@ def test_bias_change_matches_known_perturbations(kind, prefix, tmp_path):
     assert names and all(n.startswith(prefix) for n in names)
 
     out = tmp_path / "figs"
-    assert plots.main(["bias-change", str(setting), "--out", str(out)]) == 0
+    assert plot_command.main(["bias-change", str(setting), "--out", str(out)]) == 0
     [png] = out.glob("bias_change_*.png")
     check_png(png)
     table = read_csv_table(png.with_suffix(".csv"))
@@ -122,7 +124,7 @@ def test_bias_change_matches_known_perturbations(kind, prefix, tmp_path):
 
 def test_bias_change_without_patch_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "seed0").mkdir()
-    assert plots.main(["bias-change", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert plot_command.main(["bias-change", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "no patch.safetensors" in capsys.readouterr().err
 
 
@@ -214,7 +216,7 @@ def test_albert_figure_says_its_one_column_is_the_shared_layer(tmp_path, monkeyp
     draw = plots.plot_bias_change
     monkeypatch.setattr(plots, "plot_bias_change", lambda table, title: (titles.append(title), draw(table, title))[1])
     out = tmp_path / "figs"
-    assert plots.main(["bias-change", str(setting), "--out", str(out)]) == 0
+    assert plot_command.main(["bias-change", str(setting), "--out", str(out)]) == 0
     note = "ALBERT: all layers share one layer's biases (one column per layer group)"
     assert titles[-1].endswith("\n" + note)  # three layers, one column: the figure says why
     table = bias_csv(out)
@@ -227,7 +229,7 @@ def test_patch_without_record_is_ignored_with_a_warning(tmp_path, capsys):
     setting = bitfit_seeds(tmp_path / "runs", [1.0, 3.0])
     orphan, _ = write_patch(setting, "bert", scale=100.0, seed=2)  # seed 2 was killed before its record
     out = tmp_path / "figs"
-    assert plots.main(["bias-change", str(setting), "--out", str(out)]) == 0
+    assert plot_command.main(["bias-change", str(setting), "--out", str(out)]) == 0
     assert warning_lines(capsys.readouterr().err) == [
         f"warning: {orphan}: no finished run record beside it (killed before the record was written, or the record "
         f"is corrupt); ignored"]
@@ -245,7 +247,7 @@ def test_missing_or_unreadable_patch_is_reported_and_counted(tmp_path, capsys, m
     monkeypatch.setattr(plots, "plot_bias_change", lambda table, title: (titles.append(title), draw(table, title))[1])
 
     out = tmp_path / "figs"
-    assert plots.main(["bias-change", str(setting), "--out", str(out)]) == 0
+    assert plot_command.main(["bias-change", str(setting), "--out", str(out)]) == 0
     missing = setting / "seed1" / "patch.safetensors"
     assert warning_lines(capsys.readouterr().err) == [
         f"warning: {missing}: patch named by {setting / 'seed1' / 'record.json'} is missing; seed 1 left out"]
@@ -264,7 +266,7 @@ def test_missing_or_unreadable_patch_is_reported_and_counted(tmp_path, capsys, m
     np.testing.assert_allclose(table.to_numpy(), expected_table(scale=1.0).to_numpy(), rtol=1e-5, atol=1e-7)
 
     (setting / "seed0" / "patch.safetensors").unlink()
-    assert plots.main(["bias-change", str(setting), "--out", str(out)]) == 2
+    assert plot_command.main(["bias-change", str(setting), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == (f"error: {setting}: no readable patch (seed 0's patch is missing; seed 1's patch "
                                     f"is missing; seed 2's patch is unreadable)")
@@ -300,7 +302,7 @@ def test_curves_mean_and_band_equal_the_records(tmp_path):
     assert list(loss["mean"]) == pytest.approx([0.68, 0.48, 0.25])
 
     out = tmp_path / "figs"
-    assert plots.main(["curves", str(setting), "--out", str(out)]) == 0
+    assert plot_command.main(["curves", str(setting), "--out", str(out)]) == 0
     [png] = out.glob("curves_minilm_rte_full_lr5e-05_*.png")
     check_png(png)
     written = pd.read_csv(png.with_suffix(".csv"))
@@ -342,7 +344,7 @@ def test_gap_table_hand_computed(tmp_path):
     assert set(table["n_seeds"]) == {2} and set(table["n_train"]) == {800}
 
     out = tmp_path / "figs"
-    assert plots.main(["gap", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    assert plot_command.main(["gap", "--runs-dir", str(runs), "--out", str(out)]) == 0
     check_png(out / "generalization_gap.png")
     written = pd.read_csv(out / "generalization_gap.csv").set_index("method")
     assert written.loc["full", "gap_mean"] == pytest.approx(28.5)
@@ -378,7 +380,7 @@ def test_hand_edited_record_is_ignored_by_name_and_the_others_draw(tmp_path, cap
     assert table.loc[0, ["n_seeds", "dev_mean", "gap_mean"]].tolist() == pytest.approx([2, 61, 31])
 
     out = tmp_path / "figs"
-    assert plots.main(["gap", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    assert plot_command.main(["gap", "--runs-dir", str(runs), "--out", str(out)]) == 0
     assert warning_lines(capsys.readouterr().err) == [f"warning: {info['warnings'][0]}"]
     assert pd.read_csv(out / "generalization_gap.csv").loc[0, "dev_mean"] == pytest.approx(61)
 
@@ -426,7 +428,7 @@ def test_diverged_seeds_are_counted_not_averaged(tmp_path, capsys):
     out = tmp_path / "figs"
     for command in (["curves", str(setting)], ["gap", "--runs-dir", str(runs)],
                     ["datasize", "--runs-dir", str(runs), "--task", "rte"]):
-        assert plots.main([*command, "--out", str(out)]) == 0
+        assert plot_command.main([*command, "--out", str(out)]) == 0
     assert warning_lines(capsys.readouterr().err) == []
     curve = pd.read_csv(out / f"curves_minilm_rte_full_lr5e-05_{setting.name.rsplit('-', 1)[1]}.csv")
     means = curve[(curve["seed"] == "mean") & (curve["series"] == "dev")]
@@ -471,7 +473,7 @@ def test_datasize_curve_hand_computed(tmp_path):
     assert list(bitfit["mean"]) == pytest.approx([55, 59, 61]) and bitfit.loc[100, "std"] == 0
 
     out = tmp_path / "figs"
-    assert plots.main(["datasize", "--runs-dir", str(runs), "--task", "rte", "--out", str(out)]) == 0
+    assert plot_command.main(["datasize", "--runs-dir", str(runs), "--task", "rte", "--out", str(out)]) == 0
     check_png(out / "datasize_minilm_rte.png")
     written = pd.read_csv(out / "datasize_minilm_rte.csv")
     fig, ax, lines = plots.plot_datasize(table, "t", "accuracy")
@@ -517,7 +519,7 @@ def test_squad_datasize_figure_per_metric_hand_computed(tmp_path, metric, which)
     """Figure 2 (exact match) and Figure 6 (F1): BitFit and Full-FT on one log-x figure, mean ± std over seeds, x the
     training questions (not their windows)."""
     runs, out = squad_runs(tmp_path / "runs"), tmp_path / "figs"
-    assert plots.main(["datasize", "--runs-dir", str(runs), "--task", "squad", "--out", str(out)]) == 0
+    assert plot_command.main(["datasize", "--runs-dir", str(runs), "--task", "squad", "--out", str(out)]) == 0
     stem = out / f"datasize_bert_base_squad_{metric}"
     check_png(stem.with_suffix(".png"))
     written = pd.read_csv(stem.with_suffix(".csv"))
@@ -544,14 +546,14 @@ def test_squad_datasize_figure_per_metric_hand_computed(tmp_path, metric, which)
 
 def test_squad_datasize_metric_choice_and_all(tmp_path, capsys):
     runs, out = squad_runs(tmp_path / "runs"), tmp_path / "figs"
-    assert plots.main(["datasize", "--runs-dir", str(runs), "--task", "squad", "--metric", "exact_match",
+    assert plot_command.main(["datasize", "--runs-dir", str(runs), "--task", "squad", "--metric", "exact_match",
                        "--out", str(out / "one")]) == 0
     assert sorted(p.name for p in (out / "one").iterdir()) == [f"datasize_bert_base_squad_exact_match.{e}"
                                                                 for e in ("csv", "pdf", "png")]
-    assert plots.main(["datasize", "--runs-dir", str(runs), "--task", "squad", "--metric", "accuracy"]) == 2
+    assert plot_command.main(["datasize", "--runs-dir", str(runs), "--task", "squad", "--metric", "accuracy"]) == 2
     assert capsys.readouterr().err == "error: no data-size run of squad scores 'accuracy'; they score: " \
                                       "exact_match, f1\n"
-    assert plots.main(["all", "--runs-dir", str(runs), "--out", str(out / "all")]) == 0
+    assert plot_command.main(["all", "--runs-dir", str(runs), "--out", str(out / "all")]) == 0
     for metric in ("exact_match", "f1"):
         for ext in ("png", "pdf", "csv"):
             assert (out / "all" / f"datasize_bert_base_squad_{metric}.{ext}").stat().st_size > 0
@@ -577,7 +579,7 @@ def test_all_draws_every_figure_and_reports_every_bad_input(tmp_path, capsys):
     broken = write(runs, make_record("full", 1e-4, 0, 50, 70, patch=True)) / "seed0"  # names a patch never written
 
     out = tmp_path / "figs"
-    assert plots.main(["all", "--runs-dir", str(runs), "--out", str(out)]) == 0
+    assert plot_command.main(["all", "--runs-dir", str(runs), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     lines = warning_lines(err)
     assert len(lines) == len(err.splitlines()) == 5
@@ -603,11 +605,11 @@ def test_all_draws_every_figure_and_reports_every_bad_input(tmp_path, capsys):
     only_bad.parent.mkdir(parents=True)
     only_bad.write_text("{")
     bad_root = tmp_path / "bad"
-    assert plots.main(["all", "--runs-dir", str(bad_root), "--out", str(out)]) == 1
+    assert plot_command.main(["all", "--runs-dir", str(bad_root), "--out", str(out)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and err[0].startswith(f"warning: {only_bad}: unreadable run record")
     assert err[1] == f"error: nothing drawn from {bad_root}: 1 bad input(s), listed above"
-    assert plots.main(["all", "--runs-dir", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert plot_command.main(["all", "--runs-dir", str(tmp_path / "empty"), "--out", str(out)]) == 2
 
 
 # -----------------------------------------------------------------------------
@@ -652,7 +654,7 @@ def test_prepared_train_subsets_are_nested_across_sizes(tiny_bert_dir, glue_dir,
 
 
 def test_datasize_experiment_expands_to_sizes_and_methods():
-    from bitfit_exp.plan import plan
+    from bitfit_exp.config.plan import plan
 
     jobs = plan(["+experiment=datasize"])
     assert len(jobs) == 10
@@ -663,7 +665,7 @@ def test_datasize_experiment_expands_to_sizes_and_methods():
 
 
 def test_squad_datasize_experiment_is_the_papers_figure_2():
-    from bitfit_exp.plan import plan
+    from bitfit_exp.config.plan import plan
 
     jobs = plan(["+experiment=squad_datasize"])
     assert len(jobs) == 16  # 2 methods x 8 sizes

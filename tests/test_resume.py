@@ -10,7 +10,7 @@ import pytest
 from conftest import quick
 from safetensors.torch import load_file
 
-RUN = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
+RUN = [sys.executable, "-c", "from bitfit_exp.commands.run import run; run()"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 

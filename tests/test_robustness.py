@@ -18,11 +18,11 @@ import torch
 from conftest import compose, quick, save_tiny
 from omegaconf import OmegaConf
 
-from bitfit_exp.claims import Claim
-from bitfit_exp.errors import UserError
-from bitfit_exp.fingerprint import of_config
-from bitfit_exp.metrics import compute_metrics
-from bitfit_exp.records import seed_dir, setting_key, write_json_atomic
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.kinds.metrics import compute_metrics
+from bitfit_exp.model.fingerprint import of_config
+from bitfit_exp.results.records import seed_dir, setting_key, write_json_atomic
+from bitfit_exp.train.claims import Claim
 
 HOST = os.uname().nodename
 
@@ -131,7 +131,7 @@ def test_garbage_claims_and_dead_takeover_locks_do_not_block(tmp_path, no_slurm,
     claim.release()
 
     # A live job's takeover in progress is waited for; if it never ends, that job is reported as the holder.
-    monkeypatch.setattr("bitfit_exp.claims.TAKEOVER_WAIT_S", 0.3)
+    monkeypatch.setattr("bitfit_exp.train.claims.TAKEOVER_WAIT_S", 0.3)
     write_claim(tmp_path, dead_pid())
     write_claim(tmp_path, os.getpid(), name="claim.json.lock", token="other")
     t0 = time.time()
@@ -162,7 +162,7 @@ def not_ours(path, mode="single"):
 @pytest.mark.parametrize("kind", list(not_ours(None)))
 @pytest.mark.parametrize("mode", ["single", "packed"])
 def test_a_checkpoint_that_is_not_ours_is_set_aside_in_one_line(kind, mode, tmp_path, capsys):
-    from bitfit_exp.training import read_checkpoint
+    from bitfit_exp.train.checkpoints import read_checkpoint
 
     path = tmp_path / "checkpoint.pt"
     not_ours(path, mode)[kind]()
@@ -181,8 +181,8 @@ def no_dropout_dir(tmp_path_factory):
 
 
 def one_seed(cfg, checkpoint=None, heartbeat=lambda: None, seed=0):
-    from bitfit_exp.runner import Prepared, start_seed
-    from bitfit_exp.training import train_seed
+    from bitfit_exp.train.runner import Prepared, start_seed
+    from bitfit_exp.train.trainer import train_seed
 
     prepared = Prepared(cfg)
     model, selection, _ = start_seed(cfg, seed, torch.device("cpu"))
@@ -192,7 +192,7 @@ def one_seed(cfg, checkpoint=None, heartbeat=lambda: None, seed=0):
 
 
 def test_a_checkpoint_of_another_model_starts_the_seed_over(tmp_path, tiny_bert_dir, glue_dir, capsys):
-    from bitfit_exp.training import save_checkpoint
+    from bitfit_exp.train.checkpoints import save_checkpoint
 
     cfg = compose(*quick(tiny_bert_dir, tmp_path, "optim.lr=0.01"))
     fresh, _ = one_seed(cfg)
@@ -210,7 +210,7 @@ def test_a_checkpoint_of_another_model_starts_the_seed_over(tmp_path, tiny_bert_
 @pytest.mark.parametrize("packed", [False, True])
 def test_bad_checkpoints_leftover_temporaries_and_dead_claims_do_not_block_a_rerun(packed, tmp_path, tiny_bert_dir,
                                                                                    glue_dir, no_slurm):
-    from bitfit_exp.runner import run_job
+    from bitfit_exp.train.runner import run_job
 
     cfg = compose(*quick(tiny_bert_dir, tmp_path, f"train.packed={str(packed).lower()}", "train.save_patch=true"))
     fingerprints = of_config(cfg)  # the setting's folder depends on the checkpoint and data it reads
@@ -258,7 +258,7 @@ def test_a_full_disk_while_writing_a_record_is_one_line_and_leaves_the_old_one(t
 
 
 def test_a_full_disk_while_writing_checkpoints_leaves_none_half_written(tmp_path, monkeypatch):
-    from bitfit_exp.training import save_checkpoints
+    from bitfit_exp.train.checkpoints import save_checkpoints
 
     paths = [tmp_path / f"seed{i}" / "checkpoint.pt" for i in range(3)]
     save_checkpoints({p: {"epoch": 1} for p in paths})
@@ -281,10 +281,10 @@ def test_a_full_disk_while_writing_checkpoints_leaves_none_half_written(tmp_path
 
 
 def test_a_full_disk_while_writing_a_patch_is_one_line(tmp_path, tiny_bert_dir, monkeypatch):
-    import bitfit_exp.atomic as atomic
-    from bitfit_exp.methods import select
-    from bitfit_exp.models import load_model
-    from bitfit_exp.patch import save_patch, trained_state
+    import bitfit_exp.core.atomic as atomic
+    from bitfit_exp.model.loading import load_model
+    from bitfit_exp.model.methods import select
+    from bitfit_exp.model.patch import save_patch, trained_state
 
     model = load_model(str(tiny_bert_dir), 2)
     selection = select("bitfit", model, torch.Generator().manual_seed(0))
@@ -349,8 +349,8 @@ def corrupt_after(step: int, model):
 @pytest.mark.parametrize("call, reason", [(5, "non-finite training loss"),  # first step of epoch 2
                                           (7, "non-finite predictions on validation")])  # after its last step
 def test_divergence_keeps_the_finite_epochs_before_it(select, call, reason, tmp_path, no_dropout_dir, glue_dir):
-    from bitfit_exp.runner import Prepared, start_seed
-    from bitfit_exp.training import train_seed
+    from bitfit_exp.train.runner import Prepared, start_seed
+    from bitfit_exp.train.trainer import train_seed
 
     cfg = compose(*quick(no_dropout_dir, tmp_path, "train.epochs=3", f"train.select={select}", "optim.lr=0.01"))
     one, _ = one_seed(compose(*quick(no_dropout_dir, tmp_path, "train.epochs=1", "optim.lr=0.01")))
@@ -368,8 +368,8 @@ def test_divergence_keeps_the_finite_epochs_before_it(select, call, reason, tmp_
 
 @pytest.mark.parametrize("clip", ["null", "0.05"])
 def test_a_diverging_setting_does_not_disturb_its_pack(clip, tmp_path, no_dropout_dir, glue_dir):
-    from bitfit_exp.packed import train_packed
-    from bitfit_exp.runner import Prepared, start_seed
+    from bitfit_exp.train.packed import train_packed
+    from bitfit_exp.train.runner import Prepared, start_seed
 
     cfg = compose(*quick(no_dropout_dir, tmp_path, "task=stsb", f"train.grad_clip={clip}", "train.epochs=2",
                          "train.select=last"))
@@ -397,9 +397,10 @@ def test_a_diverging_setting_does_not_disturb_its_pack(clip, tmp_path, no_dropou
 
 
 def test_a_diverged_setting_stays_diverged_when_its_pack_resumes(tmp_path, no_dropout_dir, glue_dir):
-    from bitfit_exp.packed import train_packed
-    from bitfit_exp.runner import Prepared, start_seed
-    from bitfit_exp.training import Stopped, read_checkpoint
+    from bitfit_exp.train.checkpoints import read_checkpoint
+    from bitfit_exp.train.packed import train_packed
+    from bitfit_exp.train.runner import Prepared, start_seed
+    from bitfit_exp.train.trainer import Stopped
 
     cfg = compose(*quick(no_dropout_dir, tmp_path, "task=stsb", "train.grad_clip=null", "train.epochs=2"))
     prepared = Prepared(cfg)

@@ -11,9 +11,12 @@ import pytest
 from conftest import GLUE, compose
 from omegaconf import OmegaConf, open_dict
 
-from bitfit_exp import cli, plan
-from bitfit_exp.cli import conf_dir
-from bitfit_exp.schema import ConfigError, problems
+from bitfit_exp.commands import plan as plan_command
+from bitfit_exp.commands import run as run_command
+from bitfit_exp.config import compose as config_compose
+from bitfit_exp.config import plan
+from bitfit_exp.config.schema import ConfigError, problems
+from bitfit_exp.core.config_dir import conf_dir
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 TRAIN_KEYS = ("epochs, batch_size, eval_batch_size, grad_clip, select, device, bf16, save_patch, predict_test, "
@@ -25,7 +28,7 @@ def bitfit_run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """`bitfit-run ARGS` in this process: (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["bitfit-run", *args])
     with pytest.raises(SystemExit) as stopped:
-        cli.run()
+        run_command.run()
     out = capsys.readouterr()
     return stopped.value.code, out.out, out.err
 
@@ -87,7 +90,7 @@ def written(runs_dir: Path) -> list[Path]:
 ])
 def test_bad_value_is_one_line_and_exit_2(override, line, monkeypatch, capsys, tmp_path):
     if override.startswith("method.name="):
-        from bitfit_exp.methods import METHODS
+        from bitfit_exp.model.methods import METHODS
 
         line = line.replace("biases, bitfit, bm2, bm2_bq, bq, frozen, full, rand_rowcol, rand_uniform",
                             ", ".join(sorted(METHODS)))  # a method added elsewhere joins the list
@@ -139,7 +142,7 @@ def test_every_shipped_config_composes_and_validates(override):
 
 
 def test_every_job_of_the_smoke_sweep_validates_and_composes_as_hydra_does():
-    jobs = plan.valid_jobs(["+experiment=smoke", "launcher=slurm", "hydra.launcher.partition=debug"])
+    jobs = config_compose.valid_jobs(["+experiment=smoke", "launcher=slurm", "hydra.launcher.partition=debug"])
     assert len(jobs) == 8
     for overrides, cfg in jobs:  # one composition per task x method, lr_index applied on top: the same config
         assert OmegaConf.to_container(cfg, resolve=True) == OmegaConf.to_container(compose(*overrides), resolve=True)
@@ -150,7 +153,7 @@ def test_a_sweep_with_one_bad_job_is_refused_before_any_job_runs(tmp_path):
     args = ["model=minilm", f"runs_dir={tmp_path}", f"data.dir={GLUE}", "seeds=[0]",
             "train.epochs=1", "data.max_train_samples=8", "data.max_eval_samples=8", "data.max_length=64,4",
             "--multirun"]
-    out = subprocess.run([sys.executable, "-c", "from bitfit_exp.cli import run; run()", *args], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", "from bitfit_exp.commands.run import run; run()", *args], capture_output=True,
                          text=True, env=ENV, timeout=300)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr == "error: data.max_length=4 is not valid; expected an integer in [8, 8192]\n"
@@ -158,7 +161,7 @@ def test_a_sweep_with_one_bad_job_is_refused_before_any_job_runs(tmp_path):
 
 
 def test_plan_refuses_a_bad_job_before_printing(capsys, tmp_path):
-    assert plan.main(["+experiment=smoke", f"runs_dir={tmp_path}", "lr_index=0,7"]) == 2
+    assert plan_command.main(["+experiment=smoke", f"runs_dir={tmp_path}", "lr_index=0,7"]) == 2
     out = capsys.readouterr()
     assert out.out == ""
     assert out.err == "error: lr_index=7 is not valid; expected 0 to 3 (an index into method.lr_grid, " \
@@ -166,7 +169,7 @@ def test_plan_refuses_a_bad_job_before_printing(capsys, tmp_path):
                       "error: lr_index=7 is not valid; expected 0 to 3 (an index into method.lr_grid, " \
                       "[0.0001, 0.0004, 0.0007, 0.001])\n"
     for unknown in ("+train.epoch=1", "train.epoch=1"):  # Hydra refuses the second itself, with other advice
-        assert plan.main(["+experiment=smoke", f"runs_dir={tmp_path}", unknown]) == 2
+        assert plan_command.main(["+experiment=smoke", f"runs_dir={tmp_path}", unknown]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: train.epoch=1 is not a config key; did you mean train.epochs?")
         assert err.count("\n") == 1
@@ -182,8 +185,8 @@ def test_plan_raises_config_error_with_every_line():
 def test_informational_flags_skip_the_check(monkeypatch, capsys):
     """--cfg job shows a config as it is, bad values included; --help lists the groups."""
     monkeypatch.setattr(sys, "argv", ["bitfit-run", "--cfg", "job", "train.epochs=0", "runs_dir=/nowhere"])
-    cli.run()
+    run_command.run()
     shown = OmegaConf.create(capsys.readouterr().out)
     assert shown.train.epochs == 0 and shown.runs_dir == "/nowhere"
-    assert cli._jobs_to_check(["--help"]) is None and cli._jobs_to_check(["--hydra-help"]) is None
-    assert cli._jobs_to_check(["task=rte", "-m"]) == (["task=rte"], True)
+    assert config_compose.jobs_to_check(["--help"]) is None and config_compose.jobs_to_check(["--hydra-help"]) is None
+    assert config_compose.jobs_to_check(["task=rte", "-m"]) == (["task=rte"], True)

@@ -18,13 +18,13 @@ import torch
 from conftest import GLUE, MINILM, REPO, compose, quick
 from omegaconf import OmegaConf
 
-from bitfit_exp import records
-from bitfit_exp.errors import UserError
-from bitfit_exp.fingerprint import model_fingerprint
-from bitfit_exp.methods import select
-from bitfit_exp.models import load_model, load_tokenizer
-from bitfit_exp.multitask import BadInput, MultiTaskEngine, find_patches
-from bitfit_exp.patch import apply_patch, save_patch, trained_state
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.model.fingerprint import model_fingerprint
+from bitfit_exp.model.loading import load_model, load_tokenizer
+from bitfit_exp.model.methods import select
+from bitfit_exp.model.patch import apply_patch, save_patch, trained_state
+from bitfit_exp.results import records
+from bitfit_exp.serving.engine import BadInput, MultiTaskEngine, find_patches
 
 LONG = " ".join(["the committee approved the long and detailed budget proposal"] * 6)
 ITEMS = [  # one of each served task, the rte one longer than max_length (24 tokens)
@@ -65,7 +65,7 @@ def fake_run(root: Path, model_dir: Path, task: str, method: str, seed: int) -> 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_bert_dir, glue_dir) -> dict[str, Path]:
     """Run folders of four tasks (pair / single / regression / head only) over one tiny BERT, and a masked one."""
-    from bitfit_exp.runner import run_job
+    from bitfit_exp.train.runner import run_job
 
     root = tmp_path_factory.mktemp("serve-runs")
     [[real]] = run_job(compose(*quick(tiny_bert_dir, root, "train.epochs=1", "data.max_length=24", "optim.lr=0.05",
@@ -215,8 +215,8 @@ def damaged_copy(run: Path, root: Path) -> Path:
 
 
 def test_a_damaged_patch_file_is_one_line(runs, tmp_path, capsys):
-    from bitfit_exp.export import main as export_main
-    from bitfit_exp.predict import main as predict_main
+    from bitfit_exp.commands.export import main as export_main
+    from bitfit_exp.commands.predict import main as predict_main
 
     folder = damaged_copy(runs["sst2"], tmp_path)
     reason = f"{folder / 'patch.safetensors'}: damaged patch file (SafetensorError: "
@@ -249,7 +249,7 @@ def server(runs):
     port = free_port()
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bitfit_exp.serve", *served(runs), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "bitfit_exp.commands.serve", *served(runs), "--port", str(port),
                              "--window-ms", "3000", "--max-batch", "4", "--max-items", "8",
                              "--max-body-mb", "0.05"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -361,7 +361,7 @@ def test_preparing_a_request_does_not_block_other_requests():
     error while preparing is the request's 422, not a 500."""
     import httpx
 
-    from bitfit_exp.serve import create_app
+    from bitfit_exp.serving.server import create_app
 
     class SlowEngine:
         name_or_path, fingerprint, patches, forward_passes, device, max_batch = "m", "f", [], 0, "cpu", 4
@@ -390,7 +390,7 @@ def test_a_full_queue_is_a_503_and_the_server_goes_on():
     """Rows waiting for the model are bounded (--max-queued-rows): a flood gets 503s, not unbounded memory."""
     import httpx
 
-    from bitfit_exp.serve import create_app
+    from bitfit_exp.serving.server import create_app
 
     class SlowModel:
         name_or_path, fingerprint, patches, forward_passes, device, max_batch = "m", "f", [], 0, "cpu", 2
@@ -429,7 +429,7 @@ def test_a_full_queue_is_a_503_and_the_server_goes_on():
 
 
 def test_predict_files_mixed_tasks(runs, alone, tmp_path):
-    from bitfit_exp.predict import main
+    from bitfit_exp.commands.predict import main
 
     frame = pd.DataFrame([{"task": i["task"], "text": i["text"], "text_pair": i.get("text_pair", "")} for i in ITEMS])
     frame.to_csv(tmp_path / "in.csv", index=False)
@@ -453,7 +453,7 @@ def test_predict_files_mixed_tasks(runs, alone, tmp_path):
 
 
 def test_predict_file_errors_are_one_line(runs, tmp_path, capsys):
-    from bitfit_exp.predict import main
+    from bitfit_exp.commands.predict import main
 
     pd.DataFrame({"sentence1": ["a", "b"], "sentence2": ["c", ""]}).to_csv(tmp_path / "rte.csv", index=False)
     assert main([str(runs["rte"]), "--input", str(tmp_path / "rte.csv"), "--output", str(tmp_path / "o.csv"),
@@ -465,7 +465,7 @@ def test_predict_file_errors_are_one_line(runs, tmp_path, capsys):
     assert "unknown file type .xlsx" in capsys.readouterr().err
 
 def test_predict_refuses_bad_files_and_outputs_before_predicting(runs, tmp_path, capsys, monkeypatch):
-    import bitfit_exp.predict as predict
+    import bitfit_exp.commands.predict as predict
 
     def never(*args, **kwargs):
         raise AssertionError("predicted before the files were checked")
@@ -492,7 +492,7 @@ def test_predict_refuses_bad_files_and_outputs_before_predicting(runs, tmp_path,
 
 
 def test_predict_reads_tsv_as_training_does_and_max_chars(runs, alone, tmp_path, capsys):
-    from bitfit_exp.predict import main
+    from bitfit_exp.commands.predict import main
 
     texts = ['"a gem" , said the critic', "worst film ever", "word " * 29 + "end"]  # 30 words, 148 characters
     (tmp_path / "in.tsv").write_text("text\n" + "\n".join(texts) + "\n")
@@ -513,7 +513,7 @@ def test_predict_reads_tsv_as_training_does_and_max_chars(runs, alone, tmp_path,
 def test_export_round_trip_loads_with_plain_transformers(runs, alone, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    from bitfit_exp.export import export, patched_model
+    from bitfit_exp.serving.export import export, patched_model
 
     for task in ("rte", "stsb"):
         out = export(str(runs[task]), tmp_path / task)

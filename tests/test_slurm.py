@@ -17,7 +17,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("slurmctld") is None or shutil.which("sbatch") is None,
                        reason="SLURM not installed (apt-get install slurmctld slurmd slurm-client munge)"),
 ]
-RUN = [sys.executable, "-c", "from bitfit_exp.cli import run; run()"]
+RUN = [sys.executable, "-c", "from bitfit_exp.commands.run import run; run()"]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_sweep_on_slurm_equals_the_local_sweep(cluster, tiny_bert_dir, tmp_path)
     tables = []
     for name in ("slurm", "local"):
         out = tmp_path / f"tables-{name}"
-        subprocess.run([sys.executable, "-m", "bitfit_exp.tables", "--runs-dir", str(tmp_path / name), "--out",
+        subprocess.run([sys.executable, "-m", "bitfit_exp.commands.tables", "--runs-dir", str(tmp_path / name), "--out",
                         str(out), "--expected-seeds", "2"], check=True, capture_output=True, env=cluster)
         tables.append(list(csv.DictReader((out / "ours.csv").read_text().splitlines())))
     assert tables[0] == tables[1] and len(tables[0]) >= 4
@@ -192,6 +192,6 @@ def test_a_users_own_task_sweeps_on_slurm(cluster, user_conf, tiny_bert_dir, tmp
         assert [{k: v for k, v in e.items() if not k.endswith("_s")} for e in record["epochs"]] == \
             [{k: v for k, v in e.items() if not k.endswith("_s")} for e in here[path]["epochs"]]
     out = tmp_path / "tables"
-    subprocess.run([sys.executable, "-m", "bitfit_exp.tables", "--runs-dir", str(tmp_path / "slurm"), "--table",
+    subprocess.run([sys.executable, "-m", "bitfit_exp.commands.tables", "--runs-dir", str(tmp_path / "slurm"), "--table",
                     "ours", "--out", str(out), "--expected-seeds", "2"], check=True, capture_output=True, env=cluster)
     assert "| my_csv |" in (out / "ours.md").read_text()

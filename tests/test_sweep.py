@@ -12,14 +12,15 @@ import sys
 import pytest
 from conftest import GLUE, MINILM
 
-from bitfit_exp.plan import expand, plan
+from bitfit_exp.config.compose import expand
+from bitfit_exp.config.plan import plan
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def cli(entry: str, *args: str):
-    code = f"import sys; from bitfit_exp.{entry} import main; sys.exit(main())" if entry != "run" else \
-        "from bitfit_exp.cli import run; run()"
+    code = f"import sys; from bitfit_exp.commands.{entry} import main; sys.exit(main())" if entry != "run" else \
+        "from bitfit_exp.commands.run import run; run()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV, timeout=900)
 
 
@@ -112,7 +113,7 @@ def test_mini_sweep_local_launcher_then_tables(tmp_path, tiny_bert_dir, glue_dir
 @pytest.mark.slow  # end to end through subprocesses: make test-slow (CI runs it)
 def test_prefetch_then_offline_run(tmp_path, glue_dir):
     data, models = tmp_path / "glue", tmp_path / "models"
-    code = "from bitfit_exp.cli import prefetch; prefetch()"
+    code = "from bitfit_exp.commands.prefetch import prefetch; prefetch()"
     out = subprocess.run([sys.executable, "-c", code, "model=minilm", "tasks=[rte,stsb]", f"data.dir={data}",
                           f"data.from_dir={GLUE}", f"models_dir={models}"], capture_output=True, text=True, env=ENV)
     assert out.returncode == 0, out.stderr
@@ -133,7 +134,7 @@ def test_prefetch_then_offline_run(tmp_path, glue_dir):
 
 
 def test_prefetch_offline_without_source_is_one_line(tmp_path):
-    code = "from bitfit_exp.cli import prefetch; prefetch()"
+    code = "from bitfit_exp.commands.prefetch import prefetch; prefetch()"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     out = subprocess.run([sys.executable, "-c", code, "model=minilm", "tasks=[rte]", f"data.dir={tmp_path}"],

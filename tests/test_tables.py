@@ -1,4 +1,4 @@
-"""bitfit_exp.tables on synthetic run records: best lr within one protocol, mean±std, diverged seeds, Avg,
+"""bitfit_exp.results.tables on synthetic run records: best lr within one protocol, mean±std, diverged seeds, Avg,
 partial/missing cells, what is left out, paper comparison, files."""
 
 import csv
@@ -11,10 +11,11 @@ import pytest
 from conftest import compose
 from omegaconf import OmegaConf
 
-from bitfit_exp.records import seal, write_json_atomic
-from bitfit_exp.reference import load_reference
-from bitfit_exp.selection import TABLES, collect, ours_selection, select_best_lr, table_selection
-from bitfit_exp.tables import build_table, compare, main, paper_avg, write_tables
+from bitfit_exp.commands.tables import main
+from bitfit_exp.results.records import seal, write_json_atomic
+from bitfit_exp.results.reference import load_reference
+from bitfit_exp.results.selection import TABLES, collect, ours_selection, select_best_lr, table_selection
+from bitfit_exp.results.tables import build_table, compare, paper_avg, write_tables
 
 PCT = {"full": 100.0, "bitfit": 0.0872, "frozen": 0.0}
 # A complete BERT-base BitFit row (x100), MNLI as two columns; its Avg is hand-computed in test_avg_*.
@@ -538,7 +539,7 @@ def test_rows_whose_labels_coincide_are_one_row(tmp_path):
 
 
 def test_the_pos_table_names_records_at_lrs_outside_its_sweep(tmp_path):
-    from bitfit_exp.selection import with_other_protocols
+    from bitfit_exp.results.selection import with_other_protocols
 
     write_seeds(tmp_path, "bert_base", "pos", "bitfit", 4e-4, [(90.0, 89.0), (91.0, 90.0), (92.0, 91.0)])
     write_seeds(tmp_path, "bert_base", "pos", "bitfit", 2e-3, [(97.0, 96.0)] * 3)  # not an lr of +experiment=pos

@@ -5,11 +5,11 @@ import pytest
 import torch
 from conftest import compose, quick
 
-from bitfit_exp.methods import select
-from bitfit_exp.models import load_model
-from bitfit_exp.patch import apply_patch
-from bitfit_exp.runner import Prepared, run_seed
-from bitfit_exp.training import predict, train_seed
+from bitfit_exp.model.loading import load_model
+from bitfit_exp.model.methods import select
+from bitfit_exp.model.patch import apply_patch
+from bitfit_exp.train.runner import Prepared, run_seed
+from bitfit_exp.train.trainer import predict, train_seed
 
 
 def trained_model(model_dir, tmp_path, method, *extra):
@@ -64,7 +64,7 @@ def test_patch_reproduces_dev_predictions(method, tiny_bert_dir, tmp_path):
     apply_patch(fresh, folder / "patch.safetensors")
     got = predict(fresh, prepared.dev["validation"], cfg, torch.device("cpu"), prepared.pad_id)
     # The record's chosen epoch was scored on exactly these predictions.
-    from bitfit_exp.metrics import compute_metrics
+    from bitfit_exp.kinds.metrics import compute_metrics
     scores = compute_metrics(cfg.task.metrics, got, prepared.dev["validation"].labels)
     assert scores == record["best"]["dev"]["validation"]
     # Test predictions written by the run (from the trained model) equal those of base model + patch, row by row.
@@ -107,7 +107,7 @@ def test_dynamic_padding_gives_same_predictions(tiny_bert_dir, tmp_path):
 def test_gather_pads_and_masks_each_row():
     import numpy as np
 
-    from bitfit_exp.data import Encoded, batches, gather
+    from bitfit_exp.data.batches import Encoded, batches, gather
     from bitfit_exp.kinds import sequence
 
     data = Encoded([[101, 7, 102], [101, 102], [101, 5, 6, 7, 102]], [[0, 0, 0], [0, 0], [0, 0, 1, 1, 1]],

@@ -3,6 +3,8 @@
 A task YAML says its kind (`kind: sequence | span | token`, `sequence` when absent); `kind_of(task)` returns the
 module that implements it. The runner and both trainers reach everything kind-specific through that module and
 never look at the task's name; the trainers, packing, records, resume, claims and tables are the same for all.
+Beside the kinds: `metrics.py` (the GLUE metrics the sequence kind computes) and `splits.py` (loading a task's
+splits from the hub, a local copy or the task's own files, each file checked by its kind).
 
 The interface (module-level names; `task` is the task YAML, an OmegaConf DictConfig or a plain dict):
 
@@ -42,7 +44,7 @@ Adding a kind: one module here, registered in `KINDS`, and a task YAML with `kin
 'AutoModelForSequenceClassification'
 >>> kind_of({"name": "x", "kind": "spam"})
 Traceback (most recent call last):
-bitfit_exp.errors.UserError: task x has kind 'spam'; valid kinds: sequence, span, token
+bitfit_exp.core.errors.UserError: task x has kind 'spam'; valid kinds: sequence, span, token
 """
 
 import importlib
@@ -50,7 +52,7 @@ from types import ModuleType
 
 import torch
 
-from bitfit_exp.errors import UserError
+from bitfit_exp.core.errors import UserError
 
 KINDS = {"sequence": "bitfit_exp.kinds.sequence", "span": "bitfit_exp.kinds.span", "token": "bitfit_exp.kinds.token"}
 DEFAULT = "sequence"

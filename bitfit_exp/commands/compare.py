@@ -1,0 +1,41 @@
+"""`bitfit-compare`: the same settings trained two ways (e.g. packed vs one by one), side by side per setting.
+
+    bitfit-compare ~/runs-one-by-one ~/runs-packed            # Markdown table; --csv FILE also writes the cells
+
+For every (model, task, method, protocol, lr, dev column) present under both runs dirs: mean±std (ddof=1) over the
+finished seeds of each, the difference B - A, ✓ when |Δ| <= max(std A, std B) (the tables' "within seed noise" rule),
+and Welch's t-test p-value. Diverged seeds are counted next to each side ("n=4, 1 diverged"), never averaged.
+
+Settings are matched by protocol (records.protocol: the result config without the lr, and the checkpoint and data
+read) and lr, which is what the setting hash covers: how a run was trained (train.packed, packed_dropout, pack_lrs,
+compile, device) is not a result key, so packed and one-by-one runs of one setting match, while a run that differs
+in anything that changes results (batch size, epochs, a data slice, another checkpoint) does not, and is counted
+as present under one side only.
+"""
+
+import argparse
+import sys
+
+from bitfit_exp.results.compare import compare_runs, to_markdown
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs_a", help="runs dir A (e.g. one-by-one runs)")
+    parser.add_argument("runs_b", help="runs dir B (e.g. packed runs of the same settings)")
+    parser.add_argument("--csv", help="also write the compared cells here")
+    args = parser.parse_args(argv)
+    cells, warnings = compare_runs(args.runs_a, args.runs_b)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if cells.empty:
+        print(f"error: no setting has done records under both {args.runs_a} and {args.runs_b}", file=sys.stderr)
+        return 2
+    print(to_markdown(cells, args.runs_a, args.runs_b))
+    compared = cells.dropna(subset=["within_noise"])
+    within = int(compared["within_noise"].astype(bool).sum())
+    print(f"\n{within}/{len(compared)} settings within seed noise (|Δ| <= max std)"
+          + (f"; {len(cells) - len(compared)} with no finished seed on one side" if len(compared) < len(cells) else ""))
+    if args.csv:
+        cells.to_csv(args.csv, index=False)
+    return 0

@@ -1,0 +1,56 @@
+"""`bitfit-run`: train one setting for all seeds (Hydra app; multirun sweeps through its launchers).
+
+    bitfit-run task=rte method=bitfit model=minilm data.dir=../shared/data/glue seeds=[0] train.epochs=1
+
+Every job's config is checked (bitfit_exp.config.compose) before Hydra starts: a bad value is one line, exit 2.
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from bitfit_exp.commands import fail
+from bitfit_exp.config.compose import check_command_line, expand_config_dir
+from bitfit_exp.core.config_dir import conf_dir
+from bitfit_exp.core.errors import UserError
+
+
+def _needs_hub(cfg) -> bool:
+    from bitfit_exp.model.loading import resolve_model_path
+
+    model = resolve_model_path(cfg.model.name_or_path)
+    return not cfg.data.get("dir") or not Path(model).exists()
+
+
+def run() -> None:
+    """`bitfit-run`: check the config of every job, then hand the command line to Hydra."""
+    sys.argv[1:] = expand_config_dir(sys.argv[1:])
+    try:
+        check_command_line(sys.argv[1:])
+    except UserError as e:
+        fail(e)
+    _run_job()
+
+
+@hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
+def _run_job(cfg: DictConfig) -> float | None:
+    """Train one setting (or its lr grid) for every seed; returns the best mean main dev score (for Hydra sweepers)."""
+    from bitfit_exp.config.schema import check
+    from bitfit_exp.core.offline import settle_offline_mode
+    from bitfit_exp.train.trainer import Stopped
+
+    try:
+        check(cfg)  # again: a config from --config-dir, or a job launched by Hydra alone
+        if _needs_hub(cfg):
+            settle_offline_mode()
+        from bitfit_exp.train.runner import objective, run_job
+
+        settings = run_job(cfg)
+    except UserError as e:
+        fail(e)
+    except Stopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        raise SystemExit(3) from None
+    return objective(settings)

@@ -1,0 +1,262 @@
+"""From a command line to checked job configs, with Hydra's public API only: expand a sweep into its jobs, compose
+each job's config as the run will, check every one against the schema (bitfit_exp.config.schema).
+
+    bitfit-run task=rte method=bitfit model=minilm data.dir=../shared/data/glue seeds=[0] train.epochs=1
+
+`bitfit-run` and `bitfit-plan` call `valid_jobs` before Hydra starts (Hydra writes its output folder before the job
+runs): a bad value is one line and exit code 2, with nothing written. A user's own config folder (`--config-dir
+~/my-conf`, or `hydra.searchpath=[file:///home/me/my-conf]`), e.g. with its task/my_task.yaml
+(docs/custom-tasks.md), is checked the same way, composed with that folder on the search path.
+
+>>> [" ".join(job) for job in expand(["task=rte,sst2", "seeds=[0]"])]
+['task=rte seeds=[0]', 'task=sst2 seeds=[0]']
+"""
+
+import argparse
+import copy
+import itertools
+from functools import cache
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from bitfit_exp.config.schema import ConfigError, check, unknown_override_keys
+from bitfit_exp.core.config_dir import conf_dir
+from bitfit_exp.core.errors import UserError
+from bitfit_exp.results.records import check_runs_dir
+
+
+def jobs_to_check(argv: list[str]) -> tuple[list[str], bool] | None:
+    """(overrides, sweep) of a command line that would run jobs; None for Hydra's informational flags (--help,
+    --cfg, --info, ...) and for another primary config (--config-path/--config-name), which the job itself checks.
+    A --config-dir becomes a hydra.searchpath override (first on it, as Hydra adds it): composition finds its
+    configs as the run will."""
+    args, _ = hydra_arguments().parse_known_args(argv)
+    informational = (args.help, args.hydra_help, args.version, args.cfg, args.info, args.shell_completion,
+                     args.experimental_rerun, args.config_path, args.config_name)
+    if any(informational):
+        return None
+    overrides = list(args.overrides)
+    if args.config_dir:
+        overrides = with_search_dir(overrides, args.config_dir)
+    sweep = args.multirun or "hydra.mode=MULTIRUN" in args.overrides
+    return overrides, sweep
+
+
+def with_search_dir(overrides: list[str], config_dir: str) -> list[str]:
+    """`overrides` with `config_dir` first on hydra.searchpath (its other entries kept after it); a folder that
+    does not exist is a UserError, as in Hydra.
+
+    >>> with_search_dir(["task=my_task"], "/")
+    ['task=my_task', 'hydra.searchpath=[file:///]']
+    """
+    folder = Path(config_dir).expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(f"--config-dir {config_dir}: no such folder")
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    given = [o for o in parsed if o.key_or_group == "hydra.searchpath"]
+    entries = [f"file://{folder}", *(list(given[-1].value()) if given else [])]
+    rest = [o.input_line for o in parsed if o.key_or_group != "hydra.searchpath"]
+    return [*rest, f"hydra.searchpath=[{','.join(entries)}]"]
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Compose and check every job the command line would run (each job of a sweep, as `bitfit-plan` expands it),
+    and that each runs_dir is a writable folder (Hydra writes its output folder there first). Hydra's composition
+    errors (task=nope) become one line with the valid choices, as in `bitfit-plan`."""
+    jobs = jobs_to_check(argv)  # a missing --config-dir: UserError
+    if jobs is None:
+        return
+    try:
+        checked = valid_jobs(*jobs)
+    except HydraException as e:
+        raise UserError(one_line(str(e))) from None
+    for runs_dir in dict.fromkeys(str(cfg.runs_dir) for _, cfg in checked):
+        check_runs_dir(runs_dir)
+
+
+def expand_config_dir(argv: list[str]) -> list[str]:
+    """`argv` with the --config-dir (-cd) folder as an absolute path: Hydra does not expand `~`, and a shell does
+    not either in `--config-dir=~/my-conf`.
+
+    >>> import os
+    >>> expand_config_dir(["-cd", "~/c", "task=x"]) == ["-cd", os.path.expanduser("~/c"), "task=x"]
+    True
+    """
+    out, after_flag = [], False
+    for arg in argv:
+        if after_flag:
+            arg, after_flag = str(Path(arg).expanduser().absolute()), False
+        elif arg in ("--config-dir", "-cd"):
+            after_flag = True
+        elif arg.startswith(("--config-dir=", "-cd=")):
+            flag, _, folder = arg.partition("=")
+            arg = f"{flag}={Path(folder).expanduser().absolute()}"
+        out.append(arg)
+    return out
+
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """The override lists of every job of the sweep (config's hydra.sweeper.params, command line winning)."""
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    with _initialized():
+        cfg = compose("config", overrides=fixed, return_hydra_config=True)
+    params = {k: f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()}
+    for o in overrides:
+        params[o.split("=", 1)[0]] = o
+    parsed = parser.parse_overrides(list(params.values()))
+    return sweep_jobs(parsed)
+
+
+def compose_jobs(jobs: list[list[str]]) -> list[DictConfig]:
+    """Each job's config as Hydra composes it for the run: composed once per distinct set of config-group choices,
+    then the job's value overrides applied in order (`apply_overrides`; table3: 64 compositions, not 256)."""
+    parser, composed, configs = OverridesParser.create(), {}, []
+    with _initialized():
+        for job in jobs:
+            overrides = parser.parse_overrides(job)
+            # As Hydra's defaults list splits them: a dict value or a key that is no group is a value override.
+            # hydra.searchpath (a user's config folder) decides where group choices are found: composed with them.
+            groups = [(is_group(o.key_or_group) and not isinstance(o.value(), dict))
+                        or o.key_or_group == "hydra.searchpath" for o in overrides]
+            choices = tuple(o.input_line for o, group in zip(overrides, groups, strict=True) if group)
+            if choices not in composed:
+                composed[choices] = compose("config", overrides=list(choices))
+            cfg = copy.deepcopy(composed[choices])
+            values = [o for o, group in zip(overrides, groups, strict=True) if not group and not o.is_hydra_override()]
+            apply_overrides(cfg, values)
+            configs.append(cfg)
+    return configs
+
+
+def valid_jobs(overrides: list[str], sweep: bool = True) -> list[tuple[list[str], DictConfig]]:
+    """(overrides, config) of every job (of the sweep, or the single run), each config checked against the schema:
+    ConfigError lists every bad value. A key that no group has is named as such even where Hydra refuses it first
+    (`train.epoch=3`); other composition errors are Hydra's (HydraException)."""
+    try:
+        jobs = expand(overrides) if sweep else [overrides]
+        configs = compose_jobs(jobs)
+    except HydraException:
+        unknown = unknown_override_keys(_value_overrides(overrides))
+        if unknown:
+            raise ConfigError(unknown) from None
+        raise
+    except yaml.YAMLError as e:  # a config file of the user's folder that does not parse
+        raise ConfigError([yaml_problem(e)]) from None
+    check(configs)
+    return list(zip(jobs, configs, strict=True))
+
+
+def yaml_problem(e: "yaml.YAMLError") -> str:
+    """One line for a YAML file that does not parse: where, and what the parser expected.
+
+    >>> try:
+    ...     yaml.safe_load("files: [a")
+    ... except yaml.YAMLError as e:
+    ...     yaml_problem(e)
+    "<unicode string>, line 1: not valid YAML (expected ',' or ']', but got '<stream end>')"
+    """
+    mark = getattr(e, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
+    return f"{where}: not valid YAML ({getattr(e, 'problem', None) or str(e).splitlines()[0]})"
+
+
+def _value_overrides(overrides: list[str]) -> list[tuple[str, object]]:
+    """(key, value) of the overrides that set config values (not group choices, not sweeps, not deletions)."""
+    with _initialized():
+        try:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+        except HydraException:
+            return []
+        return [(o.key_or_group, o.value()) for o in parsed
+                if not is_group(o.key_or_group) and not o.is_sweep_override() and not o.is_delete()]
+
+
+def one_line(message: str) -> str:
+    """Hydra's multi-line composition errors as one line: the problem, then the valid choices if it lists them."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[1].startswith("Available options"):
+        choices = lines[2:lines.index("Config search path:")] if "Config search path:" in lines else lines[2:]
+        return f"{lines[0]}; valid: {', '.join(choices)}"
+    return lines[0]
+
+
+def sweep_jobs(overrides: list[Override]) -> list[list[str]]:
+    """The cartesian product of parsed overrides, each sweep (`a,b`, `range(...)`, `choice(...)`) expanded in its
+    order and the last override of a key winning in the first one's place, as Hydra's basic sweeper runs them."""
+    by_key: dict[str, list[str]] = {}
+    for o in overrides:
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                raise UserError(f"{o.input_line}: an interval sweep needs a sweeper plugin; list the values instead")
+            by_key[key] = [f"{key}={value}" for value in o.sweep_string_iterator()]
+        else:
+            by_key[key] = [f"{key}={o.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*by_key.values())]
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[Override]) -> None:
+    """Apply value overrides (`key=v`, `+key=v`, `++key=v`, `~key`) to a composed config in order, with the
+    meaning Hydra gives them when it composes: `key=` must exist, `+key=` must not (dicts and lists merge), `++key=`
+    sets either way, `~key` deletes (`~key=v` only where the value is v)."""
+    for o in overrides:
+        key, value = o.key_or_group, o.value()
+        if o.is_delete():
+            present = OmegaConf.select(cfg, key, throw_on_missing=False)
+            if present is None or (value is not None and value != present):
+                raise HydraException(f"Could not delete from config. '{key}' does not exist"
+                                     + ("" if present is None else f" with value {value!r}"))
+            parent, _, leaf = key.rpartition(".")
+            with open_dict(cfg):
+                del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
+        elif o.is_add() and OmegaConf.select(cfg, key, throw_on_missing=False) is not None \
+                and not isinstance(value, (dict, list)):
+            raise HydraException(f"Could not append to config. An item is already at '{key}'.")
+        elif o.is_add() or o.is_force_add():
+            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        else:
+            try:
+                OmegaConf.update(cfg, key, value, merge=True)
+            except (KeyError, AttributeError) as e:  # omegaconf's ConfigKeyError/ConfigAttributeError
+                raise HydraException(f"Could not override '{key}'. No match in config. To append to your config "
+                                     f"use +{o.input_line}\n{e}") from None
+
+
+@cache
+def _groups(parent: str) -> frozenset[str]:
+    return frozenset(GlobalHydra.instance().config_loader().list_groups(parent))
+
+
+def is_group(name: str) -> bool:
+    """Whether `name` (`task`, `hydra/launcher`) is a config group of the initialized Hydra's search path."""
+    parent, _, leaf = name.rpartition("/")
+    return leaf in _groups(parent)
+
+
+def _initialized():
+    """Hydra initialized on the config folder (and a fresh group cache: the search path may differ per call)."""
+    _groups.cache_clear()
+    return initialize_config_dir(config_dir=conf_dir(), version_base="1.3")
+
+
+def hydra_arguments() -> argparse.ArgumentParser:
+    """The flags of a Hydra app's command line (`hydra.main`), so that a command line can be read before Hydra
+    runs it. Hydra's own parser is internal; these are its documented flags."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("overrides", nargs="*")
+    for flags in (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r"),
+                  ("--multirun", "-m"), ("--shell-completion", "-sc")):
+        p.add_argument(*flags, action="store_true")
+    for flags in (("--cfg", "-c"), ("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn"),
+                  ("--config-dir", "-cd"), ("--experimental-rerun",)):
+        p.add_argument(*flags)
+    p.add_argument("--info", "-i", nargs="?", const="all")
+    return p

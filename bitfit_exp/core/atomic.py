@@ -1,0 +1,67 @@
+"""Atomic file writes: through a temporary file in the same folder, fsync'd, then renamed into place. A write that
+fails (a full disk, a quota, any OSError) removes its temporary file and raises one line naming the path.
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> from bitfit_exp.core.atomic import write_atomic
+>>> path = Path(tempfile.mkdtemp()) / "a.txt"
+>>> write_atomic(path, lambda f: f.write(b"done"))
+>>> path.read_bytes(), sorted(p.name for p in path.parent.iterdir())
+(b'done', ['a.txt'])
+"""
+
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from bitfit_exp.core.errors import UserError
+
+
+def write_error(path: Path, error: BaseException) -> UserError:
+    """One line for a failed write of `path`: "no space left on device" for ENOSPC, else the OS message."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        reason = "no space left on device"
+    else:
+        reason = (getattr(error, "strerror", None) or str(error) or type(error).__name__).splitlines()[0]
+    return UserError(f"cannot write {path}: {reason}; nothing was replaced (free space and rerun to continue)")
+
+
+def stage(path: Path, write: Callable[[BinaryIO], object], tmp: Path | None = None) -> Path:
+    """Write `path`'s new content to `tmp` (default `.<name>.tmp` beside it) and fsync it; returns `tmp`.
+    On failure the temporary file is removed and a UserError raised."""
+    tmp = tmp or path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
+    except BaseException:  # a failed serialization (or Ctrl-C) leaves no temporary file either
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def commit(staged: list[tuple[Path, Path]]) -> None:
+    """Rename each staged (tmp, path) into place; on failure remove the temporary files not yet renamed."""
+    for i, (tmp, path) in enumerate(staged):
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            discard([t for t, _ in staged[i:]])
+            raise write_error(path, e) from None
+
+
+def discard(tmps: list[Path]) -> None:
+    for tmp in tmps:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object], tmp: Path | None = None) -> None:
+    """Replace `path` with what `write(f)` writes to a binary file, all or nothing."""
+    commit([(stage(path, write, tmp), path)])

@@ -1,0 +1,51 @@
+"""What a record stamps about where it ran: package versions, git SHA and dirty flag, host, device, SLURM job id.
+
+>>> import torch
+>>> env = environment(torch.device("cpu"))
+>>> env["device"], sorted(k for k in env if k in ("torch", "transformers", "git_sha"))
+('cpu', ['git_sha', 'torch', 'transformers'])
+"""
+
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+
+def _git(*args: str) -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device) -> dict:
+    """Versions, git state, host and device: what is needed to tell two runs apart later."""
+    import datasets
+    import torch
+    import transformers
+
+    import bitfit_exp
+
+    env = {
+        "bitfit_exp": bitfit_exp.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "git_sha": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    else:
+        env["device_name"] = platform.processor() or platform.machine()
+    return env

@@ -1,0 +1,86 @@
+"""A task patch merged into a standalone Hugging Face model folder (`save_pretrained`), loadable with plain
+transformers and its pipelines (`bitfit-export`).
+
+The folder holds the checkpoint with the patch applied (any method with a patch, masked ones included), the head
+with the task's label names (`id2label`), the tokenizer with `model_max_length` set to the run's data.max_length (so
+`pipeline(..., truncation=True)` truncates as training did), and `bitfit_patch.json` (where it came from).
+
+>>> label_maps(["negative", "positive"])
+({0: 'negative', 1: 'positive'}, {'negative': 0, 'positive': 1})
+"""
+
+import json
+import os
+from pathlib import Path
+
+from safetensors import SafetensorError
+
+from bitfit_exp.core.errors import UserError, first_line
+from bitfit_exp.kinds.sequence import model_config
+from bitfit_exp.model.fingerprint import model_digest
+from bitfit_exp.model.loading import load_model, load_tokenizer, model_argument
+from bitfit_exp.model.patch import apply_patch
+from bitfit_exp.serving.engine import check_fingerprint, damaged, find_patches
+
+
+def label_maps(labels: list[str]) -> tuple[dict[int, str], dict[str, int]]:
+    return dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
+
+
+def patched_model(spec: str, model: str | None = None):
+    """(model with the patch of run `spec` applied, its tokenizer, the TaskPatch), after the fingerprint check."""
+    patches = find_patches([spec])
+    if len(patches) != 1:
+        raise UserError(f"{spec}: {len(patches)} runs with patches there; export one run folder (seed<k>/)")
+    patch = patches[0]
+    name_or_path = model_argument(model) or patch.model
+    tokenizer = load_tokenizer(name_or_path)
+    # problem_type as training had it: "regression" for one output, so pipelines return the raw score (no sigmoid)
+    network = load_model(name_or_path, patch.num_labels, **model_config({"num_labels": patch.num_labels}))
+    check_fingerprint(patch, model_digest(network, tokenizer), name_or_path)
+    try:
+        apply_patch(network, patch.path)
+    except SafetensorError as e:
+        raise damaged(patch.path, e) from None
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"{patch.path} does not fit {name_or_path}: {str(e).splitlines()[0]}") from None
+    return network.eval(), tokenizer, patch
+
+
+def export(spec: str, out: Path, model: str | None = None) -> Path:
+    """Write run `spec`'s patched model to `out` (a new or empty folder); returns `out`."""
+    out = Path(out).expanduser()
+    created = not out.exists()
+    check_out(out)
+    try:
+        network, tokenizer, patch = patched_model(spec, model)
+    except UserError:
+        if created:
+            out.rmdir()  # leave no empty folder behind a refused export
+        raise
+    if patch.num_labels > 1:
+        network.config.id2label, network.config.label2id = label_maps(patch.labels())
+    tokenizer.model_max_length = patch.max_length
+    source = {**{k: v for k, v in patch.describe().items() if k not in ("name", "labels")}, "model": patch.model,
+              "model_fingerprint": patch.model_fingerprint}
+    try:
+        network.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / "bitfit_patch.json").write_text(json.dumps(source, indent=1, default=str) + "\n")
+    except OSError as e:
+        raise UserError(f"{out}: the model cannot be written there ({first_line(e)})") from None
+    return out
+
+
+def check_out(out: Path) -> None:
+    """Before loading anything: `out` is a new or empty folder that can be written (created here if new)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; export into a new folder")
+    try:
+        if out.is_dir() and any(out.iterdir()):
+            raise UserError(f"{out} is not empty; export into a new folder")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create the folder there ({first_line(e)})") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"{out}: the folder is not writable")

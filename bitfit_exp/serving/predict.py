@@ -1,0 +1,148 @@
+"""`bitfit-predict`: the multi-task engine (bitfit_exp.serving.engine) on files: CSV, TSV, JSONL or Parquet in, the same
+rows plus predictions out.
+
+    bitfit-predict ~/bitfit-runs/minilm/sst2 ~/bitfit-runs/minilm/rte/bitfit --input in.csv --output out.parquet
+
+Each row's task comes from `--task` (all rows) or a `task` column (mixed files; rows of different tasks share forward
+passes). Its text comes from the task's own columns when the file has them (`sentence`, `sentence1`/`sentence2`,
+...), else from `text` / `text_pair` (or `--text-column` / `--pair-column`). Added columns: `label` (the predicted
+label's name; empty for regression), `score` (its probability, or the regression score), `probabilities` (JSON),
+`truncated` (the text was cut to the run's max_length, as in training).
+
+>>> from bitfit_exp.serving.predict import table_format
+>>> table_format("data/in.jsonl"), table_format("out.PARQUET")
+('jsonl', 'parquet')
+"""
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from bitfit_exp.core.errors import UserError, first_line
+from bitfit_exp.data import files
+from bitfit_exp.serving.engine import BadInput, MultiTaskEngine, TaskPatch
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+ADDED = ("label", "score", "probabilities", "truncated")  # the columns bitfit-predict adds
+
+
+def table_format(path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(f"{path}: unknown file type {suffix or '(none)'}; use {', '.join(FORMATS)}")
+    return FORMATS[suffix]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """The input rows, read as training reads a task's files (bitfit_exp.data.files.read_table: CSV with RFC 4180 quoting,
+    TSV tab-separated with quotes as text, every CSV/TSV column as text); a file that cannot be read is one
+    UserError line."""
+    table_format(path)  # an unknown extension: the line that lists the known ones
+    return files.read_table(path, fix="fix --input", strings=True).to_pandas()
+
+
+def check_output(path: Path, frame: pd.DataFrame) -> None:
+    """Before any prediction: the output file can be created, and its columns will not clash with the input's."""
+    clash = [c for c in ADDED if c in frame.columns]
+    if clash:
+        raise UserError(f"the input already has column(s) {', '.join(clash)}, which bitfit-predict adds; rename them "
+                        f"first")
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; give a file name")
+    if table_format(path) == "tsv" and (bad := _tab_or_newline(frame)):
+        raise UserError(f"--output {path}: column {bad} holds a tab or line break, which TSV (no quoting, as training "
+                        f"reads it) cannot hold; write .csv, .jsonl or .parquet")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".bitfit-predict-"):
+            pass
+    except OSError as e:
+        raise UserError(f"--output {path} cannot be written ({first_line(e)})") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"--output {path} exists and is not writable")
+
+
+def _tab_or_newline(frame: pd.DataFrame) -> str | None:
+    """The first text column with a value holding a tab or a line break."""
+    for column in frame.columns:
+        if frame[column].dtype == object and frame[column].astype(str).str.contains(r"[\t\r\n]").any():
+            return str(column)
+    return None
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    kind = table_format(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "parquet":
+            frame.to_parquet(path, index=False)
+        elif kind == "jsonl":
+            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+        elif kind == "tsv":  # as training reads TSV: no quoting, a quote is text
+            frame.to_csv(path, sep="\t", index=False, quoting=csv.QUOTE_NONE)
+        else:
+            frame.to_csv(path, index=False)
+    except OSError as e:
+        raise UserError(f"--output {path} cannot be written ({first_line(e)})") from None
+
+
+def _value(row, column: str | None):
+    if column is None:
+        return None
+    value = row.get(column)
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) or value == "" else value
+
+
+def text_columns(patch: TaskPatch, columns, text: str | None, pair: str | None) -> tuple[str, str | None]:
+    """Which columns hold a task's text (and pair): the flags, the task's own fields, or text / text_pair."""
+    pair_task = len(patch.text_fields) == 2
+    if text:
+        return text, (pair or "text_pair") if pair_task else None
+    if all(f in columns for f in patch.text_fields):
+        return patch.text_fields[0], patch.text_fields[1] if pair_task else None
+    if "text" in columns:
+        return "text", "text_pair" if pair_task else None
+    raise UserError(f"no text columns for task {patch.name}: the file has {', '.join(map(str, columns))}; expected "
+                    f"{' + '.join(patch.text_fields)}, text{' + text_pair' if pair_task else ''}, or --text-column")
+
+
+def items_of(frame: pd.DataFrame, engine: MultiTaskEngine, args) -> list[dict]:
+    """One request item per row: {"task", "text"[, "text_pair"]}."""
+    if args.task is None and args.task_column not in frame.columns:
+        raise UserError(f"no --task and no {args.task_column!r} column in {args.input}; say which task(s) to run")
+    tasks = [args.task] * len(frame) if args.task else frame[args.task_column].astype(str).tolist()
+    unknown = sorted(set(tasks) - set(engine.ids))
+    if unknown:
+        raise UserError(f"unknown task {unknown[0]!r} in {args.input}; serving: {', '.join(engine.ids)}")
+    columns = {t: text_columns(engine.patches[engine.ids[t]], frame.columns, args.text_column, args.pair_column)
+               for t in set(tasks)}
+    items = []
+    for task, (_, row) in zip(tasks, frame.iterrows(), strict=True):
+        text, pair = columns[task]
+        items.append({"task": task, "text": _value(row, text), "text_pair": _value(row, pair)})
+    return items
+
+
+def predictions(engine: MultiTaskEngine, items: list[dict], progress: bool | None) -> pd.DataFrame:
+    try:
+        rows = engine.prepare(items, noun="row")
+    except BadInput as e:
+        raise UserError(str(e)) from None
+    with tqdm(total=len(rows), desc="bitfit-predict", unit="row", disable=None if progress is None else not progress,
+              file=sys.stderr) as bar:
+        logits = engine.logits(rows, bar.update)
+    results = [engine.result(r, v) for r, v in zip(rows, logits, strict=True)]
+    return pd.DataFrame({
+        "label": [r.get("label") for r in results],
+        "score": [r["score"] if "score" in r else r["probabilities"][r["label"]] for r in results],
+        "probabilities": [json.dumps(r.get("probabilities", {})) for r in results],
+        "truncated": [row.truncated for row in rows],
+    })
