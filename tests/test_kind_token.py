@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bitfit_exp.core.errors import UserError
 from bitfit_exp.commands import convert_pos
+from bitfit_exp.core.errors import UserError
 from bitfit_exp.kinds import token as kind
 from bitfit_exp.kinds.splits import load_splits
 from tests.conftest import MINILM, REPO, tiny_config
