@@ -455,12 +455,14 @@ def test_predict_files_mixed_tasks(runs, alone, tmp_path):
 def test_predict_file_errors_are_one_line(runs, tmp_path, capsys):
     from bitfit_exp.commands.predict import main
 
-    pd.DataFrame({"sentence1": ["a", "b"], "sentence2": ["c", ""]}).to_csv(tmp_path / "rte.csv", index=False)
-    assert main([str(runs["rte"]), "--input", str(tmp_path / "rte.csv"), "--output", str(tmp_path / "o.csv"),
+    # a null (JSON Lines) is a missing text; an empty one ("" in a CSV cell) is a text: tests/test_hostile_cli.py
+    pd.DataFrame({"sentence1": ["a", "b"], "sentence2": ["c", None]}).to_json(tmp_path / "rte.jsonl", orient="records",
+                                                                             lines=True)
+    assert main([str(runs["rte"]), "--input", str(tmp_path / "rte.jsonl"), "--output", str(tmp_path / "o.csv"),
                  "--task", "rte"]) == 2
     assert capsys.readouterr().err.strip() == ("error: row 1: task rte takes a text pair (sentence1 + sentence2); "
                                                "'text_pair' is missing")
-    assert main([str(runs["rte"]), "--input", str(tmp_path / "rte.csv"), "--output", str(tmp_path / "o.xlsx"),
+    assert main([str(runs["rte"]), "--input", str(tmp_path / "rte.jsonl"), "--output", str(tmp_path / "o.xlsx"),
                  "--task", "rte"]) == 2
     assert "unknown file type .xlsx" in capsys.readouterr().err
 

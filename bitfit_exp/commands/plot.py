@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 
+from bitfit_exp.core.atomic import check_out_folder
 from bitfit_exp.core.errors import UserError
 from bitfit_exp.results.figures import cmd_all, cmd_bias_change, cmd_curves, cmd_datasize, cmd_gap
 
@@ -60,6 +61,7 @@ def main(argv=None) -> int:
                 "datasize": lambda: cmd_datasize(args.runs_dir, args.task, args.out, args.metric),
                 "all": lambda: cmd_all(args.runs_dir, args.out)}
     try:
+        check_out_folder(args.out)
         written, warnings = commands[args.command]()
     except (UserError, FileNotFoundError, ValueError) as e:
         _warn(getattr(e, "warnings", []))

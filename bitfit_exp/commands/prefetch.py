@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from bitfit_exp.commands import fail
 from bitfit_exp.core.config_dir import conf_dir
 from bitfit_exp.core.errors import UserError
+from bitfit_exp.core.paths import child
 
 
 def _task_folders() -> list[Path]:
@@ -45,19 +46,22 @@ def prefetch(cfg: DictConfig) -> None:
     """Save the model (weights + tokenizer) and every split of the tasks where offline runs can read them: the
     splits as read (a task's own files or hub dataset included, columns unchanged), under
     <data.dir>/<local_name>/<split>.parquet; nothing is carved there (data.dev_fraction applies at run time)."""
-    from bitfit_exp.kinds.splits import load_splits, local_name, save_local
+    from bitfit_exp.kinds.splits import load_splits, local_folder, local_name, save_local
     from bitfit_exp.model.loading import save_for_offline
 
     try:
         root = Path(cfg.data.dir).expanduser()
         names = OmegaConf.to_container(cfg.tasks, resolve=True) if OmegaConf.is_list(cfg.tasks) else cfg.tasks
-        for task in _task_configs(names, cfg.get("task")):
+        tasks = _task_configs(names, cfg.get("task"))
+        target = child(Path(cfg.models_dir).expanduser(), cfg.model.name, "model.name")
+        for task in tasks:  # every name checked before anything is fetched or written
+            local_folder(task, root)
+        for task in tasks:
             source = OmegaConf.create({"dir": cfg.data.from_dir, "hub_name": cfg.data.hub_name})
             splits = load_splits(task, source, carve=False)
             paths = save_local(task, splits, root)
             print(f"{task.name}: {', '.join(f'{p.stem} ({len(splits[p.stem])})' for p in paths)} -> "
                   f"{root / local_name(task)}")
-        target = Path(cfg.models_dir).expanduser() / cfg.model.name
         save_for_offline(cfg.model.name_or_path, target)
         print(f"model {cfg.model.name_or_path} -> {target}")
         print(f"offline: bitfit-run model={cfg.model.name} model.name_or_path={target} data.dir={root} ...")

@@ -37,12 +37,13 @@ def run() -> None:
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def _run_job(cfg: DictConfig) -> float | None:
     """Train one setting (or its lr grid) for every seed; returns the best mean main dev score (for Hydra sweepers)."""
-    from bitfit_exp.config.schema import check
+    from bitfit_exp.config.schema import check, normalize
     from bitfit_exp.core.offline import settle_offline_mode
     from bitfit_exp.train.trainer import Stopped
 
     try:
         check(cfg)  # again: a config from --config-dir, or a job launched by Hydra alone
+        normalize(cfg)  # train.grad_clip=1 is the setting of train.grad_clip=1.0, not a second one
         if _needs_hub(cfg):
             settle_offline_mode()
         from bitfit_exp.train.runner import objective, run_job

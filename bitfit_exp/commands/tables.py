@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from bitfit_exp.core.atomic import check_out_folder
+from bitfit_exp.core.errors import UserError
 from bitfit_exp.results.reference import load_reference, load_token_reference
 from bitfit_exp.results.selection import (
     GLUE_TASKS,
@@ -43,6 +45,11 @@ def main(argv=None) -> int:
                    help="epoch whose scores count (default: each record's train.select)")
     p.add_argument("--expected-seeds", type=int, default=5, help="fewer seeds than this are flagged in the cells")
     args = p.parse_args(argv)
+    try:
+        check_out_folder(args.out)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     df, warnings = collect(args.runs_dir, epoch=args.epoch)
     for w in warnings:

@@ -6,7 +6,9 @@ each job's config as the run will, check every one against the schema (bitfit_ex
 `bitfit-run` and `bitfit-plan` call `valid_jobs` before Hydra starts (Hydra writes its output folder before the job
 runs): a bad value is one line and exit code 2, with nothing written. A user's own config folder (`--config-dir
 ~/my-conf`, or `hydra.searchpath=[file:///home/me/my-conf]`), e.g. with its task/my_task.yaml
-(docs/custom-tasks.md), is checked the same way, composed with that folder on the search path.
+(docs/custom-tasks.md), is checked the same way, composed with that folder on the search path; a file there with the
+name of a built-in config (task/rte.yaml), which Hydra would never read (the package's configs come first on its
+search path), is one line that says to rename it.
 
 >>> [" ".join(job) for job in expand(["task=rte,sst2", "seeds=[0]"])]
 ['task=rte seeds=[0]', 'task=sst2 seeds=[0]']
@@ -14,19 +16,22 @@ runs): a bad value is one line and exit code 2, with nothing written. A user's o
 
 import argparse
 import copy
+import importlib.resources
 import itertools
-from functools import cache
+import operator
+from functools import cache, reduce
 from pathlib import Path
 
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.object_type import ObjectType
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bitfit_exp.config.schema import ConfigError, check, unknown_override_keys
+from bitfit_exp.config.schema import ConfigError, check, normalize, unknown_override_keys
 from bitfit_exp.core.config_dir import conf_dir
 from bitfit_exp.core.errors import UserError
 from bitfit_exp.results.records import check_runs_dir
@@ -64,6 +69,84 @@ def with_search_dir(overrides: list[str], config_dir: str) -> list[str]:
     entries = [f"file://{folder}", *(list(given[-1].value()) if given else [])]
     rest = [o.input_line for o in parsed if o.key_or_group != "hydra.searchpath"]
     return [*rest, f"hydra.searchpath=[{','.join(entries)}]"]
+
+
+def check_not_shadowed(overrides: list[str]) -> None:
+    """A UserError when a config file of a folder on hydra.searchpath (a --config-dir) has the name of a built-in
+    config: Hydra puts the package's conf/ (and its own configs) before those folders on its search path, so the
+    user's task/rte.yaml would never be read and task=rte would silently run the built-in rte."""
+    roots = search_roots(overrides)
+    if not roots:
+        return
+    with _initialized():
+        builtin = builtin_configs()
+        hidden = [(root, name) for root in roots for name in builtin if _file_of(root, name).is_file()]
+        if hidden:
+            choices = compose("config", return_hydra_config=True).hydra.runtime.choices
+            raise UserError(shadowed_problem(hidden, set(choices)))
+
+
+def search_roots(overrides: list[str]) -> list:
+    """The folders (file://, or a plain path) and packages (pkg://) of the hydra.searchpath override, the first one
+    as Hydra takes it; the package's own conf/ left out. Nothing for an override Hydra will refuse itself."""
+    try:
+        given = [o for o in OverridesParser.create().parse_overrides(overrides)
+                 if o.key_or_group == "hydra.searchpath" and not o.is_sweep_override()]
+    except HydraException:
+        return []
+    entries = given[0].value() if given else []
+    roots = []
+    for entry in entries if isinstance(entries, list) else []:
+        scheme, sep, rest = str(entry).partition("://")
+        if not sep or scheme == "file":
+            folder = Path(rest if sep else entry)
+            roots += [] if folder.resolve() == Path(conf_dir()).resolve() else [folder]
+        elif scheme == "pkg":
+            try:
+                roots.append(importlib.resources.files(rest))
+            except (ImportError, TypeError):  # Hydra warns that this source is not available
+                pass
+    return roots
+
+
+def builtin_configs() -> list[str]:
+    """The config names (`task/rte`, `hydra/job_logging/default`, `config`) of the sources that come before a
+    user's folders on the initialized Hydra's search path: all but the structured configs, which come after."""
+    sources = GlobalHydra.instance().config_loader().get_sources()
+    return sorted({name for s in sources if s.scheme() != "structured" for name in _configs_of(s)})
+
+
+def _configs_of(source, group: str = "") -> list[str]:
+    """Every config name of a Hydra config source, its groups walked."""
+    names = [f"{group}/{n}".lstrip("/") for n in source.list(group, ObjectType.CONFIG)]
+    for sub in source.list(group, ObjectType.GROUP):
+        names += _configs_of(source, f"{group}/{sub}".lstrip("/"))
+    return names
+
+
+def _file_of(root, name: str):
+    """Where a folder (or package) keeps the config file of `name` (`task/rte`: <root>/task/rte.yaml)."""
+    return reduce(operator.truediv, f"{name}.yaml".split("/"), root)
+
+
+def shadowed_problem(hidden: list[tuple[object, str]], default_groups: set[str]) -> str:
+    """One line for user config files that built-in ones hide: which, and the fix (another name, selected so).
+
+    >>> print(shadowed_problem([(Path("/c"), "experiment/table3")], {"task"}))  # doctest: +NORMALIZE_WHITESPACE
+    /c/experiment/table3.yaml is never read: the built-in experiment/table3.yaml comes first on Hydra's search path;
+    rename yours, e.g. to experiment/my_table3.yaml, and select +experiment=my_table3
+    """
+    files = [str(_file_of(root, name)) for root, name in hidden]
+    name = hidden[0][1]
+    group, _, leaf = name.rpartition("/")
+    renamed = f"{group}/my_{leaf}".lstrip("/")
+    plus = "" if group in default_groups else "+"
+    select = f", and select {plus}{group}=my_{leaf}" if group else ""
+    if len(files) == 1:
+        return (f"{files[0]} is never read: the built-in {name}.yaml comes first on Hydra's search path; rename yours, "
+                f"e.g. to {renamed}.yaml{select}")
+    return (f"{', '.join(files)} are never read: built-in configs of the same names come first on Hydra's search "
+            f"path; rename yours, e.g. {name}.yaml to {renamed}.yaml{select}")
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -137,9 +220,11 @@ def compose_jobs(jobs: list[list[str]]) -> list[DictConfig]:
 
 
 def valid_jobs(overrides: list[str], sweep: bool = True) -> list[tuple[list[str], DictConfig]]:
-    """(overrides, config) of every job (of the sweep, or the single run), each config checked against the schema:
-    ConfigError lists every bad value. A key that no group has is named as such even where Hydra refuses it first
-    (`train.epoch=3`); other composition errors are Hydra's (HydraException)."""
+    """(overrides, config) of every job (of the sweep, or the single run), each config checked against the schema
+    and normalized (schema.normalize, as the run does): ConfigError lists every bad value. A key that no group has
+    is named as such even where Hydra refuses it first (`train.epoch=3`); other composition errors are Hydra's
+    (HydraException)."""
+    check_not_shadowed(overrides)
     try:
         jobs = expand(overrides) if sweep else [overrides]
         configs = compose_jobs(jobs)
@@ -151,7 +236,7 @@ def valid_jobs(overrides: list[str], sweep: bool = True) -> list[tuple[list[str]
     except yaml.YAMLError as e:  # a config file of the user's folder that does not parse
         raise ConfigError([yaml_problem(e)]) from None
     check(configs)
-    return list(zip(jobs, configs, strict=True))
+    return [(job, normalize(cfg)) for job, cfg in zip(jobs, configs, strict=True)]  # hashed as the run will
 
 
 def yaml_problem(e: "yaml.YAMLError") -> str:

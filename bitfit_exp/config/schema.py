@@ -31,6 +31,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bitfit_exp.core.errors import UserError
+from bitfit_exp.core.paths import PLAIN, name_problem
 
 
 class ConfigError(UserError):
@@ -44,8 +45,8 @@ class ConfigError(UserError):
 @dataclass(frozen=True)
 class Rule:
     """What a key allows beyond its type: bounds (for numbers, and for each number of a list), a regex with its
-    spelling for messages, choices computed on use (registries), list length, whether the key may be absent, and the
-    method(s) a method option belongs to."""
+    spelling for messages, choices computed on use (registries), list length, whether the key may be absent, the
+    method(s) a method option belongs to, and the keys of a mapping of numbers that hold integers (`normalize`)."""
 
     at_least: float | None = None
     above: float | None = None
@@ -58,6 +59,10 @@ class Rule:
     max_items: int | None = None
     absent_ok: bool = False
     method: str | tuple[str, ...] | None = None
+    # The value becomes a file or folder name (core.paths): True for the value itself (each string of a list, each
+    # key and value of a mapping), "keys" for a mapping's keys only.
+    path_name: bool | Literal["keys"] = False
+    integers: tuple[str, ...] = ()
 
 
 def key(**rule) -> Any:
@@ -98,13 +103,13 @@ def bias_components() -> list[str]:
 
 @dataclass
 class Model:
-    name: str = key()
+    name: str = key(path_name=True)  # <runs_dir>/<model>/<task>/<method>/...
     name_or_path: str = key()  # hub id, local folder, or pkg:<module>/<folder>
 
 
 @dataclass
 class Task:
-    name: str = key()
+    name: str = key(path_name=True)
     kind: str = key(choices=kind_names, absent_ok=True)  # bitfit_exp/kinds: sequence (absent), span, token
     glue_name: str = key(absent_ok=True)
     text_fields: list[str] = key(min_items=1, max_items=2, absent_ok=True)  # sequence: a sentence or a pair
@@ -112,18 +117,19 @@ class Task:
     label_names: list[str] = key(absent_ok=True)  # sequence, token (the fixed tag list)
     metric: str = key(choices=metric_names)
     metrics: list[str] = key(choices=metric_names, min_items=1)
-    eval_splits: dict[str, str] = key(min_items=1)  # dev split -> table column; the first selects the epoch
-    test_splits: dict[str, str] = key()  # test split -> prediction file (GLUE server, SQuAD JSON, CoNLL-like)
+    # dev split -> table column; the first selects the epoch. Split names are file names (<split>.parquet).
+    eval_splits: dict[str, str] = key(min_items=1, path_name="keys")
+    test_splits: dict[str, str] = key(path_name=True)  # test split -> prediction file (GLUE server, SQuAD JSON, ...)
     test_labels: Literal["ids", "names", "float", "score"] = key(absent_ok=True)  # sequence
     epochs: int = key(at_least=1)
     train_size: int = key(at_least=1)
     # Where the data is (bitfit_exp/kinds/splits.py): the folder under data.dir, and a task's own hub dataset.
-    local_name: str = key(absent_ok=True)  # default: the task name
+    local_name: str = key(absent_ok=True, path_name=True)  # default: the task name
     hub_name: str = key(absent_ok=True)  # default: data.hub_name with the task name as config
     hub_config: str | None = key(absent_ok=True)
     hub_data_dir: str | None = key(absent_ok=True)
     hub_revision: str | None = key(absent_ok=True)
-    title_split: dict[str, float] | None = key(at_least=0, absent_ok=True)  # {dev_fraction, seed}: `_task_kind`
+    title_split: dict[str, float] | None = key(at_least=0, absent_ok=True, integers=("seed",))  # {dev_fraction, seed}
     # A task's own data (docs/custom-tasks.md): split -> CSV/TSV/JSONL/Parquet file or folder (relative: under
     # data.dir, else the current directory), and the label column (sequence; default `label`).
     files: dict[str, str] = key(min_items=1, absent_ok=True)
@@ -141,7 +147,7 @@ class Task:
 
 @dataclass
 class Method:
-    name: str = key(choices=method_names)
+    name: str = key(choices=method_names, path_name=True)
     default_lr: float = key(above=0)
     lr_grid: list[float] = key(above=0, min_items=1)
     # Options of one method each (absent for the others).
@@ -208,7 +214,8 @@ class Run:
     optim: Optim = key()
     data: Data = key()
     train: Train = key()
-    seeds: list[int] = key(at_least=0, min_items=1)
+    # The trainer seeds numpy's global generator with each seed, which takes 0..2**32-1 only.
+    seeds: list[int] = key(at_least=0, at_most=2**32 - 1, min_items=1)
     lr_index: int = key(at_least=0)  # and below len(method.lr_grid): checked with the method
     overwrite: bool = key()
     runs_dir: str = key()
@@ -233,9 +240,15 @@ def _bounds(rule: Rule) -> str:
     low = next(((sign, x) for sign, x in ((">=", rule.at_least), (">", rule.above)) if x is not None), None)
     high = next(((sign, x) for sign, x in (("<=", rule.at_most), ("<", rule.below)) if x is not None), None)
     if low and high:
-        return f" in {'[' if low[0] == '>=' else '('}{low[1]:g}, {high[1]:g}{']' if high[0] == '<=' else ')'}"
+        left, right = "[" if low[0] == ">=" else "(", "]" if high[0] == "<=" else ")"
+        return f" in {left}{_number(low[1])}, {_number(high[1])}{right}"
     bound = low or high
-    return f" {bound[0]} {bound[1]:g}" if bound else ""
+    return f" {bound[0]} {_number(bound[1])}" if bound else ""
+
+
+def _number(x: float) -> str:
+    """A bound as written: an int in full (4294967295, not 4.29497e+09), a float in short (1e-08)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _optional(tp) -> tuple[Any, bool]:
@@ -275,7 +288,7 @@ def _describe_scalar(tp, rule: Rule, plural: bool) -> str:
 
 
 def _describe_collection(tp, rule: Rule) -> str:
-    """`a list of 2 finite numbers in [0, 1)`, `a non-empty list of integers >= 0`, `a mapping of names to ...`."""
+    """`a list of 2 finite numbers in [0, 1)`, `a non-empty list of integers in [0, 4294967295]`, `a mapping of names to ...`."""
     origin, args = get_origin(tp), get_args(tp)
     if origin is tuple:
         return f"a list of {len(args)} {describe(args[0], rule, plural=True)}"
@@ -317,16 +330,46 @@ def _fits_scalar(value, tp, rule: Rule) -> bool:
         return tp is bool and isinstance(value, bool)
     if tp is str:
         return isinstance(value, str) and value != "" and (not rule.pattern or bool(re.fullmatch(rule.pattern, value)))
-    if not isinstance(value, int | float) or (tp is int and not isinstance(value, int)) or not math.isfinite(value):
+    if not isinstance(value, int | float) or (tp is int and not isinstance(value, int)) or not _finite(value, tp):
         return False
     return ((rule.at_least is None or value >= rule.at_least) and (rule.above is None or value > rule.above)
             and (rule.at_most is None or value <= rule.at_most) and (rule.below is None or value < rule.below))
+
+
+def _finite(value, tp) -> bool:
+    """Whether a number is finite as its key holds it: an int key holds any int; a float key holds an int as a float,
+    which an int past 1.8e308 cannot be (`train.grad_clip=1000...0`: not valid rather than OverflowError)."""
+    if tp is int:
+        return True
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def bad_value(path: str, value, tp, rule: Rule) -> str:
     """`train.select='worst' is not valid; choose one of best, last`."""
     allowed = describe(tp, rule)
     return f"{path}={shown(value)} is not valid; {'choose' if allowed.startswith('one of') else 'expected'} {allowed}"
+
+
+def path_names(value, rule: Rule) -> list:
+    """The strings of a valid `value` that become file or folder names (`rule.path_name`)."""
+    if not rule.path_name or value is None:
+        return []
+    if isinstance(value, dict):
+        return [*value, *(value.values() if rule.path_name is True else ())]
+    return list(value) if isinstance(value, list) else [value]
+
+
+def not_a_path_name(path: str, value, rule: Rule) -> str | None:
+    """`task.test_splits={test: '../x.tsv'} is not valid: '../x.tsv' contains '/'; expected a plain file or folder
+    name: ...`, or None when every name of `value` stays in its folder (core.paths)."""
+    for name in path_names(value, rule):
+        if problem := name_problem(name):
+            which = "it" if name is value else shown(name)
+            return f"{path}={shown(value)} is not valid: {which} {problem}; expected {PLAIN} (it becomes part of a path)"
+    return None
 
 
 def unknown_key(path: str, value, parent: str, name: str, valid: list[str]) -> str:
@@ -374,10 +417,12 @@ class _Walk:
                 valid[f.name] = self.group(value, tp, path)
             elif is_dataclass(tp):
                 self.problems.append(f"{path}={shown(_plain(value))} is not valid; expected a config group")
-            elif _fits(value, tp, rule):
-                valid[f.name] = value
-            else:
+            elif not _fits(value, tp, rule):
                 self.problems.append(bad_value(path, value, tp, rule))
+            elif problem := not_a_path_name(path, value, rule):
+                self.problems.append(problem)
+            else:
+                valid[f.name] = value
         return valid
 
 
@@ -497,6 +542,63 @@ def check(configs) -> None:
     found = [line for cfg in configs for line in problems(cfg)]
     if found:
         raise ConfigError(list(dict.fromkeys(found)))
+
+
+def normalize(cfg: DictConfig) -> DictConfig:
+    """Respell, in place, every number of a checked config as its key's type declares it, so that one setting has
+    one hash however it was written: an int given for a float key becomes a float (in lists and mappings too),
+    -0.0 becomes 0.0, and an integral float under a mapping's integer key (`task.title_split.seed`) an int. Values
+    already so spelled are left as written, interpolations included. Returns cfg. Records keep the config as run:
+    a reader hashes it as stored, so records written before stay valid.
+
+    >>> cfg = OmegaConf.create({"train": {"grad_clip": 1, "epochs": 3}, "optim": {"weight_decay": -0.0,
+    ...                         "betas": [0, 0.999], "lr": "${paper_lr.full}"}, "paper_lr": {"full": 1}})
+    >>> OmegaConf.to_container(normalize(cfg))
+    {'train': {'grad_clip': 1.0, 'epochs': 3}, 'optim': {'weight_decay': 0.0, 'betas': [0.0, 0.999], 'lr': '${paper_lr.full}'}, 'paper_lr': {'full': 1.0}}
+    """
+    for interpolations in (False, True):  # an interpolation resolves to its target's new spelling, if it has one
+        _respell(cfg, Run, interpolations)
+    return cfg
+
+
+def _respell(node: DictConfig, schema, interpolations: bool) -> None:
+    """`normalize` for one group: its values that are interpolations, or those that are not."""
+    hints = get_type_hints(schema)
+    for f in fields(schema):
+        tp = hints[f.name]
+        if f.name not in node or OmegaConf.is_missing(node, f.name):
+            continue
+        if is_dataclass(tp):
+            if isinstance(node[f.name], DictConfig):
+                _respell(node[f.name], tp, interpolations)
+        elif OmegaConf.is_interpolation(node, f.name) == interpolations:
+            value = _plain(node[f.name])
+            declared = as_declared(value, tp, f.metadata["rule"])
+            if shown(declared) != shown(value):  # repr: 1 and 1.0, -0.0 and 0.0 differ
+                node[f.name] = declared
+
+
+def as_declared(value, tp, rule: Rule):
+    """A valid `value` of type `tp` with its numbers in the declared type: 1 -> 1.0 for a float, -0.0 -> 0.0, 3.0 ->
+    3 under a mapping's `rule.integers` keys; anything else as it is.
+
+    >>> as_declared({"dev_fraction": 0.5, "seed": 3.0}, dict[str, float] | None, Rule(integers=("seed",)))
+    {'dev_fraction': 0.5, 'seed': 3}
+    """
+    tp, _ = _optional(tp)
+    origin, args = get_origin(tp), get_args(tp)
+    if value is None:
+        return None
+    if origin is list:
+        return [as_declared(v, args[0], rule) for v in value]
+    if origin is tuple:
+        return [as_declared(v, a, rule) for v, a in zip(value, args, strict=True)]
+    if origin is dict:
+        return {k: (int(v) if isinstance(v, float) and v.is_integer() else v) if k in rule.integers
+                else as_declared(v, args[1], rule) for k, v in value.items()}
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) + 0.0  # + 0.0: -0.0 becomes 0.0
+    return value
 
 
 def unknown_override_keys(overrides: list[tuple[str, Any]]) -> list[str]:

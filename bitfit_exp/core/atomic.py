@@ -34,7 +34,10 @@ def stage(path: Path, write: Callable[[BinaryIO], object], tmp: Path | None = No
     tmp = tmp or path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        # A leftover (or a link planted under this predictable name) is removed, not written through: the content
+        # goes to a file created here, never to where a link points.
+        tmp.unlink(missing_ok=True)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -65,3 +68,22 @@ def discard(tmps: list[Path]) -> None:
 def write_atomic(path: Path, write: Callable[[BinaryIO], object], tmp: Path | None = None) -> None:
     """Replace `path` with what `write(f)` writes to a binary file, all or nothing."""
     commit([(stage(path, write, tmp), path)])
+
+
+def check_out_folder(path, flag: str = "--out") -> Path:
+    """`path` (~ expanded) when files can be written into it as a folder (it, or the nearest part of it that exists,
+    is a writable folder; nothing is created here); else a one-line UserError naming `flag` and the fix.
+
+    >>> check_out_folder("conf/config.yaml/tables")
+    Traceback (most recent call last):
+    bitfit_exp.core.errors.UserError: --out conf/config.yaml/tables: conf/config.yaml is a file, not a folder; give a \
+folder (it is created if missing)
+    """
+    folder = Path(path).expanduser()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        where = "" if existing == folder else f": {existing}"
+        raise UserError(f"{flag} {path}{where} is a file, not a folder; give a folder (it is created if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {existing} is not writable; give a folder you can write in")
+    return folder

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 
 from bitfit_exp.core.errors import UserError
+from bitfit_exp.core.paths import child
 from bitfit_exp.data.carve import _carve_hint, _carve_train, carve_dev, dev_split
 from bitfit_exp.data.checks import clean_labels, concat_shards
 from bitfit_exp.data.files import read_table, resolve_path, split_files
@@ -187,11 +188,21 @@ def _load_hub(task, hub_name: str):
     return splits
 
 
+def local_folder(task, root: Path) -> Path:
+    """<root>/<local_name>, the folder of the task's <split>.parquet files, once its name and every split's are plain
+    file or folder names (core.paths.child), so that nothing written there leaves root; a UserError otherwise."""
+    folder = child(root, local_name(task), "task.local_name" if task.get("local_name") else "task.name")
+    for split in needed_splits(task):
+        child(folder, split, f"task {task.name}'s split")
+    return folder
+
+
 def save_local(task, splits, root: Path) -> list[Path]:
     """Write `splits` as <root>/<local_name>/<split>.parquet, the layout `data.dir` reads (used by bitfit-prefetch)."""
-    (root / local_name(task)).mkdir(parents=True, exist_ok=True)
+    folder = local_folder(task, root)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for split, ds in splits.items():
-        paths.append(root / local_name(task) / f"{split}.parquet")
+        paths.append(child(folder, f"{split}.parquet", f"task {task.name}'s split"))
         ds.to_parquet(str(paths[-1]))
     return paths

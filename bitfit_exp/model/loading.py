@@ -98,12 +98,21 @@ def _load_error(name: str, path: str, e: Exception) -> Exception:
     weights = weights_file(Path(path)) if Path(path).is_dir() else None
     if weights is not None:
         return UserError(f"{weights}: cannot be loaded: {first_line(e)} ({RESAVE})")
-    return _hub_error(name, e) if isinstance(e, OSError) else e
+    return _hub_error(name, e) if isinstance(e, OSError) else _remote_code_error(name, e)
 
 
 def _hub_error(name: str, e: Exception) -> UserError:
     return UserError(f"cannot load model {name!r} ({first_line(e)}); offline, "
                      f"set model.name_or_path=/local/dir or prefetch it with `bitfit-prefetch model.name_or_path={name}`")
+
+
+def _remote_code_error(name_or_path: str, e: Exception) -> Exception:
+    """One line for a checkpoint whose config asks to run its own Python code (`auto_map`, a model_type transformers
+    does not ship): never run (trust_remote_code=False, so no prompt either); any other error is returned as is."""
+    if "trust_remote_code" not in str(e):
+        return e
+    return UserError(f"{name_or_path}: its config asks to run the checkpoint's own Python code (auto_map); bitfit-exp "
+                     f"never runs code from a checkpoint: use one of a model family that transformers ships")
 
 
 def load_tokenizer(name_or_path: str):
@@ -112,13 +121,15 @@ def load_tokenizer(name_or_path: str):
     path = resolve_model_path(name_or_path)
     fix = "save a working one there with tokenizer.save_pretrained() or `bitfit-prefetch`"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as e:  # a damaged local tokenizer raises anything (KeyError, JSONDecodeError, tokenizers' own)
         if Path(path).is_dir():
             raise UserError(f"{path}: its tokenizer cannot be loaded: {first_line(e)} ({fix})") from None
         if isinstance(e, OSError):
             raise _hub_error(name_or_path, e) from None
-        raise
+        error = _remote_code_error(name_or_path, e)
+        raise error if isinstance(error, UserError) else UserError(
+            f"{name_or_path}: its tokenizer cannot be loaded: {first_line(e)}") from None
     # Without tokenizer files transformers builds one that knows only its special tokens: every word is [UNK].
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
         raise UserError(f"{path}: its tokenizer has no vocabulary, only {len(tokenizer)} special tokens; tokenizer "
@@ -139,7 +150,10 @@ def _model_config(path: str, num_labels: int, overrides: dict):
     each row's last token with it, and refuse batches of more than one row without it."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(path, num_labels=num_labels, **overrides)
+    try:
+        config = AutoConfig.from_pretrained(path, num_labels=num_labels, trust_remote_code=False, **overrides)
+    except ValueError as e:
+        raise _remote_code_error(path, e) from e
     if config.pad_token_id is None:
         config.pad_token_id = load_tokenizer(path).pad_token_id
     return config
@@ -190,7 +204,7 @@ def save_for_offline(name_or_path: str, target: Path) -> None:
 
     path = resolve_model_path(name_or_path)
     try:
-        model = AutoModel.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, trust_remote_code=False)
     except Exception as e:
         raise _load_error(name_or_path, path, e) from None
     try:

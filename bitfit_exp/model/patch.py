@@ -8,6 +8,7 @@ each seed initialises at random; without them the patch would not reproduce the 
 >>> from bitfit_exp.model.patch import apply_patch, save_patch  # see tests/test_patch.py for a full round trip
 """
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -42,9 +43,9 @@ def load_trained_state(model: nn.Module, selection: Selection, state: dict[str, 
 
 
 def save_patch(path: Path, model: nn.Module, selection: Selection, state: dict[str, torch.Tensor],
-               initial: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+               initial: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     """Write the patch atomically (temporary file, fsync, rename); a failed write (full disk) raises one line and
-    leaves no temporary file."""
+    leaves no temporary file. Returns the sha256 of the file written (the run record keeps it)."""
     tensors = {}
     for name, value in state.items():
         mask = selection.params[name]
@@ -64,6 +65,7 @@ def save_patch(path: Path, model: nn.Module, selection: Selection, state: dict[s
     # Serialized here and written by Python: safetensors' own file writer does not report a full disk.
     blob = save(tensors, metadata={k: str(v) for k, v in metadata.items()})
     write_atomic(Path(path), lambda f: f.write(blob))
+    return hashlib.sha256(blob).hexdigest()
 
 
 def apply_patch(model: nn.Module, path: Path) -> nn.Module:

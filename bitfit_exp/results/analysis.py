@@ -27,13 +27,22 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 
 from bitfit_exp.core.errors import UserError
 from bitfit_exp.model.architectures import ALBERT, PAPER_LABELS, part_slice, role_parts
 from bitfit_exp.model.methods import BIAS_COMPONENTS
 from bitfit_exp.model.patch import bias_changes
-from bitfit_exp.results.records import DONE, RECORD, CorruptRecord, once_per_seed, protocol, read_record, scan
+from bitfit_exp.results.records import (
+    DONE,
+    RECORD,
+    CorruptRecord,
+    once_per_seed,
+    patch_mismatch,
+    protocol,
+    read_record,
+    scan,
+)
 
 PATCH = "patch.safetensors"
 FINISHED, DIVERGED = "finished", "diverged"
@@ -181,18 +190,6 @@ def with_average(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _patch_mismatch(path: Path, record: dict) -> str | None:
-    """Why the patch at `path` is not this record's (its metadata names another seed or checkpoint), or None."""
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("seed") not in (None, str(record["seed"])):
-        return f"it is seed {meta['seed']}'s patch"
-    fingerprint = (record.get("fingerprints") or {}).get("model")
-    if meta.get("model_fingerprint") not in (None, fingerprint):
-        return "it was trained from another checkpoint than its record says"
-    return None
-
-
 def _seed_patch(path: Path, record: dict) -> tuple[pd.DataFrame | None, str | None, str | None]:
     """(bias-change table, None, None) for a finished record's named patch; else (None, why it is left out for the
     title, a warning naming the file or None)."""
@@ -207,7 +204,7 @@ def _seed_patch(path: Path, record: dict) -> tuple[pd.DataFrame | None, str | No
         return None, f"seed {seed}'s patch is missing", f"{patch}: patch named by {path} is missing; seed {seed} " \
                                                          f"left out"
     try:
-        mismatch = _patch_mismatch(patch, record)
+        mismatch = patch_mismatch(patch, record)
         table = None if mismatch else bias_change(patch)
     except (OSError, ValueError, KeyError, SafetensorError) as e:
         return None, f"seed {seed}'s patch is unreadable", f"{patch}: unreadable patch ({type(e).__name__}: {e}); " \

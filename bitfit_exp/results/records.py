@@ -29,8 +29,11 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
 from bitfit_exp.core.atomic import write_atomic
-from bitfit_exp.core.errors import UserError
+from bitfit_exp.core.errors import UserError, first_line
+from bitfit_exp.core.paths import child
 
 SCHEMA = 2  # 1: hash without fingerprints (model identified by its path), no digest
 
@@ -152,8 +155,19 @@ def job_settings(cfg) -> list:
     return settings
 
 
+def setting_dir(runs_dir, key: dict) -> Path:
+    """The setting's folder, key["dir"] under runs_dir: <model>/<task>/<method>/lr<lr>-<hash>, each a plain file or
+    folder name (core.paths.child), so that it lies inside runs_dir; a UserError naming the key otherwise."""
+    folder = Path(runs_dir)
+    for what, name in (("model.name", key["model"]), ("task.name", key["task"]), ("method.name", key["method"]),
+                       ("the setting's folder", key["dir"].rsplit("/", 1)[-1])):
+        folder = child(folder, name, what)
+    return folder
+
+
 def seed_dir(runs_dir, key: dict, seed: int) -> Path:
-    return Path(runs_dir) / key["dir"] / f"seed{seed}"
+    """Seed `seed`'s folder in the setting's folder (setting_dir)."""
+    return setting_dir(runs_dir, key) / f"seed{seed}"
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -200,6 +214,13 @@ def seal(record: dict) -> dict:
     record["setting"] = setting_key(record["config"], record["fingerprints"])
     record["digest"] = _content_digest(record)
     return record
+
+
+def sealed_setting(config: dict, fingerprints: dict | None) -> dict:
+    """The setting seal() gives a record of `config` and `fingerprints` (hashed as written: JSON-safe), known before
+    the record is (its patch's metadata names it)."""
+    config, fingerprints = json.loads(json.dumps(_finite_or_null([config, fingerprints]), default=str))
+    return setting_key(config, fingerprints)
 
 
 def _expected_key(record: dict) -> dict:
@@ -257,24 +278,112 @@ def read_record(path: Path) -> dict:
 
 
 def done(path: Path) -> bool:
-    """A seed is done when its record exists, passes check_record, and says finished or diverged; anything else is
-    redone."""
+    """A seed is done when its record exists, passes check_record, says finished or diverged, and the patch it names
+    (if any) is its own (patch_problem); anything else is redone."""
     try:
-        return read_record(path).get("status") in DONE
+        record = read_record(path)
     except CorruptRecord:
         return False
+    return record.get("status") in DONE and patch_problem(path, record) is None
+
+
+PATCH_DIGEST = "patch_sha256"  # the key of a record's `artifacts` holding the sha256 of the patch the run wrote
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def patch_metadata(path: Path) -> dict[str, str]:
+    """The metadata of the safetensors file at `path` (what save_patch stored: task, method, seed, setting, ...);
+    OSError or SafetensorError when it is not a complete safetensors file (a truncated one included)."""
+    with safe_open(str(path), "numpy") as f:
+        return f.metadata() or {}
+
+
+def patch_mismatch(path: Path, record: dict, metadata: dict[str, str] | None = None) -> str | None:
+    """Why the patch file at `path` is not the one `record`'s run wrote, or None: its metadata names another task,
+    method, seed, setting hash or checkpoint fingerprint than the record (a key it lacks is not compared: patches
+    written before the setting hash was stored lack it), or its sha256 is not the record's artifacts.patch_sha256
+    (records written before the digest was stored lack it: for them the metadata is all there is to compare).
+    Raises OSError or SafetensorError when the file is unreadable."""
+    meta = patch_metadata(path) if metadata is None else metadata
+    config = record["config"]
+    theirs = {"task": config["task"]["name"], "method": config["method"]["name"], "seed": record["seed"],
+              "setting": record["setting"]["hash"]}
+    for key, value in theirs.items():
+        if meta.get(key) not in (None, str(value)):
+            return f"it is {key} {meta[key]}'s patch"
+    fingerprint = (record.get("fingerprints") or {}).get("model")
+    if meta.get("model_fingerprint") not in (None, fingerprint):
+        return "it was trained from another checkpoint than its record says"
+    digest = (record.get("artifacts") or {}).get(PATCH_DIGEST)
+    if digest is not None and file_sha256(path) != digest:
+        return f"its content is not what the run wrote (sha256 differs from the record's {PATCH_DIGEST})"
+    return None
+
+
+def patch_problem(path: Path, record: dict) -> str | None:
+    """Why the patch that `record` (read from `path`) names beside it cannot stand for its run: missing, unreadable,
+    or not its own (patch_mismatch); None when it can, or when the record names no patch (train.save_patch=false, a
+    seed that diverged before its first epoch)."""
+    name = (record.get("artifacts") or {}).get("patch")
+    if not name:
+        return None
+    patch = Path(path).parent / name
+    if not patch.is_file():
+        return f"its patch {patch} is missing"
+    try:
+        mismatch = patch_mismatch(patch, record)
+    except (OSError, SafetensorError) as e:
+        return f"its patch {patch} is unreadable ({first_line(e)})"
+    return mismatch and f"its patch {patch} is not its own ({mismatch})"
+
+
+def not_a_file(path: Path) -> str | None:
+    """What `path` is when something other than a regular file (or a link to one) lies there: a folder, a dangling
+    link, ...; None when it is a file or absent."""
+    path = Path(path)
+    if path.is_file() or not os.path.lexists(path):
+        return None
+    if path.is_symlink():
+        return f"a link to {os.readlink(path)}, which does not exist" if not path.exists() else "a link to a non-file"
+    return "a folder" if path.is_dir() else "not a regular file"
+
+
+def redo_reason(path: Path) -> str | None:
+    """Why the seed of record path `path` is trained again although something lies there that a rerun would
+    otherwise take for done or trip over: `path` is not a file, or its record says done but its patch_problem; None
+    when there is nothing to say (no record, a done seed with its patch, a running or corrupt record)."""
+    if what := not_a_file(path):
+        return f"{path} is {what}, not a run record (set aside as {RECORD}.replaced-<time> when the new one is written)"
+    try:
+        record = read_record(path)
+    except CorruptRecord:
+        return None
+    if record.get("status") in DONE and (problem := patch_problem(path, record)):
+        return f"its record says {record['status']} but {problem} (the record is kept as {RECORD}.replaced-<time>)"
+    return None
 
 
 def backup(path: Path) -> Path | None:
-    """Keep the current record (overwrite=true) as record.json.replaced-<time>, as a hard link, so the record stays
-    counted until the new one replaces it."""
-    if not path.exists():
+    """Keep the current record (overwrite=true, or a done seed whose patch is not its own) as
+    record.json.replaced-<time>, as a hard link, so the record stays counted until the new one replaces it. Anything
+    else at `path` (a folder, a dangling link) is moved there whole: it is no record, and a new one cannot replace it."""
+    if not os.path.lexists(path):
         return None
     target = path.with_name(f"{path.name}.replaced-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S-%f')}")
     try:
-        os.link(path, target)
-    except OSError:  # file systems without hard links
-        shutil.copy2(path, target)
+        if not_a_file(path):
+            os.rename(path, target)
+            return target
+        try:
+            os.link(path, target)
+        except OSError:  # file systems without hard links
+            shutil.copy2(path, target)
+    except OSError as e:
+        raise UserError(f"{path}: cannot keep it as {target.name} ({first_line(e)}); move it away and rerun") from None
     return target
 
 
@@ -339,7 +448,7 @@ def find_done(root, cfg: dict, seeds) -> dict[str | None, set[int]]:
                 record = read_record(path)
             except CorruptRecord:
                 continue
-            if record["status"] not in DONE:
+            if record["status"] not in DONE or patch_problem(path, record):
                 continue
             if record["schema"] == 1 and old is not None and record["setting"]["hash"] == old["hash"]:
                 found.setdefault(None, set()).add(seed)
@@ -373,6 +482,7 @@ def adopt_v1(root: Path, cfg: dict, key: dict, fingerprints: dict, seed: int) ->
     # plus keys added since at their schema-1 defaults, so the adopted record hashes to this setting.
     record = {**record, "config": cfg, "fingerprints": fingerprints, "adopted_from": str(old.relative_to(root)),
               "adopted_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    backup(new / RECORD)  # a record there (its patch not its own, or corrupt) is kept, not overwritten
     write_json_atomic(new / RECORD, seal(record))
     return new / RECORD
 

@@ -323,16 +323,46 @@ class Selection:
 
 
 OUTSIDE_SWEEP = "at lrs outside the sweep"  # records of a cell's own protocol: no other row shows them
+OTHER_CHECKPOINT = "with another checkpoint than the row's"  # a paper row holds one checkpoint over all its cells
 
 
-def _table_cell(df: pd.DataFrame, found: pd.DataFrame, target: Composed, experiment: str):
-    """One cell of a paper table: the best rows of the records of `target`'s protocol at its sweep's lrs (the
-    checkpoint/data identity with the most done seeds; None when there are none), and a line per left-out group of
-    the cell's records (`found`: its protocols, one row each; `df`: its rows)."""
+def _checkpoint(identity: str) -> str:
+    """The checkpoint part of an identity (`identity`: records.identity as JSON text) as JSON text ("null": a
+    schema-1 record, whose checkpoint is unknown): what a table row holds fixed over its cells, whose data differ."""
+    ident = json.loads(identity)
+    return _canonical(None if ident is None else ident["model"])
+
+
+def _sweep_counts(df: pd.DataFrame, found: pd.DataFrame, target: Composed) -> pd.DataFrame:
+    """The protocols of a cell (`found`, one row each; `df`: its rows) with `target`'s config and records at its
+    sweep's lrs, with n_records = those records (done seeds over the sweep's lrs)."""
     main = df[df["main"] & df["lr"].map(target.sweeps)]
     matching = found[found["protocol"] == target.key]
     counts = matching.assign(n_records=[(main["protocol_id"] == pid).sum() for pid in matching["protocol_id"]])
-    counts = counts[counts["n_records"] > 0]
+    return counts[counts["n_records"] > 0]
+
+
+def _row_checkpoint(counts: list[pd.DataFrame]) -> str | None:
+    """The checkpoint (see _checkpoint) with the most done seeds over a row's cells (`counts`: _sweep_counts of
+    each), ties to the smaller text; None when the row has no records of its config."""
+    found = pd.concat(counts, ignore_index=True)
+    per_checkpoint = found.groupby(found["identity"].map(_checkpoint))["n_records"].sum()
+    return min(per_checkpoint.index, key=lambda c: (-per_checkpoint[c], c), default=None)
+
+
+def _row_reference(ours: dict | None, checkpoint: str) -> dict | None:
+    """What a left-out protocol of a cell without records of its row's checkpoint is described against: that
+    checkpoint with the protocol's own data, so that only the checkpoint reads as different."""
+    model = json.loads(checkpoint)
+    return None if model is None else {"model": model, "data": ours["data"] if ours else "(unknown)"}
+
+
+def _table_cell(df: pd.DataFrame, found: pd.DataFrame, target: Composed, experiment: str, checkpoint: str | None):
+    """One cell of a paper table: the best rows of the records of `target`'s protocol at its sweep's lrs that read
+    the row's `checkpoint` (of those, the data identity with the most done seeds; None when there are none), and a
+    line per left-out group of the cell's records (`found`: its protocols, one row each; `df`: its rows)."""
+    counts = _sweep_counts(df, found, target)
+    counts = counts[counts["identity"].map(_checkpoint) == checkpoint]
     used = _most_records(counts) if len(counts) else None
     chosen = select_best_lr(df[(df["protocol_id"] == used) & df["lr"].map(target.sweeps)]) if used else None
     used_identity = json.loads(counts.set_index("protocol_id").at[used, "identity"]) if used else None
@@ -350,31 +380,44 @@ def _table_cell(df: pd.DataFrame, found: pd.DataFrame, target: Composed, experim
                                            len(outside), outside["lr"].nunique()))
         inside = mine[mine["lr"].map(target.sweeps)]
         if p.protocol_id != used and len(inside):
-            what = f"with another checkpoint or data: {identity_diff(json.loads(p.identity), used_identity)}"
-            left_out.append(_left_out_line(p, what, len(inside), inside["lr"].nunique()))
+            ours = json.loads(p.identity)
+            diff = identity_diff(ours, used_identity if used else _row_reference(ours, checkpoint))
+            what = OTHER_CHECKPOINT if _checkpoint(p.identity) != checkpoint else "with another checkpoint or data"
+            left_out.append(_left_out_line(p, f"{what}: {diff}", len(inside), inside["lr"].nunique()))
     return chosen, left_out
 
 
 def table_selection(df: pd.DataFrame, table: TableDef) -> Selection:
     """The cells of a paper table from collect's rows: per (model, task, method) the protocol of its experiment's
-    config (composed) at the lrs its sweep trains, and of the records with that config the checkpoint/data identity
-    with the most done seeds; the best lr is picked among those. Every other protocol of those cells, and records
-    at lrs outside the sweep, are left out and named. Only records of the table's tasks take part."""
+    config (composed) at the lrs its sweep trains. A row (model, method) reads one checkpoint in all its cells, the
+    one with the most done seeds over the row, so that its Avg never mixes checkpoints; per cell, of the records
+    with that config and checkpoint, the data identity with the most done seeds; the best lr is picked among those.
+    Every other protocol of those cells (a cell with records of another checkpoint only is missing), and records at
+    lrs outside the sweep, are left out and named. Only records of the table's tasks take part."""
     df = df[df["task"].isin(table.tasks)]
     df = df[[(m, f) in set(table.rows) for m, f in zip(df["model"], df["method"], strict=True)]]
     protocols = _protocols(select_best_lr(df))
     wanted = composed_protocols((table.experiments.get(p.model), p.model, p.task, p.method)
                                 for p in protocols.itertuples())
-    chosen, left_out = [], []
+    cells, per_row = [], {}  # cells: (model, method, rows, found, target, experiment), or lines without a target
     for (model, task, method), found in protocols.groupby(KEY, sort=False):
         experiment = table.experiments.get(model)
         target = wanted[(experiment, model, task, method)]
         if isinstance(target, str):
-            left_out += [_left_out_line(p, f"with no config of +experiment={experiment} to compare ({target})")
-                         for p in found.itertuples()]
+            cells.append([_left_out_line(p, f"with no config of +experiment={experiment} to compare ({target})")
+                          for p in found.itertuples()])
             continue
         rows = df[(df["model"] == model) & (df["task"] == task) & (df["method"] == method)]
-        best, lines = _table_cell(rows, found, target, experiment)
+        cells.append((model, method, rows, found, target, experiment))
+        per_row.setdefault((model, method), []).append(_sweep_counts(rows, found, target))
+    checkpoints = {row: _row_checkpoint(counts) for row, counts in per_row.items()}
+    chosen, left_out = [], []
+    for c in cells:
+        if isinstance(c, list):
+            left_out += c
+            continue
+        model, method, rows, found, target, experiment = c
+        best, lines = _table_cell(rows, found, target, experiment, checkpoints[(model, method)])
         chosen += [] if best is None else [best.assign(expected_lrs=target.expected_lrs)]
         left_out += lines
     picked = pd.concat(chosen, ignore_index=True) if chosen else select_best_lr(df.iloc[:0])

@@ -319,7 +319,9 @@ def last_epoch_note(cells: pd.DataFrame) -> list[str]:
 def table_notes(cells: pd.DataFrame, selection: Selection, epoch: str, table: TableDef) -> list[str]:
     if table.experiments:
         experiments = ", ".join(f"+experiment={e}" for e in dict.fromkeys(table.experiments.values()))
-        scope = f"records of the table's config ({experiments}); other protocols are left out (listed below)"
+        scope = (f"records of the table's config ({experiments}), of one checkpoint per row (the one with the most "
+                 f"done seeds over the row; a cell with records of another checkpoint only shows {MISSING}); other "
+                 f"protocols are left out (listed below)")
     else:
         scope = "one row per protocol found (labelled by the keys that differ between the rows of a model x method)"
     notes = [f"Dev scores x100, mean±std over the finished seeds at {epoch}; {scope}. Per cell the learning rate with "

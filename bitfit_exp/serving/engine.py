@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -37,7 +37,15 @@ from bitfit_exp.model.architectures import architecture
 from bitfit_exp.model.fingerprint import model_digest
 from bitfit_exp.model.loading import load_model, load_tokenizer
 from bitfit_exp.model.methods import PACKABLE, head_parameter_names
-from bitfit_exp.results.records import RECORD, CorruptRecord, read_record, scan
+from bitfit_exp.results.records import (
+    PATCH_DIGEST,
+    RECORD,
+    CorruptRecord,
+    patch_metadata,
+    patch_mismatch,
+    read_record,
+    scan,
+)
 
 PATCH = "patch.safetensors"
 SHARED_METHODS = ", ".join(sorted(PACKABLE))
@@ -92,6 +100,9 @@ class TaskPatch:
         return read_patch(self.path)
 
 
+REDO = "rerunning its bitfit-run command trains the seed again; or serve another run"
+
+
 def damaged(path: Path, e: Exception) -> UserError:
     return UserError(f"{path}: damaged patch file ({first_line(e)}); train the run again or serve another one")
 
@@ -143,15 +154,24 @@ def _records_at(path: Path) -> list[tuple[Path, dict]]:
 
 def _patch_of(record_path: Path, record: dict, name: str | None) -> TaskPatch:
     cfg, folder = record["config"], record_path.parent
-    patch = folder / ((record.get("artifacts") or {}).get("patch") or PATCH)
+    named = (record.get("artifacts") or {}).get("patch")
+    patch = folder / (named or PATCH)
+    if named and not patch.is_file():
+        raise UserError(f"{patch}: missing, though its record names it; {REDO}")
     if not patch.is_file():
         raise UserError(f"{folder}: the run has no {PATCH} (status {record['status']}, train.save_patch="
                         f"{cfg['train'].get('save_patch')}); nothing to serve")
     try:
-        with safe_open(str(patch), "pt") as f:
-            meta = f.metadata() or {}
+        meta = patch_metadata(patch)
+        mismatch = patch_mismatch(patch, record, meta)
     except (SafetensorError, OSError, ValueError) as e:
         raise damaged(patch, e) from None
+    if mismatch:
+        raise UserError(f"{patch}: not the patch its record ({cfg['task']['name']}, seed {record['seed']}) describes: "
+                        f"{mismatch}; {REDO}")
+    if PATCH_DIGEST not in (record.get("artifacts") or {}):
+        print(f"note: {patch}: its record predates patch digests; checked only the task, method, seed and checkpoint "
+              f"its metadata names", flush=True)
     task, setting = cfg["task"], record["setting"]
     return TaskPatch(
         name=name, task=task["name"], method=cfg["method"]["name"],

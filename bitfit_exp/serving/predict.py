@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from bitfit_exp.core.errors import UserError, first_line
@@ -43,10 +45,36 @@ def table_format(path) -> str:
 
 def read_table(path: Path) -> pd.DataFrame:
     """The input rows, read as training reads a task's files (bitfit_exp.data.files.read_table: CSV with RFC 4180 quoting,
-    TSV tab-separated with quotes as text, every CSV/TSV column as text); a file that cannot be read is one
-    UserError line."""
-    table_format(path)  # an unknown extension: the line that lists the known ones
-    return files.read_table(path, fix="fix --input", strings=True).to_pandas()
+    TSV tab-separated with quotes as text, every CSV/TSV column as text); a file that cannot be read, or that names
+    a column twice, is one UserError line."""
+    if table_format(path) == "parquet":  # an unknown extension: the line that lists the known ones
+        _unique_columns(path, _parquet_columns(path))  # before reading: pyarrow reads none ("Multiple matches")
+    table = files.read_table(path, fix="fix --input", strings=True)
+    _unique_columns(path, table.column_names)
+    return table.to_pandas()
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    """The column names of a parquet file; none where it cannot be read (files.read_table says why)."""
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowException, OSError):
+        return []
+
+
+def _unique_columns(path: Path, names: list[str]) -> None:
+    """A UserError for an input with two columns of one name: its rows and its output (the same columns plus
+    predictions; Parquet and JSON Lines hold no repeated name) would be ambiguous. (JSON Lines' reader refuses a
+    repeated key itself.)
+
+    >>> _unique_columns(Path("in.csv"), ["text", "task", "text"])
+    Traceback (most recent call last):
+    bitfit_exp.core.errors.UserError: in.csv: 2 columns are named 'text'; give each column its own name (fix --input)
+    """
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:
+        raise UserError(f"{path}: {names.count(repeated)} columns are named {repeated!r}; give each column its own "
+                        f"name (fix --input)")
 
 
 def check_output(path: Path, frame: pd.DataFrame) -> None:
@@ -95,10 +123,12 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
 
 
 def _value(row, column: str | None):
+    """A row's cell of `column`: None where the column is absent or the cell null (a missing text); an empty text
+    stays "", a text to predict, as bitfit-serve and training take it."""
     if column is None:
         return None
     value = row.get(column)
-    return None if value is None or (isinstance(value, float) and pd.isna(value)) or value == "" else value
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
 
 
 def text_columns(patch: TaskPatch, columns, text: str | None, pair: str | None) -> tuple[str, str | None]:

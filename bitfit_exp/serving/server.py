@@ -174,6 +174,7 @@ def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int =
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
@@ -205,6 +206,9 @@ def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int =
         routes = "GET /health, GET /tasks, POST /predict"
         return error(f"{e.detail}: {request.method} {request.url.path} (routes: {routes})", e.status_code)
 
+    async def client_gone(request, e: ClientDisconnect):  # left, or was closed (--request-timeout), mid-body
+        return error("the client went away before its whole body arrived", 400)  # sent nowhere, logged nowhere
+
     @asynccontextmanager
     async def lifespan(app):
         task = asyncio.create_task(batcher.run())
@@ -214,4 +218,4 @@ def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int =
 
     return Starlette(routes=[Route("/health", health), Route("/tasks", tasks),
                              Route("/predict", predict, methods=["POST"])], lifespan=lifespan,
-                     exception_handlers={HTTPException: http_error})
+                     exception_handlers={HTTPException: http_error, ClientDisconnect: client_gone})

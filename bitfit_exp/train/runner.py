@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bitfit_exp.core.errors import UserError
+from bitfit_exp.core.paths import inside
 from bitfit_exp.data.batches import subset_rows
 from bitfit_exp.kinds import kind_of
 from bitfit_exp.kinds.metrics import baseline_note
@@ -29,6 +30,7 @@ from bitfit_exp.model.methods import PACKABLE, encoder_parameters, head_paramete
 from bitfit_exp.model.patch import load_trained_state, save_patch, trained_state
 from bitfit_exp.results.environment import environment
 from bitfit_exp.results.records import (
+    PATCH_DIGEST,
     RECORD,
     adopt_v1,
     backup,
@@ -36,8 +38,11 @@ from bitfit_exp.results.records import (
     done,
     job_settings,
     read_record,
+    redo_reason,
     seal,
+    sealed_setting,
     seed_dir,
+    setting_dir,
     setting_key,
     write_json_atomic,
 )
@@ -48,6 +53,12 @@ from bitfit_exp.train.trainer import SeedResult, predict, seed_everything, train
 
 METHOD_META = {"name", "default_lr", "lr_grid"}
 CHECKPOINT = "checkpoint.pt"
+
+
+def file_in(folder: Path, name: str) -> Path:
+    """`folder / name` for a file the runner writes in a seed's or setting's folder, proven to resolve inside it
+    (core.paths.inside): no name from the config, nor a symbolic link left there, makes a run write elsewhere."""
+    return inside(folder / name, folder)
 
 
 def log(msg: str) -> None:
@@ -123,7 +134,8 @@ def write_test_predictions(folder: Path, model, prepared: Prepared, cfg, device)
     written = []
     for split, data in prepared.test.items():
         name = cfg.task.test_splits[split]
-        prepared.kind.write_test(predict(model, data, cfg, device, prepared.pad_id), data, cfg.task, folder / name)
+        path = file_in(folder, name)  # refused before predicting
+        prepared.kind.write_test(predict(model, data, cfg, device, prepared.pad_id), data, cfg.task, path)
         written.append(name)
     return written
 
@@ -153,9 +165,14 @@ def finish_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, model,
     diverged = getattr(result, "diverged", None)
     save = cfg.train.save_patch
     if result.chosen_state is not None and (save is True or (save == "auto" and cfg.method.name != "full")):
-        save_patch(folder / "patch.safetensors", model, selection, result.chosen_state, initial,
-                   {"model": cfg.model.name_or_path, "task": cfg.task.name, "method": cfg.method.name,
-                    "epoch": result.chosen_epoch, "seed": seed, "model_fingerprint": prepared.fingerprints["model"]})
+        # What the patch is (task, seed, setting) and its digest, so that a patch moved into another run's folder is
+        # refused and a damaged one redone (records.patch_mismatch).
+        setting = sealed_setting(OmegaConf.to_container(cfg, resolve=True), prepared.fingerprints)
+        artifacts[PATCH_DIGEST] = save_patch(
+            file_in(folder, "patch.safetensors"), model, selection, result.chosen_state, initial,
+            {"model": cfg.model.name_or_path, "task": cfg.task.name, "method": cfg.method.name,
+             "epoch": result.chosen_epoch, "seed": seed, "model_fingerprint": prepared.fingerprints["model"],
+             "setting": setting["hash"]})
         artifacts["patch"] = "patch.safetensors"
     if result.chosen_state is not None and cfg.train.predict_test and prepared.test:
         artifacts["test_predictions"] = write_test_predictions(folder, model, prepared, cfg, device)
@@ -200,7 +217,7 @@ def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     model, selection, initial = start_seed(cfg, seed, device)
-    checkpoint = folder / CHECKPOINT if cfg.train.checkpoint else None
+    checkpoint = file_in(folder, CHECKPOINT) if cfg.train.checkpoint else None
     result = train_seed(model, selection, prepared.train, prepared.train_probe, prepared.dev, cfg, seed, device,
                         prepared.pad_id, checkpoint, heartbeat)
     return finish_seed(cfg, seed, prepared, folder, device, model, selection, initial, result, t0, started)
@@ -330,7 +347,7 @@ def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, he
     for m in group:  # each setting starts from its own seeded head, as a one-by-one run would
         model, selection, initials[m] = start_seed(m.cfg, m.seed, torch.device("cpu"))
         inits.append(trained_state(model, selection))
-    checkpoints = [m.path.parent / CHECKPOINT if cfg.train.checkpoint else None for m in group]
+    checkpoints = [file_in(m.path.parent, CHECKPOINT) if cfg.train.checkpoint else None for m in group]
     try:
         results = train_packed(model, selection, inits, [m.seed for m in group], [m.cfg.optim.lr for m in group],
                                prepared.train, prepared.train_probe, prepared.dev, cfg, device, prepared.pad_id,
@@ -390,16 +407,18 @@ def job_members(cfg, prepared: Prepared, root: Path) -> list[tuple[DictConfig, d
     for setting in job_settings(cfg):
         config = OmegaConf.to_container(setting, resolve=True)
         key = setting_key(config, prepared.fingerprints)
-        folder = root / key["dir"]
+        folder = setting_dir(root, key)  # a name that would leave runs_dir: UserError before anything is created
         folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "config.yaml").exists():
-            OmegaConf.save(setting, folder / "config.yaml", resolve=True)
+        if not (config_file := file_in(folder, "config.yaml")).exists():
+            OmegaConf.save(setting, config_file, resolve=True)
         members = []
         for seed in dict.fromkeys(cfg.seeds):  # a seed listed twice is one seed
-            path = seed_dir(root, key, seed) / RECORD
+            path = file_in(seed_dir(root, key, seed), RECORD)
             if not done(path) and (adopted := adopt_v1(root, config, key, prepared.fingerprints, seed)):
                 log(f"seed {seed}: finished before fingerprints were recorded ({read_record(adopted)['adopted_from']});"
                     f" adopted, not retrained")
+            if why := redo_reason(path):
+                log(f"seed {seed}: {why}; training it again")
             members.append(Member(setting, seed, path, _stamp(path) if cfg.overwrite and done(path) else None))
         out.append((setting, key, members))
     return out
