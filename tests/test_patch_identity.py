@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from test_serve import fake_run
 
 from bitfit_exp.core.errors import UserError
-from bitfit_exp.results.records import PATCH_DIGEST, RECORD, done, file_sha256, patch_metadata, read_record
+from bitfit_exp.results.artifacts import PATCH_DIGEST, file_sha256, patch_metadata
+from bitfit_exp.results.records import RECORD, done, read_record
 from bitfit_exp.serving.engine import find_patches
 
 ARGS = ("train.epochs=1", "data.max_length=24", "train.predict_test=false", "optim.lr=0.05")

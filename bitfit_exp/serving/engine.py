@@ -37,15 +37,8 @@ from bitfit_exp.model.architectures import architecture
 from bitfit_exp.model.fingerprint import model_digest
 from bitfit_exp.model.loading import load_model, load_tokenizer
 from bitfit_exp.model.methods import PACKABLE, head_parameter_names
-from bitfit_exp.results.records import (
-    PATCH_DIGEST,
-    RECORD,
-    CorruptRecord,
-    patch_metadata,
-    patch_mismatch,
-    read_record,
-    scan,
-)
+from bitfit_exp.results.artifacts import PATCH_DIGEST, patch_metadata, patch_mismatch
+from bitfit_exp.results.records import RECORD, CorruptRecord, read_record, scan
 
 PATCH = "patch.safetensors"
 SHARED_METHODS = ", ".join(sorted(PACKABLE))

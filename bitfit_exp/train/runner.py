@@ -28,9 +28,9 @@ from bitfit_exp.model.fingerprint import data_fingerprint, model_fingerprint
 from bitfit_exp.model.loading import load_model, load_tokenizer, new_parameters
 from bitfit_exp.model.methods import PACKABLE, encoder_parameters, head_parameter_names, packable, select
 from bitfit_exp.model.patch import load_trained_state, save_patch, trained_state
+from bitfit_exp.results.artifacts import PATCH_DIGEST
 from bitfit_exp.results.environment import environment
 from bitfit_exp.results.records import (
-    PATCH_DIGEST,
     RECORD,
     adopt_v1,
     backup,
@@ -166,7 +166,7 @@ def finish_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, model,
     save = cfg.train.save_patch
     if result.chosen_state is not None and (save is True or (save == "auto" and cfg.method.name != "full")):
         # What the patch is (task, seed, setting) and its digest, so that a patch moved into another run's folder is
-        # refused and a damaged one redone (records.patch_mismatch).
+        # refused and a damaged one redone (results.artifacts.patch_mismatch).
         setting = sealed_setting(OmegaConf.to_container(cfg, resolve=True), prepared.fingerprints)
         artifacts[PATCH_DIGEST] = save_patch(
             file_in(folder, "patch.safetensors"), model, selection, result.chosen_state, initial,
