@@ -62,6 +62,29 @@ def fake_run(root: Path, model_dir: Path, task: str, method: str, seed: int) -> 
     return folder
 
 
+def start_server(args: list[str], wait_s: float = 180) -> tuple[subprocess.Popen, str]:
+    """A real bitfit-serve process with `args` on a free local port, once /health answers 200: (process, url)."""
+    import httpx
+
+    port = free_port()
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([sys.executable, "-m", "bitfit_exp.commands.serve", *args, "--port", str(port)],
+                            env={**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"bitfit-serve did not start:\n{proc.stdout.read() if proc.poll() is not None else ''}")
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_bert_dir, glue_dir) -> dict[str, Path]:
     """Run folders of four tasks (pair / single / regression / head only) over one tiny BERT, and a masked one."""
@@ -244,27 +267,9 @@ def free_port() -> int:
 def server(runs):
     """A real bitfit-serve process on a free local port: batches of up to 4 rows, collected for up to 3 s; bodies of
     up to 0.05 MiB (52,428 bytes)."""
-    import httpx
-
-    port = free_port()
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bitfit_exp.commands.serve", *served(runs), "--port", str(port),
-                             "--window-ms", "3000", "--max-batch", "4", "--max-items", "8",
-                             "--max-body-mb", "0.05"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server([*served(runs), "--window-ms", "3000", "--max-batch", "4", "--max-items", "8",
+                              "--max-body-mb", "0.05"])
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"bitfit-serve did not start:\n{proc.stdout.read() if proc.poll() is not None else ''}")
-            time.sleep(0.3)
         yield url
     finally:
         proc.terminate()

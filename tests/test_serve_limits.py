@@ -6,13 +6,11 @@ import os
 import select
 import socket
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 
 import pytest
-from conftest import REPO
-from test_serve import fake_run, free_port
+from test_serve import fake_run, start_server
 
 TIMEOUT_S, CAP = 2.5, 20  # --request-timeout, --max-connections of the server under test
 SST2 = {"task": "sst2", "text": "a gem of a film, warm and funny"}
@@ -21,25 +19,8 @@ SST2 = {"task": "sst2", "text": "a gem of a film, warm and funny"}
 @contextmanager
 def bitfit_serve(*args: str):
     """(url, pid) of a real bitfit-serve process on a free local port, stopped afterwards."""
-    import httpx
-
-    port = free_port()
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen([sys.executable, "-m", "bitfit_exp.commands.serve", *args, "--port", str(port)],
-                            env={**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(list(args), wait_s=120)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"bitfit-serve did not start:\n{proc.stdout.read() if proc.poll() is not None else ''}")
-            time.sleep(0.3)
         yield url, proc.pid
     finally:
         proc.terminate()

@@ -1,16 +1,7 @@
-"""`bitfit-compare`: the same settings trained two ways (e.g. packed vs one by one), side by side per setting.
+"""`bitfit-compare`: the same settings trained two ways (e.g. packed vs one by one), side by side per setting
+(how settings are matched and compared: bitfit_exp.results.compare).
 
     bitfit-compare ~/runs-one-by-one ~/runs-packed            # Markdown table; --csv FILE also writes the cells
-
-For every (model, task, method, protocol, lr, dev column) present under both runs dirs: mean±std (ddof=1) over the
-finished seeds of each, the difference B - A, ✓ when |Δ| <= max(std A, std B) (the tables' "within seed noise" rule),
-and Welch's t-test p-value. Diverged seeds are counted next to each side ("n=4, 1 diverged"), never averaged.
-
-Settings are matched by protocol (records.protocol: the result config without the lr, and the checkpoint and data
-read) and lr, which is what the setting hash covers: how a run was trained (train.packed, packed_dropout, pack_lrs,
-compile, device) is not a result key, so packed and one-by-one runs of one setting match, while a run that differs
-in anything that changes results (batch size, epochs, a data slice, another checkpoint) does not, and is counted
-as present under one side only.
 """
 
 import argparse

@@ -1,13 +1,7 @@
-"""`bitfit-predict`: the multi-task engine (bitfit_exp.multitask) on files: CSV, TSV, JSONL or Parquet in, the same
-rows plus predictions out.
+"""`bitfit-predict`: task patches on files: CSV, TSV, JSONL or Parquet in, the same rows plus predictions out
+(which columns are read and added: bitfit_exp.serving.predict).
 
     bitfit-predict ~/bitfit-runs/minilm/sst2 ~/bitfit-runs/minilm/rte/bitfit --input in.csv --output out.parquet
-
-Each row's task comes from `--task` (all rows) or a `task` column (mixed files; rows of different tasks share forward
-passes). Its text comes from the task's own columns when the file has them (`sentence`, `sentence1`/`sentence2`,
-...), else from `text` / `text_pair` (or `--text-column` / `--pair-column`). Added columns: `label` (the predicted
-label's name; empty for regression), `score` (its probability, or the regression score), `probabilities` (JSON),
-`truncated` (the text was cut to the run's max_length, as in training).
 """
 
 import argparse

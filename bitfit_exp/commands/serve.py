@@ -1,24 +1,9 @@
-"""`bitfit-serve`: many BitFit task patches over one frozen backbone, as a JSON HTTP API (Starlette under uvicorn).
+"""`bitfit-serve`: many BitFit task patches over one frozen backbone, as a JSON HTTP API (Starlette under uvicorn;
+the endpoints: bitfit_exp.serving.server; the connection limits: bitfit_exp.serving.limits).
 
     bitfit-serve ~/bitfit-runs/minilm/rte/bitfit ~/bitfit-runs/minilm/sst2 --port 8000
 
-Endpoints:
-- `GET /health`: status, served checkpoint and its fingerprint, task count, forward passes and rows so far.
-- `GET /tasks`: every served task: name, task, method, labels (empty for regression), pair or single text,
-  max_length, metric, seed, patch.
-- `POST /predict`: one item `{"task": "sst2", "text": "..."}` or a mixed list
-  `{"items": [{"task": "rte", "text": "...", "text_pair": "..."}, ...]}` (a top-level "task" is the default of items
-  that name none). Answer: `{"predictions": [...], "batch": {...}}`, one prediction per item in order: label,
-  label_id and probabilities (or score for regression), logits, and `truncated` when the text was cut to the run's
-  max_length as in training. `batch` says what the request was run with: how many requests, rows and tasks the
-  batching window collected and how many forward passes they took.
-
-Requests that arrive within `--window-ms` of each other are collected (up to `--max-batch` rows) and run together:
-rows of different tasks share one forward pass (bitfit_exp.serving.engine). Bodies are parsed and tokenized in worker
-threads (the event loop keeps answering) and refused (413) past `--max-body-mb` before they are read. Bad input is a
-4xx with a one-line `{"error": ...}`, never a 500; the server keeps serving. A request (headers and body) that has
-not arrived within `--request-timeout` gets 408 and its connection is closed; beyond `--max-connections` open
-connections, a new one gets 503 and is closed (bitfit_exp.serving.limits).
+Every flag is checked before a patch is read: a bad value is one line and exit code 2.
 """
 
 import argparse
