@@ -1,5 +1,6 @@
 """The SLURM path on a real one-node cluster (scripts/slurm-local.sh): sweeps through hydra-submitit-launcher,
-scancel and resubmission, preemption with requeue and exact resume, two submissions of one sweep at once."""
+scancel and resubmission, preemption with requeue and exact resume, two submissions of one sweep at once; and the
+cluster's `down` leaves none of its processes running (the process table is read before `up` and after `down`)."""
 
 import csv
 import json
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import GLUE, REPO
@@ -20,17 +22,45 @@ pytestmark = [
 RUN = [sys.executable, "-c", "from bitfit_exp.commands.run import run; run()"]
 
 
+def cluster_processes(state) -> dict[int, str]:
+    """pid -> command line of each running process that names the cluster folder `state` in its command line or
+    environment: what `slurm-local.sh up` started (munged, slurmctld, slurmd, all given SLURM_LOCAL_DIR), the job
+    steps (slurmstepd) and the jobs' processes (SLURM_CONF)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline, environ = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()
+        except OSError:  # not a process, or one that just ended
+            continue
+        if str(state).encode() in cmdline + environ:
+            found[int(proc.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "SLURM_LOCAL_DIR": str(state)}
+    before = set(cluster_processes(state))
+    # A process of the user's that `down` must leave alone: a shell with this cluster's SLURM_CONF exported.
+    bystander = subprocess.Popen(["sleep", "3600"], env={**env, "SLURM_CONF": str(state / "slurm.conf")},
+                                 start_new_session=True)
     up = subprocess.run(["bash", str(REPO / "scripts" / "slurm-local.sh"), "up"], capture_output=True, text=True,
                         env=env, timeout=120)
     if up.returncode != 0:
+        bystander.kill()
+        bystander.wait()
         pytest.skip(f"could not start the local SLURM cluster: {up.stderr.strip()[-300:]}")
+    assert set(cluster_processes(state)) - before - {bystander.pid}  # the daemons, seen by cluster_processes
     env.update(SLURM_CONF=str(state / "slurm.conf"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     yield env
     subprocess.run(["bash", str(REPO / "scripts" / "slurm-local.sh"), "down"], env=env, timeout=60)
+    left = {pid: cmd for pid, cmd in cluster_processes(state).items() if pid not in before | {bystander.pid}}
+    alive = bystander.poll() is None
+    bystander.kill()
+    bystander.wait()
+    assert not left, f"slurm-local.sh down left processes running: {left}"
+    assert alive, "slurm-local.sh down stopped a process it did not start"
 
 
 def overrides(model_dir, runs_dir, *extra):

@@ -7,7 +7,8 @@
 
 Estimates use the training throughput (samples/s) measured in existing run records of the same model and
 method (else the same model), times the task's train size, epochs and missing seeds; evaluation time is scaled in
-from the same records.
+from the same records. A job whose model has no records in its mode (packed or not) yet has no estimate: its row
+says `unknown`, and the last line says which model and mode lack records.
 """
 
 import argparse
@@ -16,7 +17,7 @@ import sys
 from hydra.errors import HydraException
 
 from bitfit_exp.config.compose import one_line, with_search_dir
-from bitfit_exp.config.plan import plan, throughput, todo_commands
+from bitfit_exp.config.plan import job_hours, plan, summary, throughput, todo_commands
 from bitfit_exp.config.schema import ConfigError
 from bitfit_exp.core.errors import UserError
 
@@ -46,21 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     speed = throughput(jobs[0]["runs_dir"]) if jobs else {}
-    total, unknown = 0.0, 0
+    hours = [job_hours(job, speed) for job in jobs]
     print(f"{'#':>4}  {'model':<14}{'task':<6}{'method':<13}{'lr':>8}  seeds  {'est. h':>7}")
-    for i, job in enumerate(jobs):
+    for i, (job, h) in enumerate(zip(jobs, hours, strict=True)):
         k = job["key"]
-        rate = speed.get((k["model"], k["method"], job["packed"])) or speed.get((k["model"], job["packed"]))
-        hours = job["samples"] / rate[0] * (1 + rate[1]) / 3600 if rate and job["samples"] else None
-        total += hours or 0.0
-        unknown += hours is None and job["samples"] > 0
-        est = "-" if not job["samples"] else f"{hours:7.2f}" if hours is not None else "      ?"
+        est = "-" if not job["samples"] else f"{h:7.2f}" if h is not None else "unknown"
         lr = f"{k['lr']:g}" if len(job["keys"]) == 1 else f"{len(job['keys'])} lrs"
         print(f"{i:>4}  {k['model']:<14}{k['task']:<6}{k['method']:<13}{lr:>8}  {job['done']}/{job['seeds']}"
               f"    {est:>7}" + ("  packed" if job["packed"] else ""))
+    print(summary(jobs, hours))
     complete = sum(j["done"] == j["seeds"] for j in jobs)
-    print(f"{len(jobs)} jobs: {complete} complete, {len(jobs) - complete} to run; estimated {total:.1f} GPU-hours"
-          + (f" (+ {unknown} jobs with no measured throughput for their model and mode)" if unknown else ""))
     if args.todo:
         print("\nto launch only the unfinished jobs:" if complete < len(jobs) else "\nnothing to launch")
         for command in todo_commands(jobs):

@@ -15,6 +15,7 @@ from bitfit_exp.commands import fail
 from bitfit_exp.config.compose import check_command_line, expand_config_dir
 from bitfit_exp.core.config_dir import conf_dir
 from bitfit_exp.core.errors import UserError
+from bitfit_exp.core.threads import wait_passively
 
 
 def _needs_hub(cfg) -> bool:
@@ -26,6 +27,7 @@ def _needs_hub(cfg) -> bool:
 
 def run() -> None:
     """`bitfit-run`: check the config of every job, then hand the command line to Hydra."""
+    wait_passively()  # first: before anything imports torch; local sweep workers inherit it, and so do SLURM jobs
     sys.argv[1:] = expand_config_dir(sys.argv[1:])
     try:
         check_command_line(sys.argv[1:])
@@ -37,6 +39,7 @@ def run() -> None:
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")
 def _run_job(cfg: DictConfig) -> float | None:
     """Train one setting (or its lr grid) for every seed; returns the best mean main dev score (for Hydra sweepers)."""
+    wait_passively()  # a job started on its own (a SLURM job whose environment does not carry it): before torch
     from bitfit_exp.config.schema import check, normalize
     from bitfit_exp.core.offline import settle_offline_mode
     from bitfit_exp.train.trainer import Stopped
@@ -46,9 +49,11 @@ def _run_job(cfg: DictConfig) -> float | None:
         normalize(cfg)  # train.grad_clip=1 is the setting of train.grad_clip=1.0, not a second one
         if _needs_hub(cfg):
             settle_offline_mode()
+        from bitfit_exp.train.gpu_lease import gpu_for_job
         from bitfit_exp.train.runner import objective, run_job
 
-        settings = run_job(cfg)
+        with gpu_for_job(cfg.train.device):  # a local sweep's job: a GPU of its own, before torch picks the device
+            settings = run_job(cfg)
     except UserError as e:
         fail(e)
     except Stopped as e:

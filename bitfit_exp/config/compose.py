@@ -16,11 +16,16 @@ search path), is one line that says to rename it.
 
 import argparse
 import copy
+import gc
 import importlib.resources
 import itertools
+import multiprocessing
 import operator
+import sys
+from collections.abc import Callable
 from functools import cache, reduce
 from pathlib import Path
+from typing import Any
 
 import yaml
 from hydra import compose, initialize_config_dir
@@ -31,9 +36,10 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bitfit_exp.config.schema import ConfigError, check, normalize, unknown_override_keys
+from bitfit_exp.config.schema import ConfigError, check, normalize, problems, unknown_override_keys
 from bitfit_exp.core.config_dir import conf_dir
 from bitfit_exp.core.errors import UserError
+from bitfit_exp.core.threads import cpus_allowed
 from bitfit_exp.results.records import check_runs_dir
 
 
@@ -201,10 +207,13 @@ def expand(overrides: list[str]) -> list[list[str]]:
 def compose_jobs(jobs: list[list[str]]) -> list[DictConfig]:
     """Each job's config as Hydra composes it for the run: composed once per distinct set of config-group choices,
     then the job's value overrides applied in order (`apply_overrides`; table3: 64 compositions, not 256)."""
-    parser, composed, configs = OverridesParser.create(), {}, []
+    parser, parsed, composed, configs = OverridesParser.create(), {}, {}, []
     with _initialized():
         for job in jobs:
-            overrides = parser.parse_overrides(job)
+            for o in job:  # each override once: a sweep repeats each value in many jobs
+                if o not in parsed:
+                    parsed[o] = parser.parse_overrides([o])[0]
+            overrides = [parsed[o] for o in job]
             # As Hydra's defaults list splits them: a dict value or a key that is no group is a value override.
             # hydra.searchpath (a user's config folder) decides where group choices are found: composed with them.
             groups = [(is_group(o.key_or_group) and not isinstance(o.value(), dict))
@@ -219,15 +228,17 @@ def compose_jobs(jobs: list[list[str]]) -> list[DictConfig]:
     return configs
 
 
-def valid_jobs(overrides: list[str], sweep: bool = True) -> list[tuple[list[str], DictConfig]]:
+def valid_jobs(overrides: list[str], sweep: bool = True, then: Callable | None = None) -> list[tuple[list[str], Any]]:
     """(overrides, config) of every job (of the sweep, or the single run), each config checked against the schema
     and normalized (schema.normalize, as the run does): ConfigError lists every bad value. A key that no group has
     is named as such even where Hydra refuses it first (`train.epoch=3`); other composition errors are Hydra's
-    (HydraException)."""
+    (HydraException). With `then` (picklable), (overrides, then(overrides, config)) instead, once every job is
+    valid, computed by the process that checked the config (`checked_in_parallel`): only its result travels back."""
     check_not_shadowed(overrides)
     try:
         jobs = expand(overrides) if sweep else [overrides]
-        configs = compose_jobs(jobs)
+        done = checked_in_parallel(jobs, then)
+        configs = compose_jobs(jobs) if done is None else []
     except HydraException:
         unknown = unknown_override_keys(_value_overrides(overrides))
         if unknown:
@@ -235,8 +246,58 @@ def valid_jobs(overrides: list[str], sweep: bool = True) -> list[tuple[list[str]
         raise
     except yaml.YAMLError as e:  # a config file of the user's folder that does not parse
         raise ConfigError([yaml_problem(e)]) from None
+    if done is not None:
+        return list(zip(jobs, done, strict=True))
     check(configs)
-    return [(job, normalize(cfg)) for job, cfg in zip(jobs, configs, strict=True)]  # hashed as the run will
+    normalized = [normalize(cfg) for cfg in configs]  # hashed as the run will
+    return [(job, then(job, cfg) if then else cfg) for job, cfg in zip(jobs, normalized, strict=True)]
+
+
+# Hydra takes ~50 ms of CPU to compose a config, the schema a few more to check one: a sweep of many jobs (table3: 64
+# compositions, 256 checks) is checked by processes forked from this one, one per CPU it may use, each taking at
+# least this many jobs.
+JOBS_PER_PROCESS = 16
+
+
+def checked_in_parallel(jobs: list[list[str]], then: Callable | None = None) -> list | None:
+    """`valid_jobs`' configs (or what `then` makes of each) of a sweep of many jobs, composed, checked and normalized
+    by forked processes, each taking a run of consecutive jobs (jobs that differ only in values share a composition);
+    ConfigError when some are not valid. None where not worth it (few jobs, one CPU, no safe fork: the caller does it
+    all in turn) and where anything else fails in a process: the caller then does it all again, in turn, raising
+    what that raises."""
+    workers = min(cpus_allowed(), len(jobs) // JOBS_PER_PROCESS)
+    # Forking a process that has loaded torch and Hydra is safe on Linux; elsewhere everything is done in turn.
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or sys.platform == "darwin":
+        return None
+    size = -(-len(jobs) // workers)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            shares = pool.map(_check_share, [(jobs[i:i + size], then) for i in range(0, len(jobs), size)], chunksize=1)
+    except OSError:  # no process could be forked (a limit on processes or memory): in turn
+        return None
+    if any(share is None for share in shares):
+        return None
+    found = [line for lines, _ in shares for line in lines]
+    if found:
+        raise ConfigError(list(dict.fromkeys(found)))
+    return [result for _, results in shares for result in results]
+
+
+def _check_share(share: tuple[list[list[str]], Callable | None]) -> tuple[list[str], list] | None:
+    """In a forked process: (the problem lines, and when there are none the normalized configs or what `then` makes
+    of them) of a run of jobs; None when anything fails (raised again by the parent, which does it all again)."""
+    jobs, then = share
+    # Hydra and OmegaConf make many objects that point at each other (a node at its parent): at the default
+    # threshold the collector runs every 700 of them, a tenth of this process's time. It lives for one sweep.
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        configs = compose_jobs(jobs)
+        found = [line for cfg in configs for line in problems(cfg)]
+        if found:
+            return found, []
+        return [], [then(job, normalize(cfg)) if then else normalize(cfg) for job, cfg in zip(jobs, configs, strict=True)]
+    except Exception:  # noqa: BLE001 - raised again, as it is, where the parent does the same in turn
+        return None
 
 
 def yaml_problem(e: "yaml.YAMLError") -> str:

@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
+from functools import cache
 from types import NoneType, UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -202,6 +203,7 @@ class Train:
     checkpoint: bool = key()
     stop_after_epochs: int | None = key(at_least=1)
     claim_timeout_s: float = key(above=0)
+    threads: int | None = key(at_least=1)  # null = sized to the job's CPUs (core.threads)
 
 
 @dataclass
@@ -394,8 +396,9 @@ class _Walk:
         self.problems: list[str] = []
         self.unresolved: list[str] = []
 
-    def group(self, node: DictConfig, schema, parent: str = "") -> dict:
-        hints, names = get_type_hints(schema), [f.name for f in fields(schema)]
+    def group(self, node: DictConfig | dict, schema, parent: str = "") -> dict:
+        """The valid values of `node` (a DictConfig, or a config's `_resolved` values) under `schema`."""
+        hints, names = _hints(schema), [f.name for f in fields(schema)]
         prefix = parent + "." if parent else ""
         for name in node:
             if name not in names and not (parent == "" and name == "hydra"):  # hydra: Hydra's own, checked by it
@@ -403,7 +406,7 @@ class _Walk:
         valid = {}
         for f in fields(schema):
             path, rule, tp = prefix + f.name, f.metadata["rule"], hints[f.name]
-            if f.name not in node or OmegaConf.is_missing(node, f.name):
+            if _absent(node, f.name):
                 if not rule.absent_ok:
                     self.problems.append(f"{path} is missing; expected {describe(tp, rule)}")
                 continue
@@ -413,7 +416,7 @@ class _Walk:
                 self.unresolved.append(f"{path}={shown(_raw(node, f.name))} cannot be resolved: "
                                        f"{str(e).strip().splitlines()[0]}")
                 continue
-            if is_dataclass(tp) and isinstance(value, DictConfig):
+            if is_dataclass(tp) and isinstance(value, DictConfig | dict):
                 valid[f.name] = self.group(value, tp, path)
             elif is_dataclass(tp):
                 self.problems.append(f"{path}={shown(_plain(value))} is not valid; expected a config group")
@@ -426,9 +429,36 @@ class _Walk:
         return valid
 
 
-def _raw(node: DictConfig, name: str):
-    """The value as written, interpolations unresolved."""
-    return OmegaConf.to_container(node, resolve=False)[name]
+def _raw(node: DictConfig | dict, name: str):
+    """The value as written, interpolations unresolved (a `_resolved` value as it is)."""
+    return OmegaConf.to_container(node, resolve=False)[name] if isinstance(node, DictConfig) else node[name]
+
+
+def _absent(node: DictConfig | dict, name: str) -> bool:
+    """Whether key `name` is absent from `node` or missing (???)."""
+    return name not in node or (isinstance(node, DictConfig) and OmegaConf.is_missing(node, name))
+
+
+@cache
+def _hints(schema) -> dict:
+    """The type of each key of a schema dataclass."""
+    return get_type_hints(schema)
+
+
+def _resolved(cfg: DictConfig) -> dict | None:
+    """The values of `cfg` (Hydra's own node left out) as plain containers with every interpolation resolved, in
+    one pass; None when a value is missing (???) or fails to resolve. Reading a DictConfig key by key resolves each
+    interpolation anew at every access (an `in`, a get), which made checking a sweep's configs most of its time."""
+    values = {}
+    try:
+        for name in cfg:
+            if name != "hydra":
+                value = cfg[name]
+                values[name] = OmegaConf.to_container(value, resolve=True, throw_on_missing=True) \
+                    if isinstance(value, DictConfig | ListConfig) else value
+    except Exception:  # noqa: BLE001 - whatever a resolver raised: the walk key by key says which value
+        return None
+    return values
 
 
 def _seeds_distinct(cfg: dict) -> list[str]:
@@ -514,12 +544,12 @@ def _task_kind(cfg: dict) -> list[str]:
     return problems + _label_count(task, kind)
 
 
-def _kind_keys(cfg: DictConfig) -> list[str]:
+def _kind_keys(cfg: DictConfig | dict) -> list[str]:
     """The task keys its kind needs that are absent (present but bad ones are reported by the walk)."""
     from bitfit_exp.kinds import DEFAULT
 
     task = cfg.get("task")
-    if not isinstance(task, DictConfig):
+    if not isinstance(task, DictConfig | dict):
         return []
     kind = task.get("kind") or DEFAULT
     return [f"task.{name} is missing; a {kind} task needs it" for name in _needs(kind, task) if name not in task]
@@ -529,10 +559,20 @@ CROSS_CHECKS = (_seeds_distinct, _lr_index_in_grid, _method_options, _task_label
 
 
 def problems(cfg: DictConfig) -> list[str]:
-    """One line per bad value of a composed config, in schema order; empty when it is valid."""
+    """One line per bad value of a composed config, in schema order; empty when it is valid. A config is walked
+    over its values resolved at once (`_resolved`); one with a problem again key by key, so that each line names the
+    value as written and which value fails to resolve."""
+    resolved = _resolved(cfg)
+    if resolved is not None and not _problems(resolved):
+        return []
+    return _problems(cfg)
+
+
+def _problems(node: DictConfig | dict) -> list[str]:
+    """`problems` of a config, or of its `_resolved` values."""
     walk = _Walk()
-    valid = walk.group(cfg, Run)
-    found = walk.problems + _kind_keys(cfg) + [line for check in CROSS_CHECKS for line in check(valid)]
+    valid = walk.group(node, Run)
+    found = walk.problems + _kind_keys(node) + [line for check in CROSS_CHECKS for line in check(valid)]
     return found or walk.unresolved
 
 
@@ -556,26 +596,47 @@ def normalize(cfg: DictConfig) -> DictConfig:
     >>> OmegaConf.to_container(normalize(cfg))
     {'train': {'grad_clip': 1.0, 'epochs': 3}, 'optim': {'weight_decay': 0.0, 'betas': [0.0, 0.999], 'lr': '${paper_lr.full}'}, 'paper_lr': {'full': 1.0}}
     """
+    written = OmegaConf.to_container(cfg, resolve=False)
     for interpolations in (False, True):  # an interpolation resolves to its target's new spelling, if it has one
-        _respell(cfg, Run, interpolations)
+        _respell(cfg, Run, interpolations, written)
     return cfg
 
 
-def _respell(node: DictConfig, schema, interpolations: bool) -> None:
-    """`normalize` for one group: its values that are interpolations, or those that are not."""
-    hints = get_type_hints(schema)
+def _respell(node: DictConfig, schema, interpolations: bool, written: dict) -> None:
+    """`normalize` for one group: its values that are interpolations, or those that are not. `written` is the group
+    as written (not resolved), read instead of the DictConfig where it holds the same: which keys are there, missing
+    or interpolations, and the values that are none (reading a DictConfig resolves, parsing anew, an interpolation
+    at each access: most of the time of normalizing a sweep's configs)."""
+    hints = _hints(schema)
     for f in fields(schema):
-        tp = hints[f.name]
-        if f.name not in node or OmegaConf.is_missing(node, f.name):
+        tp, value = hints[f.name], written.get(f.name, "???")
+        if isinstance(value, str) and value == "???":  # absent, or missing
             continue
         if is_dataclass(tp):
-            if isinstance(node[f.name], DictConfig):
-                _respell(node[f.name], tp, interpolations)
-        elif OmegaConf.is_interpolation(node, f.name) == interpolations:
-            value = _plain(node[f.name])
+            group = node[f.name]
+            if isinstance(group, DictConfig):  # as written, or an interpolation to a group
+                inner = value if isinstance(value, dict) else OmegaConf.to_container(group, resolve=False)
+                _respell(group, tp, interpolations, inner)
+        elif _interpolation(value) == interpolations:
+            if interpolations or _holds_interpolation(value):
+                value = _plain(node[f.name])
             declared = as_declared(value, tp, f.metadata["rule"])
             if shown(declared) != shown(value):  # repr: 1 and 1.0, -0.0 and 0.0 differ
                 node[f.name] = declared
+
+
+def _interpolation(written) -> bool:
+    """Whether a value as written is an interpolation (OmegaConf's test: a string with `${`)."""
+    return isinstance(written, str) and "${" in written
+
+
+def _holds_interpolation(written) -> bool:
+    """Whether a value as written is or holds an interpolation (in a list or mapping)."""
+    if isinstance(written, dict):
+        return any(_holds_interpolation(v) for v in written.values())
+    if isinstance(written, list):
+        return any(_holds_interpolation(v) for v in written)
+    return _interpolation(written)
 
 
 def as_declared(value, tp, rule: Rule):

@@ -1,5 +1,7 @@
-"""Atomic file writes: through a temporary file in the same folder, fsync'd, then renamed into place. A write that
-fails (a full disk, a quota, any OSError) removes its temporary file and raises one line naming the path.
+"""Atomic file writes: through a temporary file in the same folder, fsync'd, then renamed into place, and the folder
+fsync'd after the rename (and each folder created for it, in its parent), so that a written file survives a power
+cut, not just a crash. A write that fails (a full disk, a quota, any OSError) removes its temporary file and raises
+one line naming the path.
 
 >>> import tempfile
 >>> from pathlib import Path
@@ -13,6 +15,7 @@ fails (a full disk, a quota, any OSError) removes its temporary file and raises 
 import errno
 import os
 from collections.abc import Callable
+from itertools import takewhile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,7 +36,7 @@ def stage(path: Path, write: Callable[[BinaryIO], object], tmp: Path | None = No
     On failure the temporary file is removed and a UserError raised."""
     tmp = tmp or path.with_name(f".{path.name}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(path.parent)
         # A leftover (or a link planted under this predictable name) is removed, not written through: the content
         # goes to a file created here, never to where a link points.
         tmp.unlink(missing_ok=True)
@@ -51,13 +54,40 @@ def stage(path: Path, write: Callable[[BinaryIO], object], tmp: Path | None = No
 
 
 def commit(staged: list[tuple[Path, Path]]) -> None:
-    """Rename each staged (tmp, path) into place; on failure remove the temporary files not yet renamed."""
+    """Rename each staged (tmp, path) into place, then fsync their folders (the renames are entries of a folder);
+    on failure remove the temporary files not yet renamed."""
     for i, (tmp, path) in enumerate(staged):
         try:
             os.replace(tmp, path)
         except OSError as e:
             discard([t for t, _ in staged[i:]])
             raise write_error(path, e) from None
+    for folder in dict.fromkeys(path.parent for _, path in staged):
+        sync_folder(folder)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync `folder`: the files renamed or created in it are then on disk, not only in the OS's cache. Nothing
+    where a folder cannot be opened or fsync'd (Windows; some network and FUSE file systems)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # EINVAL and the like: the file system cannot; the file itself was fsync'd and renamed
+        pass
+    finally:
+        os.close(fd)
+
+
+def make_folders(folder: Path) -> None:
+    """Create `folder` and its missing parents, each fsync'd into its parent (a new seed folder survives a power cut
+    with the record written into it)."""
+    missing = list(takewhile(lambda f: not f.is_dir(), (folder, *folder.parents)))
+    for f in reversed(missing):
+        f.mkdir(exist_ok=True)
+        sync_folder(f.parent)
 
 
 def discard(tmps: list[Path]) -> None:

@@ -12,29 +12,37 @@ are not all finite (a diverged model) score NaN on every metric, without a warni
 {'accuracy': nan, 'pearson': nan}
 """
 
+import importlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 
-def _correlation(fn):
+# scikit-learn and scipy are imported on the first score, not with this module: the config check reads the metric
+# names (every plan and run does), and importing both takes about a second.
+def _sklearn(name: str):
+    def metric(predictions, labels):
+        return float(getattr(importlib.import_module("sklearn.metrics"), name)(labels, predictions))
+
+    return metric
+
+
+def _correlation(name: str):
     def metric(predictions, labels):
         predictions, labels = np.asarray(predictions, np.float64), np.asarray(labels, np.float64)  # float32 overflows
         if np.std(predictions) == 0 or np.std(labels) == 0:
             return 0.0  # undefined for a constant input; 0 is what a constant predictor deserves
-        return float(fn(predictions, labels)[0])
+        return float(getattr(importlib.import_module("scipy.stats"), name)(predictions, labels)[0])
 
     return metric
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": lambda p, y: float(accuracy_score(y, p)),
-    "f1": lambda p, y: float(f1_score(y, p)),  # binary F1 of the positive class, as GLUE (MRPC, QQP)
-    "matthews": lambda p, y: float(matthews_corrcoef(y, p)),
-    "pearson": _correlation(pearsonr),
-    "spearman": _correlation(spearmanr),
+    "accuracy": _sklearn("accuracy_score"),
+    "f1": _sklearn("f1_score"),  # binary F1 of the positive class, as GLUE (MRPC, QQP)
+    "matthews": _sklearn("matthews_corrcoef"),
+    "pearson": _correlation("pearsonr"),
+    "spearman": _correlation("spearmanr"),
 }
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from bitfit_exp.core.errors import UserError
 from bitfit_exp.model.architectures import (
@@ -259,6 +258,9 @@ def rand_rowcol(model, generator, rows_with_replacement=False, **_):
     - Their random stream is numpy's global one; ours is `generator` (seeded per seed), same order of draws
       (matrices in model order, coin then index), so the pattern of the draw matches but not its values.
     """
+    # Imported here, not with the registry: reading the method names (every config check) need not load transformers.
+    from transformers.pytorch_utils import Conv1D
+
     prefix, repeats = base_prefix(model), flag("rows_with_replacement", rows_with_replacement)
     arch = require_architecture(model, "rand_rowcol")
     selection: dict[str, torch.Tensor | None] = {}

@@ -1,4 +1,5 @@
-"""What a record stamps about where it ran: package versions, git SHA and dirty flag, host, device, SLURM job id.
+"""What a record stamps about where it ran: package versions, git SHA and dirty flag, host, device, SLURM job id,
+torch's CPU threads and OpenMP's wait policy.
 
 >>> import torch
 >>> env = environment(torch.device("cpu"))
@@ -12,6 +13,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+from bitfit_exp.core.gpus import CUDA_VAR, LEASE_VAR
+
 
 def _git(*args: str) -> str | None:
     try:
@@ -23,7 +26,7 @@ def _git(*args: str) -> str | None:
 
 
 def environment(device) -> dict:
-    """Versions, git state, host and device: what is needed to tell two runs apart later."""
+    """Versions, git state, host, device and CPU threads: what is needed to tell two runs apart later."""
     import datasets
     import torch
     import transformers
@@ -42,6 +45,10 @@ def environment(device) -> dict:
         "platform": platform.platform(),
         "device": str(device),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "gpu_lease": os.environ.get(LEASE_VAR),  # the GPU id a local sweep leased to this job (train.gpu_lease)
+        "cuda_visible_devices": os.environ.get(CUDA_VAR),
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # None: OpenMP's default (idle threads spin a while)
     }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)

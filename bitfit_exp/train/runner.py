@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bitfit_exp.core.errors import UserError
 from bitfit_exp.core.paths import inside
+from bitfit_exp.core.threads import threads_here
 from bitfit_exp.data.batches import subset_rows
 from bitfit_exp.kinds import kind_of
 from bitfit_exp.kinds.metrics import baseline_note
@@ -435,6 +436,7 @@ def packing_problem_of(cfg, seed: int) -> str | None:
 def run_job(cfg) -> list[list[dict]]:
     """Train every unfinished seed of the job's settings (one, or the lr grid with train.pack_lrs); returns, per
     setting, all its done records (finished or diverged)."""
+    torch.set_num_threads(threads_here(cfg.train.threads))  # the CPUs this job may use, not the node's (core.threads)
     device = pick_device(cfg.train.device)
     root = check_runs_dir(cfg.runs_dir)
     prepared = Prepared(cfg)  # the learning rate does not change the data
