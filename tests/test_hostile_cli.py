@@ -4,6 +4,7 @@ take, and `bitfit-predict` input with a repeated column name or an empty text. E
 nothing written, or (the empty text) a prediction as bitfit-serve makes it."""
 
 import json
+import subprocess
 
 import pandas as pd
 import pyarrow as pa
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import quick, task_yaml
+from test_custom_tasks import ENV, PREFETCH
 from test_schema import bitfit_run
 from test_serve import fake_run
 from test_tables import write_seeds
@@ -47,6 +49,19 @@ def test_a_user_config_that_a_builtin_hides_is_one_line(spelling, shadowing_conf
     assert err == (f"error: {shadowing_conf / 'task' / 'rte.yaml'} is never read: the built-in task/rte.yaml comes "
                    f"first on Hydra's search path; rename yours, e.g. to task/my_rte.yaml, and select task=my_rte\n")
     assert not runs.exists()
+
+
+def test_prefetch_refuses_a_user_task_that_a_builtin_hides(shadowing_conf, tiny_bert_dir):
+    # bitfit-prefetch tasks=all once took the user's rte.yaml (later folders won), unlike the run that follows.
+    out = shadowing_conf.parent / "prefetched"
+    done = subprocess.run([*PREFETCH, "--config-dir", str(shadowing_conf), "tasks=all", f"data.dir={out}",
+                           f"data.from_dir={shadowing_conf.parent / 'data'}", f"models_dir={out / 'models'}",
+                           f"model.name_or_path={tiny_bert_dir}"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f"error: {shadowing_conf / 'task' / 'rte.yaml'} is never read: the built-in task/rte.yaml "
+                           f"comes first on Hydra's search path; rename yours, e.g. to task/my_rte.yaml, and select "
+                           f"task=my_rte\n")
+    assert not out.exists()
 
 
 def test_every_group_is_checked_and_plan_refuses_it_too(shadowing_conf, capsys):

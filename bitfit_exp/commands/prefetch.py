@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bitfit_exp.commands import fail
+from bitfit_exp.config.compose import shadowed_problem
 from bitfit_exp.core.config_dir import conf_dir
 from bitfit_exp.core.errors import UserError
 from bitfit_exp.core.paths import child
@@ -32,7 +33,10 @@ def _task_configs(names, composed=None) -> list[DictConfig]:
     own name, so a user task selected with task=... is taken as composed."""
     files = {}
     for folder in _task_folders():
-        files.update({p.stem: p for p in sorted(folder.glob("*.yaml"))})  # later folders win, as in Hydra
+        for path in sorted(folder.glob("*.yaml")):
+            if path.stem in files:  # Hydra reads the first folder's file: this one would never be, as in bitfit-run
+                raise UserError(shadowed_problem([(folder.parent, f"task/{path.stem}")], {"task"}))
+            files[path.stem] = path
     available = sorted({*files, *([str(composed.name)] if composed is not None else [])})
     names = available if names in ("all", ["all"]) else list(names)
     unknown = [n for n in names if n not in available]
