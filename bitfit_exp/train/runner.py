@@ -415,12 +415,14 @@ def job_members(cfg, prepared: Prepared, root: Path) -> list[tuple[DictConfig, d
         members = []
         for seed in dict.fromkeys(cfg.seeds):  # a seed listed twice is one seed
             path = file_in(seed_dir(root, key, seed), RECORD)
-            if not done(path) and (adopted := adopt_v1(root, config, key, prepared.fingerprints, seed)):
+            is_done = done(path)  # reads the record and checks its patch: once, not per question below
+            if not is_done and (adopted := adopt_v1(root, config, key, prepared.fingerprints, seed)):
                 log(f"seed {seed}: finished before fingerprints were recorded ({read_record(adopted)['adopted_from']});"
                     f" adopted, not retrained")
-            if why := redo_reason(path):
+                is_done = done(path)
+            if not is_done and (why := redo_reason(path)):  # a done seed has no reason to be redone
                 log(f"seed {seed}: {why}; training it again")
-            members.append(Member(setting, seed, path, _stamp(path) if cfg.overwrite and done(path) else None))
+            members.append(Member(setting, seed, path, _stamp(path) if cfg.overwrite and is_done else None))
         out.append((setting, key, members))
     return out
 
