@@ -91,7 +91,7 @@ class Claim:
 
     def _lock_stale(self, lock: "_Snapshot") -> bool:
         holder = lock.holder or {}
-        if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+        if holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid")):
             return True
         return time.time() - lock.mtime > TAKEOVER_LOCK_STALE_S
 
@@ -126,7 +126,7 @@ class Claim:
         job = holder.get("slurm_job_id")
         if job and job == os.environ.get("SLURM_JOB_ID"):
             return True
-        if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+        if holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid")):
             return True
         if job and _slurm_job_gone(job):
             return True
@@ -190,7 +190,8 @@ def _remove_if_unchanged(path: Path, seen: _Snapshot) -> None:
     aside.unlink(missing_ok=True)
 
 
-def _pid_alive(pid) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether process `pid` of this host still runs (signal 0: nothing is sent)."""
     try:
         os.kill(int(pid), 0)
     except (OSError, ValueError, TypeError):

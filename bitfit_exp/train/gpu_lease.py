@@ -38,7 +38,7 @@ from pathlib import Path
 from bitfit_exp.core.errors import UserError
 from bitfit_exp.core.gpus import CUDA_VAR, LEASE_VAR, gpu_pool
 from bitfit_exp.core.threads import local_sweep_jobs
-from bitfit_exp.train.claims import _pid_alive
+from bitfit_exp.train.claims import pid_alive
 
 DIR_VAR = "BITFIT_GPU_LEASE_DIR"
 POLL_S = 0.5
@@ -155,7 +155,7 @@ def kept_for_another(content: dict, now: float | None = None) -> bool:
         return False
     if (now or time.time()) - float(content.get("released") or 0) >= KEEP_S:
         return False
-    return _pid_alive(holder) if here else True
+    return pid_alive(holder) if here else True
 
 
 def waiting_line(holders: dict[str, dict]) -> str:
