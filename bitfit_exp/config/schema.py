@@ -155,6 +155,8 @@ class Method:
     components: list[str] = key(choices=bias_components, absent_ok=True, method="biases")
     pooler_bias: bool = key(absent_ok=True, method=("bq", "bm2", "bm2_bq", "biases"))  # the authors' code trains it
     rows_with_replacement: bool = key(absent_ok=True, method="rand_rowcol")  # the authors' draw (False: distinct)
+    # peft-backed methods (model/peft_methods.py): their other keys are checked against their peft config class.
+    peft_type: str = key(absent_ok=True, method="peft")
 
 
 @dataclass
@@ -400,8 +402,9 @@ class _Walk:
         """The valid values of `node` (a DictConfig, or a config's `_resolved` values) under `schema`."""
         hints, names = _hints(schema), [f.name for f in fields(schema)]
         prefix = parent + "." if parent else ""
+        peft_options = schema is Method and is_peft_method(node.get("name"))  # checked by _peft_options
         for name in node:
-            if name not in names and not (parent == "" and name == "hydra"):  # hydra: Hydra's own, checked by it
+            if name not in names and not (parent == "" and name == "hydra") and not peft_options:
                 self.problems.append(unknown_key(prefix + name, _raw(node, name), parent, name, names))
         valid = {}
         for f in fields(schema):
@@ -426,6 +429,8 @@ class _Walk:
                 self.problems.append(problem)
             else:
                 valid[f.name] = value
+        if peft_options:
+            valid.update({name: _plain(node[name]) for name in node if name not in names})
         return valid
 
 
@@ -474,6 +479,24 @@ def _lr_index_in_grid(cfg: dict) -> list[str]:
         return []
     return [f"lr_index={index} is not valid; expected 0 to {len(grid) - 1} (an index into method.lr_grid, "
             f"{shown(grid)})"]
+
+
+def is_peft_method(name) -> bool:
+    from bitfit_exp.model.peft_methods import is_peft_method
+
+    return isinstance(name, str) and is_peft_method(name)
+
+
+def _peft_options(cfg: dict) -> list[str]:
+    """A peft-backed method's keys are the keyword arguments of its peft config class: each must be one of its
+    fields, of the field's type, and accepted by the class."""
+    from bitfit_exp.model.peft_methods import option_problems
+
+    method = cfg.get("method", {})
+    if not is_peft_method(method.get("name")):
+        return []
+    meta = {f.name for f in fields(Method) if not f.metadata["rule"].method}
+    return option_problems(method["name"], {k: v for k, v in method.items() if k not in meta})
 
 
 def _method_options(cfg: dict) -> list[str]:
@@ -555,7 +578,7 @@ def _kind_keys(cfg: DictConfig | dict) -> list[str]:
     return [f"task.{name} is missing; a {kind} task needs it" for name in _needs(kind, task) if name not in task]
 
 
-CROSS_CHECKS = (_seeds_distinct, _lr_index_in_grid, _method_options, _task_labels, _task_kind)
+CROSS_CHECKS = (_seeds_distinct, _lr_index_in_grid, _method_options, _peft_options, _task_labels, _task_kind)
 
 
 def problems(cfg: DictConfig) -> list[str]:

@@ -37,10 +37,20 @@ class Selection:
     """Trained parameters: name -> None (whole tensor) or a bool mask of the entries that train."""
 
     params: dict[str, torch.Tensor | None]
+    # A method that injects modules (peft: bitfit_exp.model.peft_methods) returns the model to train instead of the
+    # one it was given, the names of its trained head (the copy in `modules_to_save`), the size of the pre-trained
+    # encoder (the injected modules are not part of it), and how its result is written (an adapter folder).
+    wrapped: nn.Module | None = None
+    head: list[str] | None = None
+    encoder_total: int | None = None
+    saver: Callable | None = None
+
+    def head_names(self, model: nn.Module) -> list[str]:
+        return head_parameter_names(model) if self.head is None else self.head
 
     def count(self, model: nn.Module, include_head: bool = True) -> int:
         named = dict(model.named_parameters())
-        head = set(head_parameter_names(model))
+        head = set(self.head_names(model))
         return sum(named[n].numel() if m is None else int(m.sum())
                    for n, m in self.params.items() if include_head or n not in head)
 

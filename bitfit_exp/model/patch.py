@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from bitfit_exp.core.atomic import write_atomic
+from bitfit_exp.core.paths import inside
 from bitfit_exp.model.loading import new_parameters
 from bitfit_exp.model.methods import Selection, head_parameter_names
 
@@ -66,6 +67,17 @@ def save_patch(path: Path, model: nn.Module, selection: Selection, state: dict[s
     blob = save(tensors, metadata={k: str(v) for k, v in metadata.items()})
     write_atomic(Path(path), lambda f: f.write(blob))
     return hashlib.sha256(blob).hexdigest()
+
+
+def write_patch(folder: Path, model: nn.Module, selection: Selection, state: dict[str, torch.Tensor],
+                initial: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
+    """The run's result in its method's format, in the seed's `folder`: our patch (`patch.safetensors`), or what the
+    method's own writer makes (`selection.saver`: a peft adapter folder). Returns (its path relative to `folder`, the
+    sha256 of the file that carries `metadata`)."""
+    if selection.saver is not None:
+        return selection.saver(folder, model, metadata)
+    return "patch.safetensors", save_patch(inside(folder / "patch.safetensors", folder), model, selection, state,
+                                           initial, metadata)
 
 
 def apply_patch(model: nn.Module, path: Path) -> nn.Module:

@@ -27,8 +27,8 @@ from bitfit_exp.kinds.splits import load_splits
 from bitfit_exp.model.device import pick_device
 from bitfit_exp.model.fingerprint import data_fingerprint, model_fingerprint
 from bitfit_exp.model.loading import load_model, load_tokenizer, new_parameters
-from bitfit_exp.model.methods import PACKABLE, encoder_parameters, head_parameter_names, packable, select
-from bitfit_exp.model.patch import load_trained_state, save_patch, trained_state
+from bitfit_exp.model.methods import PACKABLE, base_prefix, encoder_parameters, packable, select
+from bitfit_exp.model.patch import load_trained_state, trained_state, write_patch
 from bitfit_exp.results.artifacts import PATCH_DIGEST
 from bitfit_exp.results.environment import environment
 from bitfit_exp.results.records import (
@@ -116,8 +116,8 @@ class Prepared:
 def parameter_counts(model, selection) -> dict:
     """The record's "params": counts, and `new_encoder`: the encoder parameters the checkpoint lacks, which the run's
     seed initialised at random (a pooler missing from a masked-LM checkpoint; usually none)."""
-    encoder_total = sum(p.numel() for p in encoder_parameters(model).values())
-    head = set(head_parameter_names(model))
+    encoder_total = selection.encoder_total or sum(p.numel() for p in encoder_parameters(model).values())
+    head = set(selection.head_names(model))
     trained_encoder = selection.count(model, include_head=False)
     return {
         "trainable": selection.count(model),
@@ -125,7 +125,7 @@ def parameter_counts(model, selection) -> dict:
         "head": sum(p.numel() for n, p in model.named_parameters() if n in head),
         "encoder_total": encoder_total,
         "pct_encoder": 100.0 * trained_encoder / encoder_total,
-        "new_encoder": [n for n in new_parameters(model) if n not in head],
+        "new_encoder": [n for n in new_parameters(model) if n.startswith(base_prefix(model))],  # not the head
     }
 
 
@@ -151,6 +151,7 @@ def start_seed(cfg, seed: int, device):
                        **kind.model_config(cfg.task)).to(device)
     options = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k not in METHOD_META}
     selection = select(cfg.method.name, model, torch.Generator().manual_seed(seed), **options)
+    model = selection.wrapped or model  # a method that injects modules (peft) trains the model it made
     initial = {n: p.detach().cpu().clone() for n, p in model.named_parameters()
                if n in selection.params and selection.params[n] is None and n.endswith(".bias")}
     return model, selection, initial
@@ -169,12 +170,11 @@ def finish_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, model,
         # What the patch is (task, seed, setting) and its digest, so that a patch moved into another run's folder is
         # refused and a damaged one redone (results.artifacts.patch_mismatch).
         setting = sealed_setting(OmegaConf.to_container(cfg, resolve=True), prepared.fingerprints)
-        artifacts[PATCH_DIGEST] = save_patch(
-            file_in(folder, "patch.safetensors"), model, selection, result.chosen_state, initial,
+        artifacts["patch"], artifacts[PATCH_DIGEST] = write_patch(
+            folder, model, selection, result.chosen_state, initial,
             {"model": cfg.model.name_or_path, "task": cfg.task.name, "method": cfg.method.name,
              "epoch": result.chosen_epoch, "seed": seed, "model_fingerprint": prepared.fingerprints["model"],
              "setting": setting["hash"]})
-        artifacts["patch"] = "patch.safetensors"
     if result.chosen_state is not None and cfg.train.predict_test and prepared.test:
         artifacts["test_predictions"] = write_test_predictions(folder, model, prepared, cfg, device)
     by_epoch = {row["epoch"]: row for row in result.epochs}
