@@ -22,6 +22,7 @@ peft adapter folder (`save_pretrained`), its safetensors file stamped with the r
 import hashlib
 import os
 import shutil
+import warnings
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
@@ -152,7 +153,9 @@ def wrap(method: str, model: nn.Module, options: dict) -> Selection:
     kwargs["modules_to_save"] = list(kwargs.get("modules_to_save") or head_modules(model))
     config = config_class(peft_type)(task_type=task_type(model), **kwargs)
     try:
-        wrapped = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question on every wrap
+            warnings.simplefilter("ignore", FutureWarning)
+            wrapped = get_peft_model(model, config)
     except (ValueError, TypeError, KeyError) as e:  # e.g. target modules this model does not have
         raise UserError(f"method={method}: peft cannot apply {type(config).__name__} to this "
                         f"{model.config.model_type} model: {first_line(e)}") from None

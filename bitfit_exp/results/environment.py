@@ -1,5 +1,5 @@
 """What a record stamps about where it ran: package versions, git SHA and dirty flag, host, device, SLURM job id,
-torch's CPU threads and OpenMP's wait policy.
+torch's CPU threads and OpenMP's wait policy, peft's version.
 
 >>> import torch
 >>> env = environment(torch.device("cpu"))
@@ -8,6 +8,7 @@ torch's CPU threads and OpenMP's wait policy.
 """
 
 import os
+from importlib import metadata
 import platform
 import socket
 import subprocess
@@ -22,6 +23,13 @@ def _git(*args: str) -> str | None:
         out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
         return None
 
 
@@ -47,6 +55,7 @@ def environment(device) -> dict:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "gpu_lease": os.environ.get(LEASE_VAR),  # the GPU id a local sweep leased to this job (train.gpu_lease)
         "cuda_visible_devices": os.environ.get(CUDA_VAR),
+        "peft": _version("peft"),  # the peft-backed methods' library (model/peft_methods.py); None: not installed
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # None: OpenMP's default (idle threads spin a while)
     }
