@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bitfit_exp.core.atomic import check_out_folder
 from bitfit_exp.core.errors import UserError
+from bitfit_exp.model.peft_methods import PEFT_TYPES
 from bitfit_exp.results.reference import load_reference, load_token_reference
 from bitfit_exp.results.selection import (
     GLUE_TASKS,
@@ -18,6 +19,7 @@ from bitfit_exp.results.selection import (
     collect,
     found_rows,
     ours_selection,
+    peft_selection,
     select_best_lr,
     table_selection,
     with_other_protocols,
@@ -25,6 +27,8 @@ from bitfit_exp.results.selection import (
 from bitfit_exp.results.tables import (
     build_table,
     build_token_table,
+    peft_notes,
+    PEFT_TITLE,
     compare,
     table_notes,
     token_cells,
@@ -37,9 +41,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bitfit-tables", description="Paper-style GLUE tables from bitfit-run records.")
     p.add_argument("--runs-dir", default=os.environ.get("BITFIT_RUNS_DIR", "~/bitfit-runs"),
                    help="root of the run records (default: $BITFIT_RUNS_DIR or ~/bitfit-runs)")
-    p.add_argument("--table", choices=["1", "2", "3", "pos", "ours", "all"], default="all",
+    p.add_argument("--table", choices=["1", "2", "3", "pos", "ours", "peft", "all"], default="all",
                    help="paper table 1-3, 'pos' (token-level: POS accuracy next to the paper's PTB numbers), 'ours' "
-                        "(every GLUE model x method x protocol found) or all (those with records + ours)")
+                        "(every GLUE model x method x protocol found), 'peft' (BitFit, BEFT, LoRA, IA3, Full-FT side "
+                        "by side) or all (those with records + ours, + peft when peft methods ran)")
     p.add_argument("--out", default="results/tables", help="folder for <table>.md/.tex/.csv")
     p.add_argument("--epoch", choices=["best", "last"], default=None,
                    help="epoch whose scores count (default: each record's train.select)")
@@ -65,8 +70,9 @@ def main(argv=None) -> int:
         names = [n for n, t in TABLES.items() if n != "pos" and set(t.rows) & found]
         names += ["pos"] if df["task"].isin(TABLES["pos"].tasks).any() else []
         names += [] if glue.empty else ["ours"]
+        names += ["peft"] if glue["method"].isin(PEFT_TYPES).any() else []
     else:
-        names = [args.table if args.table in ("ours", "pos") else f"table{args.table}"]
+        names = [args.table if args.table in ("ours", "pos", "peft") else f"table{args.table}"]
     epoch = f"the {args.epoch} epoch" if args.epoch else "each record's selected epoch"
     for name in names:
         if name == "pos":
@@ -77,12 +83,14 @@ def main(argv=None) -> int:
         else:
             if name == "ours":
                 t, selection = TableDef("Our runs, GLUE dev", None, []), ours_selection(best)
+            elif name == "peft":
+                t, selection = TableDef(PEFT_TITLE, None, []), peft_selection(best)
             else:
                 t = TABLES[name]
                 selection = table_selection(df, t)
             cells = compare(selection.best, selection.rows, reference, t.paper)
             table = build_table(selection.best, selection.rows, reference, t.paper, args.expected_seeds)
-            notes = table_notes(cells, selection, epoch, t)
+            notes = table_notes(cells, selection, epoch, t) + (peft_notes(cells) if name == "peft" else [])
         print(write_tables(name, table, cells, args.out, t.title, notes))
         print(f"wrote {Path(args.out) / name}.md, .tex, .csv\n")
     return 0

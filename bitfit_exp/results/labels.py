@@ -9,7 +9,8 @@ HEADERS = {"qnli": "QNLI", "sst2": "SST-2", "mnli_m": "MNLI-m", "mnli_mm": "MNLI
 TASKS = {**HEADERS, "mnli": "MNLI", "wnli": "WNLI", "squad": "SQuAD", "pos": "POS"}
 MODELS = {"bert_base": "BERT-base", "bert_large": "BERT-large", "roberta_base": "RoBERTa-base", "minilm": "MiniLM-L6"}
 METHODS = {"full": "Full-FT", "bitfit": "BitFit", "bm2_bq": "bm2,bq", "bm2": "bm2", "bq": "bq", "frozen": "Frozen",
-           "rand_uniform": "rand uniform", "rand_rowcol": "rand row/col", "biases": "biases"}
+           "rand_uniform": "rand uniform", "rand_rowcol": "rand row/col", "biases": "biases", "beft": "BEFT",
+           "lora": "LoRA", "ia3": "IA3", "peft": "peft"}
 
 
 def row_label(model: str, method: str, variant: str = "") -> str:

@@ -509,6 +509,16 @@ def ours_selection(best: pd.DataFrame) -> Selection:
     return Selection(picked, table_rows, left_out)
 
 
+# `--table peft`: BitFit and its bias subset bq next to the peft-backed methods and Full-FT (model/peft_methods.py).
+PEFT_TABLE_METHODS = ("full", "bitfit", "bq", "beft", "lora", "ia3", "peft")
+
+
+def peft_selection(best: pd.DataFrame) -> Selection:
+    """ours_selection over the methods `--table peft` sets side by side (PEFT_TABLE_METHODS), one row per protocol
+    found, in the paper's order of models and methods."""
+    return ours_selection(best[best["method"].isin(PEFT_TABLE_METHODS)])
+
+
 def _main_label(rows, labels, row) -> str:
     """The label of the row of (model, method) that is the default config everywhere (if any): listed first."""
     model, method, _ = row

@@ -316,6 +316,23 @@ def last_epoch_note(cells: pd.DataFrame) -> list[str]:
             f"(more train.epochs?)."]
 
 
+PEFT_TITLE = "BitFit and peft methods under one protocol, GLUE dev"
+
+
+def peft_notes(cells: pd.DataFrame) -> list[str]:
+    """`--table peft`'s notes: what %Param counts, and the models the paper has no BitFit / Full-FT rows for."""
+    paper = set(cells.loc[cells["paper_mean"].notna(), "model"])
+    without = [MODELS.get(m, m) for m in dict.fromkeys(cells["model"]) if m not in paper]
+    notes = ["", "%Param: the trained encoder parameters (LoRA's A and B, IA3's and BEFT's vectors, BitFit's biases) "
+                 "over the pre-trained encoder's, the head left out, as the paper counts. The paper rows are its own "
+                 "BitFit and Full-FT numbers for the same model (reference only: the paper's Adapters and "
+                 "Diff-Pruning rows were copied from other papers, under other protocols)."]
+    if without:
+        notes.append(f"No paper rows for {', '.join(without)}: the paper reports BERT-base, BERT-large and "
+                     f"RoBERTa-base.")
+    return notes
+
+
 def table_notes(cells: pd.DataFrame, selection: Selection, epoch: str, table: TableDef) -> list[str]:
     if table.experiments:
         experiments = ", ".join(f"+experiment={e}" for e in dict.fromkeys(table.experiments.values()))
