@@ -28,7 +28,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.run} -> {out} (load with AutoModelForSequenceClassification.from_pretrained or pipeline)")
+    loader = "peft's PeftModel.from_pretrained: a peft adapter" if (out / "adapter_config.json").is_file() else \
+        "AutoModelForSequenceClassification.from_pretrained or pipeline"
+    print(f"{args.run} -> {out} (load with {loader})")
     return 0
 
 if __name__ == "__main__":

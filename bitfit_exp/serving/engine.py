@@ -37,6 +37,7 @@ from bitfit_exp.model.architectures import architecture
 from bitfit_exp.model.fingerprint import model_digest
 from bitfit_exp.model.loading import load_model, load_tokenizer
 from bitfit_exp.model.methods import PACKABLE, head_parameter_names
+from bitfit_exp.model.peft_methods import is_peft_method
 from bitfit_exp.results.artifacts import PATCH_DIGEST, patch_metadata, patch_mismatch
 from bitfit_exp.results.records import RECORD, CorruptRecord, read_record, scan
 
@@ -50,6 +51,18 @@ class BadInput(UserError):
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
         self.status = status
+
+
+class AdapterRun(UserError):
+    """A run of a peft method (model/peft_methods.py): its result is a peft adapter folder (`adapter`, checked to be
+    the run's own), not a bias patch over a shared backbone; `source` says where it came from."""
+
+    def __init__(self, adapter: Path, source: dict):
+        super().__init__(f"{adapter.parent}: method {source['method']} trained a peft adapter ({adapter}), not a bias "
+                         f"patch: bitfit-serve and bitfit-predict serve bias patches over one shared backbone only "
+                         f"(the run's test predictions are in its folder); load it with peft's "
+                         f"PeftModel.from_pretrained(<its model>, '{adapter}'), or copy it with bitfit-export")
+        self.adapter, self.source = adapter, source
 
 
 # ---------------------------------------------------------------------------------------------------- patches
@@ -166,6 +179,13 @@ def _patch_of(record_path: Path, record: dict, name: str | None) -> TaskPatch:
         print(f"note: {patch}: its record predates patch digests; checked only the task, method, seed and checkpoint "
               f"its metadata names", flush=True)
     task, setting = cfg["task"], record["setting"]
+    if is_peft_method(cfg["method"]["name"]):
+        raise AdapterRun(patch.parent, {
+            "task": task["name"], "method": cfg["method"]["name"], "seed": record["seed"], "lr": cfg["optim"]["lr"],
+            "epoch": record.get("chosen_epoch"), "model": cfg["model"]["name_or_path"],
+            "model_fingerprint": meta.get("model_fingerprint"), "setting": setting["hash"],
+            "adapter_sha256": (record.get("artifacts") or {}).get(PATCH_DIGEST), "record": str(record_path),
+            "peft": (record.get("env") or {}).get("peft")})
     return TaskPatch(
         name=name, task=task["name"], method=cfg["method"]["name"],
         num_labels=int(task["num_labels"]), label_names=list(task.get("label_names") or []),
@@ -186,7 +206,14 @@ def find_patches(specs: list[str]) -> list[TaskPatch]:
         found = _records_at(Path(path).expanduser())
         if name and len(found) > 1:
             raise UserError(f"{spec}: {len(found)} runs with patches there; NAME=PATH names a single run folder")
-        patches += [_patch_of(p, r, name) for p, r in found]
+        for p, r in found:
+            try:
+                patches.append(_patch_of(p, r, name))
+            except AdapterRun as e:
+                if len(found) == 1:
+                    raise
+                print(f"note: {e.adapter}: a peft adapter ({e.source['method']}), not a bias patch; skipped",
+                      flush=True)
     if not patches:
         raise UserError("no patches given")
     unnamed = [p.task for p in patches if p.name is None]

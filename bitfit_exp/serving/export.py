@@ -11,6 +11,7 @@ with the task's label names (`id2label`), the tokenizer with `model_max_length` 
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -20,7 +21,7 @@ from bitfit_exp.kinds.sequence import model_config
 from bitfit_exp.model.fingerprint import model_digest
 from bitfit_exp.model.loading import load_model, load_tokenizer, model_argument
 from bitfit_exp.model.patch import apply_patch
-from bitfit_exp.serving.engine import check_fingerprint, damaged, find_patches
+from bitfit_exp.serving.engine import AdapterRun, check_fingerprint, damaged, find_patches
 
 
 def label_maps(labels: list[str]) -> tuple[dict[int, str], dict[str, int]]:
@@ -54,6 +55,8 @@ def export(spec: str, out: Path, model: str | None = None) -> Path:
     check_out(out)
     try:
         network, tokenizer, patch = patched_model(spec, model)
+    except AdapterRun as run:
+        return copy_adapter(run, out)
     except UserError:
         if created:
             out.rmdir()  # leave no empty folder behind a refused export
@@ -69,6 +72,17 @@ def export(spec: str, out: Path, model: str | None = None) -> Path:
         (out / "bitfit_patch.json").write_text(json.dumps(source, indent=1, default=str) + "\n")
     except OSError as e:
         raise UserError(f"{out}: the model cannot be written there ({first_line(e)})") from None
+    return out
+
+
+def copy_adapter(run: AdapterRun, out: Path) -> Path:
+    """A peft method's run: its adapter folder as it is (loadable with peft's PeftModel.from_pretrained), with
+    `bitfit_patch.json` saying where it came from."""
+    try:
+        shutil.copytree(run.adapter, out, dirs_exist_ok=True)
+        (out / "bitfit_patch.json").write_text(json.dumps(run.source, indent=1, default=str) + "\n")
+    except OSError as e:
+        raise UserError(f"{out}: the adapter cannot be written there ({first_line(e)})") from None
     return out
 
 
