@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from bitfit_exp.core.errors import UserError
 from bitfit_exp.model.architectures import ALBERT, PAPER_LABELS, part_slice, role_parts
 from bitfit_exp.model.methods import BIAS_COMPONENTS
+from bitfit_exp.model.peft_methods import is_peft_method
 from bitfit_exp.model.patch import bias_changes
 from bitfit_exp.results.artifacts import patch_mismatch
 from bitfit_exp.results.records import DONE, RECORD, CorruptRecord, once_per_seed, protocol, read_record, scan
@@ -219,6 +220,10 @@ def bias_change_summary(run_dir, records=None) -> tuple[pd.DataFrame, dict]:
     if not any((r.get("artifacts") or {}).get("patch") for _, r in records):
         raise NothingToDraw(f"{run_dir}: no {PATCH} named by a finished record here or in seed*/ (Full-FT saves "
                             f"one only with train.save_patch=true)", warnings)
+    peft = sorted({m for _, r in records if is_peft_method(m := r["config"]["method"]["name"])})
+    if peft:
+        raise NothingToDraw(f"{run_dir}: method {', '.join(peft)} trained a peft adapter, not the model's own biases: "
+                            f"the bias-change figure does not apply (curves and gap do)", warnings)
     per_seed, patches, left_out = [], [], []
     for path, record in records:
         table, why, warning = _seed_patch(path, record)
