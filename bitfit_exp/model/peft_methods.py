@@ -157,8 +157,10 @@ def wrap(method: str, model: nn.Module, options: dict) -> Selection:
             warnings.simplefilter("ignore", FutureWarning)
             wrapped = get_peft_model(model, config)
     except (ValueError, TypeError, KeyError) as e:  # e.g. target modules this model does not have
-        raise UserError(f"method={method}: peft cannot apply {type(config).__name__} to this "
-                        f"{model.config.model_type} model: {first_line(e)}") from None
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise UserError(f"method={method}: peft cannot apply {type(config).__name__} (target_modules="
+                        f"{kwargs.get('target_modules')}) to this {model.config.model_type} model: {first_line(e)} "
+                        f"(its Linear layers: {', '.join(linear)})") from None
     trained = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     return Selection(dict.fromkeys(trained), wrapped=wrapped, head=[n for n in trained if base_name(n) in head],
                      encoder_total=encoder_total, saver=save_adapter)
