@@ -27,9 +27,8 @@ LAYERS, HIDDEN, FF = 2, 16, 32  # conftest.tiny_config
 
 
 def tiny_model(kind: str):
-    from transformers import AutoModelForSequenceClassification
-
     from conftest import tiny_config
+    from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
     return AutoModelForSequenceClassification.from_config(tiny_config(kind, num_labels=2))

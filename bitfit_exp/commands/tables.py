@@ -25,11 +25,11 @@ from bitfit_exp.results.selection import (
     with_other_protocols,
 )
 from bitfit_exp.results.tables import (
+    PEFT_TITLE,
     build_table,
     build_token_table,
-    peft_notes,
-    PEFT_TITLE,
     compare,
+    peft_notes,
     table_notes,
     token_cells,
     token_notes,

@@ -32,8 +32,8 @@ from safetensors import SafetensorError
 from bitfit_exp.core.errors import UserError
 from bitfit_exp.model.architectures import ALBERT, PAPER_LABELS, part_slice, role_parts
 from bitfit_exp.model.methods import BIAS_COMPONENTS
-from bitfit_exp.model.peft_methods import is_peft_method
 from bitfit_exp.model.patch import bias_changes
+from bitfit_exp.model.peft_methods import is_peft_method
 from bitfit_exp.results.artifacts import patch_mismatch
 from bitfit_exp.results.records import DONE, RECORD, CorruptRecord, once_per_seed, protocol, read_record, scan
 

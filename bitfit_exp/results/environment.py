@@ -8,10 +8,10 @@ torch's CPU threads and OpenMP's wait policy, peft's version.
 """
 
 import os
-from importlib import metadata
 import platform
 import socket
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 from bitfit_exp.core.gpus import CUDA_VAR, LEASE_VAR
