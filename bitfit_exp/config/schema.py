@@ -701,7 +701,10 @@ def unknown_override_keys(overrides: list[tuple[str, Any]]) -> list[str]:
             if depth == 0 and part == "hydra":
                 break
             if part not in names:
-                found.append(unknown_key(path, value, ".".join(parts[:depth]), part, names))
+                line = unknown_key(path, value, ".".join(parts[:depth]), part, names)
+                if schema is Method:  # not in the method's YAML: a peft method's option is added with +
+                    line += f" (an option of a peft config class for method=peft, lora, ia3, beft: +{path}=...)"
+                found.append(line)
                 break
             schema = get_type_hints(schema)[part]
             if not is_dataclass(schema):
