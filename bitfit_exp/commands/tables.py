@@ -14,6 +14,7 @@ from bitfit_exp.model.peft_methods import PEFT_TYPES
 from bitfit_exp.results.reference import load_reference, load_token_reference
 from bitfit_exp.results.selection import (
     GLUE_TASKS,
+    PEFT_TABLE_METHODS,
     TABLES,
     TableDef,
     collect,
@@ -85,6 +86,10 @@ def main(argv=None) -> int:
                 t, selection = TableDef("Our runs, GLUE dev", None, []), ours_selection(best)
             elif name == "peft":
                 t, selection = TableDef(PEFT_TITLE, None, []), peft_selection(best)
+                if not selection.rows:
+                    print(f"no GLUE records of {', '.join(PEFT_TABLE_METHODS)} under {args.runs_dir}; no peft "
+                          f"table", file=sys.stderr)
+                    return 1
             else:
                 t = TABLES[name]
                 selection = table_selection(df, t)
