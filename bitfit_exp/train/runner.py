@@ -170,11 +170,12 @@ def finish_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, model,
         # What the patch is (task, seed, setting) and its digest, so that a patch moved into another run's folder is
         # refused and a damaged one redone (results.artifacts.patch_mismatch).
         setting = sealed_setting(OmegaConf.to_container(cfg, resolve=True), prepared.fingerprints)
-        artifacts["patch"], artifacts[PATCH_DIGEST] = write_patch(
+        name, artifacts[PATCH_DIGEST] = write_patch(
             folder, model, selection, result.chosen_state, initial,
             {"model": cfg.model.name_or_path, "task": cfg.task.name, "method": cfg.method.name,
              "epoch": result.chosen_epoch, "seed": seed, "model_fingerprint": prepared.fingerprints["model"],
              "setting": setting["hash"]})
+        artifacts["patch"] = name  # our patch.safetensors, or a peft method's adapter/adapter_model.safetensors
     if result.chosen_state is not None and cfg.train.predict_test and prepared.test:
         artifacts["test_predictions"] = write_test_predictions(folder, model, prepared, cfg, device)
     by_epoch = {row["epoch"]: row for row in result.epochs}
