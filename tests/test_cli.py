@@ -76,7 +76,7 @@ def test_settings_never_share_a_folder(tmp_path, tiny_bert_dir, glue_dir):
 
 @pytest.mark.parametrize("override, message", [
     ("task=nope", "error: In 'config': Could not find 'task/nope'; valid: cola, mnli, mrpc"),
-    ("method=nope", "error: In 'config': Could not find 'method/nope'; valid: biases, bitfit, bm2"),
+    ("method=nope", "error: In 'config': Could not find 'method/nope'; valid: beft, biases, bitfit, bm2"),
     ("model=nope", "error: In 'config': Could not find 'model/nope'; valid: albert_base, bert_base"),
     ("runs_dir=/dev/null", "error: /dev/null: runs_dir is not a folder"),
     ("data.dir=/no/such/dir", "error: data.dir=/no/such/dir does not exist"),
