@@ -201,6 +201,8 @@ def test_serving_says_in_one_line_and_export_copies_the_adapter(lora_runs, tmp_p
     assert "\n" not in str(refused.value) and "PeftModel.from_pretrained" in str(refused.value)
     patches = find_patches([str(lora_runs)])  # a folder of runs: the bias patches, the adapters skipped
     assert {p.method for p in patches} == {"bitfit"} and capsys.readouterr().out.count("a peft adapter (lora)") == 3
+    with pytest.raises(UserError, match=r"its 3 runs trained peft adapters \(lora\), not bias patches"):
+        find_patches([str(seed.parent)])  # a folder of nothing but adapters
     out = export(str(seed), tmp_path / "exported")
     assert (out / "adapter_config.json").read_bytes() == (seed / "adapter" / "adapter_config.json").read_bytes()
     source = json.loads((out / "bitfit_patch.json").read_text())

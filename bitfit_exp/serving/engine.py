@@ -206,14 +206,20 @@ def find_patches(specs: list[str]) -> list[TaskPatch]:
         found = _records_at(Path(path).expanduser())
         if name and len(found) > 1:
             raise UserError(f"{spec}: {len(found)} runs with patches there; NAME=PATH names a single run folder")
+        adapters = []
         for p, r in found:
             try:
                 patches.append(_patch_of(p, r, name))
             except AdapterRun as e:
-                if len(found) == 1:
-                    raise
-                print(f"note: {e.adapter}: a peft adapter ({e.source['method']}), not a bias patch; skipped",
-                      flush=True)
+                adapters.append(e)
+        if adapters and len(adapters) == len(found):
+            if len(found) == 1:
+                raise adapters[0]
+            methods = ", ".join(sorted({a.source["method"] for a in adapters}))
+            raise UserError(f"{spec}: its {len(found)} runs trained peft adapters ({methods}), not bias patches: "
+                            f"nothing to serve (load an adapter with peft's PeftModel.from_pretrained)")
+        for e in adapters:
+            print(f"note: {e.adapter}: a peft adapter ({e.source['method']}), not a bias patch; skipped", flush=True)
     if not patches:
         raise UserError("no patches given")
     unnamed = [p.task for p in patches if p.name is None]
