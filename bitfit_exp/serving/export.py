@@ -12,6 +12,7 @@ card `README.md` (bitfit_exp.results.card). `--format peft` writes a BEFT adapte
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -73,7 +74,8 @@ def export(spec: str, out: Path, model: str | None = None) -> Path:
     tokenizer.model_max_length = patch.max_length
     resolved = resolve_model_path(model_argument(model) or patch.model)
     try:
-        network.save_pretrained(out)
+        with no_progress_bars():
+            network.save_pretrained(out)
         tokenizer.save_pretrained(out)
         (out / "bitfit_patch.json").write_text(json.dumps(provenance(patch), indent=1, default=str) + "\n")
         write_card(out, patch.path.parent / RECORD, "merged", Base(resolved, not Path(resolved).is_dir()))
@@ -87,6 +89,20 @@ def provenance(patch) -> dict:
     epoch, patch file, and the checkpoint it trained (name and fingerprint)."""
     return {**{k: v for k, v in patch.describe().items() if k not in ("name", "labels")}, "model": patch.model,
             "model_fingerprint": patch.model_fingerprint}
+
+
+@contextmanager
+def no_progress_bars():
+    """transformers' progress bars off (save_pretrained draws one per file on stderr, around our one-line messages)."""
+    from transformers.utils import logging
+
+    was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            logging.enable_progress_bar()
 
 
 def check_out(out: Path) -> None:

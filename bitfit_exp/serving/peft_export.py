@@ -37,7 +37,7 @@ from bitfit_exp.model.patch import apply_patch
 from bitfit_exp.results.card import Base, write_card
 from bitfit_exp.results.records import RECORD
 from bitfit_exp.serving.engine import damaged
-from bitfit_exp.serving.export import base_model, check_out, provenance
+from bitfit_exp.serving.export import base_model, check_out, no_progress_bars, provenance
 
 PROVENANCE = "bitfit_patch.json"
 
@@ -147,7 +147,8 @@ def export_peft(spec: str, out: Path, model: str | None = None) -> Path:
               "base_on_hub": base.on_hub, "beft_targets": len(plan.vectors) - (plan.filler is not None),
               "modules_to_save": plan.modules_to_save, "zero_vector": plan.filler}
     try:
-        wrapped.save_pretrained(out)
+        with no_progress_bars():
+            wrapped.save_pretrained(out)
         tokenizer.save_pretrained(out)
         (out / PROVENANCE).write_text(json.dumps(source, indent=1, default=str) + "\n")
         write_card(out, patch.path.parent / RECORD, "peft", base)
