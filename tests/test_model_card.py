@@ -51,6 +51,17 @@ def test_the_card_carries_the_run_and_its_metadata_parses(fmt, two_seeds, tmp_pa
     assert CITATION in card.text and "2022.acl-short.1" in card.text
 
 
+def test_a_hub_base_is_the_cards_base_model_metadata(two_seeds):
+    from bitfit_exp.results.card import Base, model_card
+
+    folder, record = two_seeds
+    card = model_card(folder / "record.json", record, "peft", Base("google-bert/bert-base-cased", True), "me/rte")
+    assert card.data.base_model == "google-bert/bert-base-cased"
+    assert "`google-bert/bert-base-cased` (a Hugging Face Hub model)" in card.text
+    assert '"google-bert/bert-base-cased", num_labels=2' in card.text and 'PeftModel.from_pretrained(base, "me/rte")' \
+        in card.text
+
+
 def test_the_cards_command_trains_the_same_setting(two_seeds):
     """Composing the card's bitfit-run overrides gives the record's setting hash (batch size and lr included)."""
     import shlex
@@ -112,6 +123,7 @@ def test_push_offline_or_refused_is_one_line_and_the_folder_stays(two_seeds, tmp
                                                    f"is set; the folder {out} was written; upload it later with "
                                                    f"`hf upload me/x {out} .`")
     assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
+    assert 'model="me/x"' in (out / "README.md").read_text()  # the snippet loads what the push was meant to create
 
     calls = []
     fake_hub(monkeypatch, calls)

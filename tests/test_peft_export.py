@@ -136,6 +136,20 @@ def test_a_pooler_the_checkpoint_lacked_travels_whole_in_modules_to_save(tmp_pat
     assert frozen["beft_targets"] == 0 and frozen["zero_vector"]  # head only: one zero vector keeps peft loading
 
 
+def test_deberta_v2_adapters_reproduce_the_run(tmp_path, glue_dir):
+    """DeBERTa-v2 runs its query/key projections on the shared relative positions too (the engine refuses it); a
+    BEFT vector sits on those same Linear layers, so the adapter still equals the patched model."""
+    from test_serve import save_family
+
+    deberta = save_family(tmp_path / "deberta", "deberta-v2")
+    runs = [perturbed_run(tmp_path / "runs", deberta, "rte", "bitfit", 0),
+            perturbed_run(tmp_path / "runs", deberta, "sst2", "bq", 1)]
+    check_round_trip(runs, tmp_path, served=False)
+    config = json.loads((tmp_path / "peft-rte-bitfit" / "adapter_config.json").read_text())
+    assert "deberta.encoder.layer.0.attention.self.query_proj" in config["target_modules"]
+    assert {"deberta.encoder.LayerNorm", "pooler.dense", "classifier"} <= set(config["modules_to_save"])
+
+
 @pytest.mark.parametrize("method, why", [
     ("rand_uniform", r"has only some of its entries trained \(a masked method\)"),
     ("rand_rowcol", r"has only some of its entries trained \(a masked method\)"),

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
             raise UserError("--public applies to --push-to-hub REPO_ID only; add it or drop --public")
         if args.push_to_hub:
             check_repo_id(args.push_to_hub)
-        out = (export_peft if args.format == "peft" else export)(args.run, args.out, args.model)
+        out = (export_peft if args.format == "peft" else export)(args.run, args.out, args.model, args.push_to_hub)
         print(f"{args.run} -> {out} ({LOAD[args.format]})", flush=True)
         if args.push_to_hub:
             url = push_folder(out, args.push_to_hub, private=not args.public)

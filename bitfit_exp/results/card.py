@@ -180,9 +180,10 @@ BitFit ([Ben Zaken et al., ACL 2022](https://aclanthology.org/2022.acl-short.1))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
-def write_card(out: Path, record_path: Path, fmt: str, base: Base) -> Path:
-    """Write the card as `out`/README.md (replacing the one peft writes); returns its path."""
+def write_card(out: Path, record_path: Path, fmt: str, base: Base, hub_id: str | None = None) -> Path:
+    """Write the card as `out`/README.md (replacing the one peft writes); its snippet loads `hub_id` if given (the
+    repository the folder goes to), else the folder. Returns the card's path."""
     record = read_record(Path(record_path))
     path = Path(out) / "README.md"
-    model_card(record_path, record, fmt, base, Path(out).name).save(path)
+    model_card(record_path, record, fmt, base, hub_id or Path(out).name).save(path)
     return path

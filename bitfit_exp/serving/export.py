@@ -58,8 +58,9 @@ def patched_model(spec: str, model: str | None = None):
     return network.eval(), tokenizer, patch
 
 
-def export(spec: str, out: Path, model: str | None = None) -> Path:
-    """Write run `spec`'s patched model to `out` (a new or empty folder); returns `out`."""
+def export(spec: str, out: Path, model: str | None = None, hub_id: str | None = None) -> Path:
+    """Write run `spec`'s patched model to `out` (a new or empty folder); returns `out`. `hub_id`: the repository it
+    will be pushed to, which the card's loading snippet then names."""
     out = Path(out).expanduser()
     created = not out.exists()
     check_out(out)
@@ -78,7 +79,7 @@ def export(spec: str, out: Path, model: str | None = None) -> Path:
             network.save_pretrained(out)
         tokenizer.save_pretrained(out)
         (out / "bitfit_patch.json").write_text(json.dumps(provenance(patch), indent=1, default=str) + "\n")
-        write_card(out, patch.path.parent / RECORD, "merged", Base(resolved, not Path(resolved).is_dir()))
+        write_card(out, patch.path.parent / RECORD, "merged", Base(resolved, not Path(resolved).is_dir()), hub_id)
     except OSError as e:
         raise UserError(f"{out}: the model cannot be written there ({first_line(e)})") from None
     return out

@@ -126,9 +126,10 @@ def peft_model(network: nn.Module, plan: AdapterPlan, patch_path, base_name: str
     return wrapped.eval()
 
 
-def export_peft(spec: str, out: Path, model: str | None = None) -> Path:
+def export_peft(spec: str, out: Path, model: str | None = None, hub_id: str | None = None) -> Path:
     """Write run `spec`'s patch as a BEFT adapter folder `out` (new or empty): adapter_model.safetensors,
-    adapter_config.json, the tokenizer (model_max_length = the run's max_length), bitfit_patch.json, README.md."""
+    adapter_config.json, the tokenizer (model_max_length = the run's max_length), bitfit_patch.json, README.md
+    (whose loading snippet names `hub_id`, the repository it will be pushed to, if given)."""
     out = Path(out).expanduser()
     created = not out.exists()
     check_out(out)
@@ -151,7 +152,7 @@ def export_peft(spec: str, out: Path, model: str | None = None) -> Path:
             wrapped.save_pretrained(out)
         tokenizer.save_pretrained(out)
         (out / PROVENANCE).write_text(json.dumps(source, indent=1, default=str) + "\n")
-        write_card(out, patch.path.parent / RECORD, "peft", base)
+        write_card(out, patch.path.parent / RECORD, "peft", base, hub_id)
     except OSError as e:
         raise UserError(f"{out}: the adapter cannot be written there ({first_line(e)})") from None
     return out
