@@ -46,7 +46,9 @@ def test_the_card_carries_the_run_and_its_metadata_parses(fmt, two_seeds, tmp_pa
     mean, std = sum(scores) / 2, abs(scores[0] - scores[1]) / 2 ** 0.5
     assert f"{mean:.2f} ± {std:.2f} over 2 seeds (0, 1)" in card.text
     assert f"| dev accuracy (this seed, 0) | {100 * dev_score(record):.2f} |" in card.text
-    assert f"({record['params']['pct_encoder']:.4f}% of the encoder's" in card.text
+    params = record["params"]
+    assert (f"| trainable | {params['trainable_encoder']:,} encoder parameters ({params['pct_encoder']:.4f}% of its "
+            f"{params['encoder_total']:,}) and the head's {params['head']:,} |") in card.text
     assert record["fingerprints"]["model"] in card.text and record["fingerprints"]["data"]["digest"] in card.text
     assert CITATION in card.text and "2022.acl-short.1" in card.text
 

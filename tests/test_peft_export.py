@@ -73,6 +73,7 @@ def check_round_trip(runs: list[Path], tmp_path: Path, served: bool = True, atol
         out = export_peft(str(run), tmp_path / f"peft-{patch.task}-{patch.method}")
         model = peft_loaded(out, patch.num_labels)
         tokenizer = AutoTokenizer.from_pretrained(out)
+        assert tokenizer.model_max_length == patch.max_length
         items = [{**i, "task": patch.name} for i in ITEMS if ("text_pair" in i) == (len(patch.text_fields) == 2)]
         expected = engine.predict(items) if engine else None
         for k, item in enumerate(items):
@@ -87,7 +88,8 @@ def check_round_trip(runs: list[Path], tmp_path: Path, served: bool = True, atol
                 with torch.no_grad():
                     want = patched(**load_tokenizer(patch.model)(*texts, truncation=True, max_length=patch.max_length,
                                                                  return_tensors="pt")).logits[0]
-            torch.testing.assert_close(got, want, rtol=atol, atol=atol, msg=f"{patch.name}: {item}")
+            where = f"{patch.name}, {item}"
+            torch.testing.assert_close(got, want, rtol=atol, atol=atol, msg=lambda m, where=where: f"{where}: {m}")
         merged_dir = export(str(run), tmp_path / f"merged-{patch.task}-{patch.method}")
         merged = AutoModelForSequenceClassification.from_pretrained(merged_dir)
         unloaded = dict(model.merge_and_unload().named_parameters())

@@ -133,9 +133,9 @@ def model_card(record_path: Path, record: dict, fmt: str, base: Base, out_name: 
     what = ("a [peft](https://github.com/huggingface/peft) BEFT adapter: the trained bias changes of Linear layers "
             "as BEFT vectors, the trained LayerNorms and the task head as `modules_to_save`" if fmt == "peft" else
             "the whole model with the trained values merged in (loads with plain transformers)")
-    trainable = (f"{params['trainable']:,} parameters ({params['pct_encoder']:.4f}% of the encoder's "
-                 f"{params['encoder_total']:,}; head included in the count: {params.get('head', 'n/a')})"
-                 if "pct_encoder" in params else "not recorded")
+    trainable = (f"{params['trainable_encoder']:,} encoder parameters ({params['pct_encoder']:.4f}% of its "
+                 f"{params['encoder_total']:,}) and the head's {params['head']:,}"
+                 if {"trainable_encoder", "pct_encoder", "encoder_total", "head"} <= set(params) else "not recorded")
     seeds_line = (f"{_pct(mean)} ± {_pct(std)} over {len(scored)} seed{'s' * (len(scored) != 1)} "
                   f"({', '.join(map(str, scored))})" if scored else "no seed has a dev score")
     if missing:

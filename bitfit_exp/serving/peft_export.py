@@ -150,6 +150,9 @@ def export_peft(spec: str, out: Path, model: str | None = None, hub_id: str | No
     try:
         with no_progress_bars():
             wrapped.save_pretrained(out)
+        # An adapter folder has no config.json to tell AutoTokenizer the model type: transformers 5.0 then loads a
+        # generic tokenizer that drops token_type_ids (BERT's pair segments) unless the config names the inputs.
+        tokenizer.init_kwargs["model_input_names"] = list(tokenizer.model_input_names)
         tokenizer.save_pretrained(out)
         (out / PROVENANCE).write_text(json.dumps(source, indent=1, default=str) + "\n")
         write_card(out, patch.path.parent / RECORD, "peft", base, hub_id)
