@@ -53,6 +53,22 @@ def test_the_card_carries_the_run_and_its_metadata_parses(fmt, two_seeds, tmp_pa
     assert CITATION in card.text and "2022.acl-short.1" in card.text
 
 
+@pytest.mark.parametrize("fmt", ["merged", "peft"])
+def test_the_cards_loading_snippet_runs(fmt, two_seeds, tmp_path, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / fmt
+    assert export_main(["--format", fmt, str(two_seeds[0]), str(out)]) == 0
+    snippet = re.search(r"```python\n(.*?)```", ModelCard.load(out / "README.md").text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)  # the snippet names the folder as its reader has it: by its name
+    namespace = {}
+    exec(snippet, namespace)
+    if fmt == "peft":
+        assert tuple(namespace["logits"].shape) == (1, 2)
+    else:
+        assert namespace["classify"]("a gem")[0]["label"] in ("entailment", "not_entailment")
+
+
 def test_a_hub_base_is_the_cards_base_model_metadata(two_seeds):
     from bitfit_exp.results.card import Base, model_card
 
