@@ -63,10 +63,7 @@ def test_the_cards_loading_snippet_runs(fmt, two_seeds, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the snippet names the folder as its reader has it: by its name
     namespace = {}
     exec(snippet, namespace)
-    if fmt == "peft":
-        assert tuple(namespace["logits"].shape) == (1, 2)
-    else:
-        assert namespace["classify"]("a gem")[0]["label"] in ("entailment", "not_entailment")
+    assert tuple(namespace["logits"].shape) == (1, 2)
 
 
 def test_a_hub_base_is_the_cards_base_model_metadata(two_seeds):
@@ -141,7 +138,8 @@ def test_push_offline_or_refused_is_one_line_and_the_folder_stays(two_seeds, tmp
                                                    f"is set; the folder {out} was written; upload it later with "
                                                    f"`hf upload me/x {out} .`")
     assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
-    assert 'model="me/x"' in (out / "README.md").read_text()  # the snippet loads what the push was meant to create
+    # the card's snippet loads the repository the push was meant to create
+    assert 'from_pretrained("me/x")' in (out / "README.md").read_text()
 
     calls = []
     fake_hub(monkeypatch, calls)

@@ -96,9 +96,13 @@ def loading_snippet(fmt: str, out_name: str, base: Base, record: dict) -> str:
     task = record["config"]["task"]
     labels = list(task.get("label_names") or [])
     n = int(task["num_labels"])
-    if fmt == "merged":
-        return (f"from transformers import pipeline\n\nclassify = pipeline(\"text-classification\", model=\"{out_name}\")"
-                f"\nprint(classify(\"...\"))")
+    if fmt == "merged":  # not pipeline(): transformers 5.0 cannot import its pipelines with numpy 1.23 (our floors)
+        return ("import torch\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+                f"model = AutoModelForSequenceClassification.from_pretrained(\"{out_name}\").eval()\n"
+                f"tokenizer = AutoTokenizer.from_pretrained(\"{out_name}\")  # truncates at the run's max_length\n"
+                "with torch.no_grad():\n"
+                "    logits = model(**tokenizer(\"...\", truncation=True, return_tensors=\"pt\")).logits"
+                + ("\nprint(model.config.id2label[int(logits.argmax())])" if n > 1 else ""))
     label_args = f", id2label={dict(enumerate(labels))!r}" if len(labels) == n > 1 else ""
     problem = ', problem_type="regression"' if n == 1 else ""
     return ("import torch\nfrom peft import PeftModel\nfrom transformers import AutoModelForSequenceClassification, "
