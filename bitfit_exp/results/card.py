@@ -120,7 +120,8 @@ def model_card(record_path: Path, record: dict, fmt: str, base: Base, out_name: 
     from huggingface_hub import ModelCard, ModelCardData
 
     config, setting = record["config"], record["setting"]
-    task, method, metric = config["task"]["name"], config["method"]["name"], (record.get("main") or {}).get("metric")
+    task, method = config["task"]["name"], config["method"]["name"]
+    metric = (record.get("main") or {}).get("metric") or config["task"]["metric"]
     score = dev_score(record)
     mean, std, scored, missing = seed_scores(sibling_scores(record_path))
     params = record.get("params") or {}
@@ -131,7 +132,7 @@ def model_card(record_path: Path, record: dict, fmt: str, base: Base, out_name: 
         library_name="peft" if fmt == "peft" else "transformers", pipeline_tag="text-classification",
         tags=["bitfit", "bias-only-fine-tuning", *(["beft", "peft"] if fmt == "peft" else [])],
         datasets=[config["data"]["hub_name"]] if config["task"].get("glue_name") else None,
-        metrics=[metric] if metric else None,
+        metrics=[metric],
         eval_results=[eval_result(record, score)] if score is not None else None)
     where = "a Hugging Face Hub model" if base.on_hub else "a local folder, not a Hub name: load it from there"
     what = ("a [peft](https://github.com/huggingface/peft) BEFT adapter: the trained bias changes of Linear layers "
