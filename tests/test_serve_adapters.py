@@ -109,7 +109,7 @@ def test_provenance_in_the_folder_replaces_the_options(adapters, tmp_path):
     shutil.copytree(adapters["sentiment"], folder)
     (folder / "bitfit_patch.json").write_text(json.dumps({"task": "movie", "text_fields": ["review"],
                                                           "max_length": 16, "labels": ["bad", "good"]}))
-    [patch] = find_patches([str(folder)], adapter_reader(AdapterOptions()))
+    [patch] = find_patches([str(folder / "adapter_model.safetensors")], adapter_reader(AdapterOptions()))
     assert (patch.name, patch.text_fields, patch.max_length, patch.labels()) == ("movie", ["review"], 16,
                                                                                  ["bad", "good"])
 

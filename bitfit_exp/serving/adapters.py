@@ -258,14 +258,22 @@ def adapter_name(name: str | None, folder: Path) -> str:
 
 def adapter_names(specs: list[str]) -> list[str]:
     """The served names of the adapter folders among `specs` (before anything is loaded)."""
-    named = [split_spec(spec) for spec in specs]
-    return [adapter_name(name, Path(path).expanduser()) for name, path in named if is_adapter(Path(path).expanduser())]
+    found = []
+    for spec in specs:
+        name, path = split_spec(spec)
+        folder = Path(path).expanduser()
+        folder = folder.parent if folder.is_file() else folder
+        if is_adapter(folder):
+            found.append(adapter_name(name, folder))
+    return found
 
 
 def adapter_reader(options: AdapterOptions):
     """The `other` reader of engine.find_patches: a BEFT (or other peft) adapter folder, else None."""
 
     def read(name: str | None, path: Path) -> AdapterPatch | None:
+        if path.is_file() and is_adapter(path.parent):  # its adapter_model.safetensors or adapter_config.json
+            path = path.parent
         return read_adapter(path, name, options) if is_adapter(path) else None
 
     return read

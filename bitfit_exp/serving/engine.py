@@ -12,7 +12,8 @@ are refused with a line that points to `bitfit-export` (a standalone model, serv
 patches that train backbone biases: its query/key projections also run on the relative-position embeddings that all
 rows share (the reason packed training refuses it, architectures.DEBERTA_V2.pack_refusal).
 
-A patch is named by the task it was trained on; when several patches share a task each is named by its run folder
+A peft BEFT adapter folder is the same kind of patch in another form (bitfit_exp.serving.adapters converts it), so
+it is served next to run patches. A patch is named by the task it was trained on; when several patches share a task each is named by its run folder
 (`<task>/<method>/lr<lr>-<hash>/seed<k>`), and `NAME=PATH` names one explicitly.
 
 >>> from bitfit_exp.serving.engine import split_spec
