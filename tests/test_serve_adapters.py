@@ -165,3 +165,30 @@ def test_cli_refuses_in_one_line_and_writes_nothing(adapters, tmp_path, capsys):
     assert main([*base, "--output", str(tmp_path / "c.parquet"), "--text-fields", "sentiment=text",
                  "--max-length", "sentiment=24", "--labels", "sentiment=neg,pos"]) == 0
     assert pd.read_parquet(tmp_path / "c.parquet")["label"].isin(["neg", "pos"]).all()
+
+
+def test_a_roberta_adapter_with_a_two_layer_head_serves_as_peft_answers(tiny_roberta_dir, tmp_path):
+    """RoBERTa's head is classifier.dense + classifier.out_proj: the label count comes from out_proj."""
+    folder = train_beft(tiny_roberta_dir, tmp_path / "roberta", 3, [TEXTS], [0, 1, 2, 0, 1, 2])
+    opts = AdapterOptions.parse([], ["roberta=sentence"], ["roberta=24"])
+    [patch] = find_patches([str(folder)], adapter_reader(opts))
+    assert patch.num_labels == 3
+    engine = MultiTaskEngine([patch])
+    got = torch.tensor([o["logits"] for o in engine.predict([{"task": "roberta", "text": t} for t in TEXTS])])
+    want = peft_logits(tiny_roberta_dir, folder, 3, [[t] for t in TEXTS], 24)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_serve_refuses_a_lora_adapter_in_one_line_before_serving(tmp_path, capsys, monkeypatch):
+    import bitfit_exp.serving.limits as limits
+    from bitfit_exp.commands.serve import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("served a LoRA adapter")
+
+    monkeypatch.setattr(limits, "serve", never)
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    assert main([str(tmp_path / "lora")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "peft LORA adapter" in err
