@@ -87,8 +87,9 @@ def export(spec: str, out: Path, model: str | None = None, hub_id: str | None = 
 
 def provenance(patch) -> dict:
     """What `bitfit_patch.json` says about where an exported folder came from: the run's task, method, lr, seed,
-    epoch, patch file, and the checkpoint it trained (name and fingerprint)."""
-    return {**{k: v for k, v in patch.describe().items() if k not in ("name", "labels")}, "model": patch.model,
+    epoch, patch file, label names (an adapter folder has no config.json to hold them: bitfit-serve reads them here),
+    and the checkpoint it trained (name and fingerprint)."""
+    return {**{k: v for k, v in patch.describe().items() if k != "name"}, "model": patch.model,
             "model_fingerprint": patch.model_fingerprint}
 
 
