@@ -567,7 +567,7 @@ def _trackers_installed(cfg: dict) -> list[str]:
     from bitfit_exp.train.tracking import not_installed
 
     wanted = cfg.get("train", {}).get("report_to") or []
-    return [f"train.report_to={shown(wanted)} is not valid here: {line}" for line in not_installed(wanted)]
+    return [f"train.report_to: {line}" for line in not_installed(wanted)]
 
 
 CROSS_CHECKS = (_seeds_distinct, _lr_index_in_grid, _method_options, _task_labels, _task_kind, _trackers_installed)

@@ -7,6 +7,7 @@ run by id.
 """
 
 import os
+import uuid
 from pathlib import Path
 
 from bitfit_exp.train.tracking.base import Tracker
@@ -20,7 +21,7 @@ class WandbTracker(Tracker):
     def open(self, previous: dict | None, first_step: int) -> dict:
         import wandb
 
-        run_id = previous["run"] if previous else wandb.util.generate_id()
+        run_id = previous["run"] if previous else uuid.uuid4().hex[:12]
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "bitfit-exp"), id=run_id, resume="allow",
                               name=self.info.name, dir=str(self.info.folder), config=self.info.params,
                               tags=[self.info.tags["bitfit.task"], self.info.tags["bitfit.method"]],
