@@ -25,7 +25,8 @@ class RunInfo:
 
 class Tracker:
     """One backend. `open` starts a run, or continues the run `previous` (what an earlier `open` returned, kept in
-    the seed's trackers.json) and returns what to keep; `log` one epoch's scalars at a global step; `finish` the final
+    the seed's trackers.json) and returns what to keep (with "last_epoch" when the store knows better than
+    trackers.json which epoch it logged last); `log` one epoch's scalars at a global step; `finish` the final
     scalars, tags and artifacts; `abort` marks a run stopped before its end (it is continued by the next `open`).
     Any exception means the backend failed: the session warns once and drops it."""
 

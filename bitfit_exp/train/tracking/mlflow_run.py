@@ -82,7 +82,9 @@ class MLflowTracker(Tracker):
             self.run_id = run.info.run_id
             if run.info.status != "RUNNING":
                 self.client.update_run(self.run_id, "RUNNING")
-            return {"run": self.run_id, "uri": self.uri}
+            # A run killed between logging an epoch and noting it in trackers.json holds one more epoch than noted.
+            logged = self.client.get_metric_history(self.run_id, "train/epoch")
+            return {"run": self.run_id, "uri": self.uri, "last_epoch": int(max((m.value for m in logged), default=0))}
         run = self.client.create_run(self._experiment(), run_name=self.info.name, tags=self.info.tags)
         self.run_id = run.info.run_id
         params = [Param(k[:250], v[:6000]) for k, v in self.info.params.items()]

@@ -18,6 +18,7 @@ import random
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ class SeedTracking:
             tracker = TRACKERS[name](info)
             with self._guard(tracker):
                 kept = tracker.open(previous, epoch_step(cfg, n_train, last) + 1)
-                self.state[name] = {**kept, "last_epoch": last, "record": None}
+                self.state[name] = {**kept, "last_epoch": max(last, kept.get("last_epoch", 0)), "record": None}
                 self.active[name] = tracker
         self._save()
 
@@ -155,11 +156,15 @@ def run_info(config: dict, seed: int, folder: Path, fingerprints: dict, git_sha:
                    flat_params(config), tags(setting, seed, fingerprints, git_sha))
 
 
+@cache
+def _git_sha() -> str | None:
+    return environment(torch.device("cpu"))["git_sha"]  # once per job: a packed job starts k seeds at once
+
+
 def start_tracking(cfg, seed: int, folder: Path, fingerprints: dict, n_train: int) -> SeedTracking:
     """The trackers of cfg.train.report_to for one seed of a live run (none: a session that does nothing)."""
     names = list(cfg.train.get("report_to") or [])
     config = OmegaConf.to_container(cfg, resolve=True)
     if not names:
         return SeedTracking([], RunInfo(folder, Path("."), ""), config, n_train)
-    git_sha = environment(torch.device("cpu"))["git_sha"]
-    return SeedTracking(names, run_info(config, seed, folder, fingerprints, git_sha), config, n_train)
+    return SeedTracking(names, run_info(config, seed, folder, fingerprints, _git_sha()), config, n_train)
