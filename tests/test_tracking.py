@@ -5,6 +5,7 @@ tracker that fails changes nothing about training."""
 
 import json
 import math
+import shutil
 import sys
 
 import pytest
@@ -30,6 +31,22 @@ def default_mlflow(monkeypatch):
     """The default store (a SQLite file in the runs dir), whatever the environment running the tests says."""
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_MODE"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory):
+    """An empty MLflow SQLite store, its tables made once: MLflow's schema migrations take seconds per new file."""
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path, empty_store):
+    """A runs dir whose default MLflow store (runs/mlflow.db) is a copy of `empty_store`."""
+    (tmp_path / "runs").mkdir()
+    shutil.copy(empty_store, tmp_path / "runs" / "mlflow.db")
+    return tmp_path / "runs"
 
 
 def train(tiny_bert_dir, runs, *extra):
@@ -124,10 +141,10 @@ def test_one_by_one_run_is_logged_to_tensorboard_and_mlflow_as_its_records(tmp_p
         assert_tensorboard_matches(runs, record)
         assert_mlflow_matches(runs, record)
     assert len(mlflow_runs(runs)[1]) == 2
+    assert len(list((runs / "mlartifacts").glob("*/artifacts/record.json"))) == 2  # beside the store, not ./mlruns
 
 
-def test_packed_run_logs_every_member_as_its_own_run(tmp_path, tiny_bert_dir, glue_dir):
-    runs = tmp_path / "runs"
+def test_packed_run_logs_every_member_as_its_own_run(runs, tiny_bert_dir, glue_dir):
     records = train(tiny_bert_dir, runs, "seeds=[0,1]", "train.packed=true", "train.report_to=[tensorboard,mlflow]")
     assert all(r["packed"]["settings"] == 2 for r in records.values())
     for record in records.values():
@@ -137,9 +154,9 @@ def test_packed_run_logs_every_member_as_its_own_run(tmp_path, tiny_bert_dir, gl
 
 
 @pytest.mark.parametrize("packed", [False, True])
-def test_a_stopped_and_resumed_seed_continues_its_runs_without_duplicate_epochs(packed, tmp_path, tiny_bert_dir,
+def test_a_stopped_and_resumed_seed_continues_its_runs_without_duplicate_epochs(packed, runs, tiny_bert_dir,
                                                                                   glue_dir):
-    runs, args = tmp_path / "runs", ["train.epochs=3", "train.report_to=[tensorboard,mlflow]",
+    args = ["train.epochs=3", "train.report_to=[tensorboard,mlflow]",
                                      f"train.packed={str(packed).lower()}"]
     with pytest.raises(Stopped):
         train(tiny_bert_dir, runs, *args, "train.stop_after_epochs=1")
@@ -161,7 +178,7 @@ class Killed(BaseException):
     """A kill: nothing after it runs, no tracker is closed."""
 
 
-def test_a_seed_killed_between_logging_an_epoch_and_noting_it_resumes_without_duplicates(tmp_path, tiny_bert_dir,
+def test_a_seed_killed_between_logging_an_epoch_and_noting_it_resumes_without_duplicates(runs, tiny_bert_dir,
                                                                                       glue_dir, monkeypatch):
     from bitfit_exp.train.tracking.session import SeedTracking
 
@@ -172,7 +189,7 @@ def test_a_seed_killed_between_logging_an_epoch_and_noting_it_resumes_without_du
             raise Killed
         save(self)
 
-    runs, args = tmp_path / "runs", ["train.epochs=3", "train.report_to=[tensorboard,mlflow]"]
+    args = ["train.epochs=3", "train.report_to=[tensorboard,mlflow]"]
     with monkeypatch.context() as m:
         m.setattr(SeedTracking, "_save", save_or_die)
         m.setattr(SeedTracking, "abort", lambda self: None)
@@ -190,8 +207,8 @@ def test_a_seed_killed_between_logging_an_epoch_and_noting_it_resumes_without_du
     assert_tensorboard_matches(runs, record)  # and once in TensorBoard (purged from the killed run's events)
 
 
-def test_overwrite_starts_a_new_run_and_tensorboard_shows_only_the_new_one(tmp_path, tiny_bert_dir, glue_dir):
-    runs, args = tmp_path / "runs", ["train.epochs=1", "train.report_to=[tensorboard,mlflow]"]
+def test_overwrite_starts_a_new_run_and_tensorboard_shows_only_the_new_one(runs, tiny_bert_dir, glue_dir):
+    args = ["train.epochs=1", "train.report_to=[tensorboard,mlflow]"]
     old = train(tiny_bert_dir, runs, *args)[0]
     new = train(tiny_bert_dir, runs, *args, "overwrite=true")[0]
     assert new["digest"] != old["digest"] and new["setting"]["hash"] == old["setting"]["hash"]
@@ -241,7 +258,10 @@ def test_a_tracker_whose_import_fails_at_run_time_is_dropped_with_one_warning(tm
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 
 
-def test_report_to_is_checked_before_anything_runs_and_stays_out_of_the_setting_hash(monkeypatch):
+def test_report_to_is_checked_before_anything_runs_and_stays_out_of_the_setting_hash(monkeypatch, tmp_path):
+    from bitfit_exp.config.compose import check_command_line
+    from bitfit_exp.core.errors import UserError
+
     base = ["task=rte", "runs_dir=/nonexistent"]
     assert problems(compose(*base, "train.report_to=[tensorboard,mlflow,wandb]")) == []
     (line,) = problems(compose(*base, "train.report_to=[tensorbord]"))
@@ -249,6 +269,10 @@ def test_report_to_is_checked_before_anything_runs_and_stays_out_of_the_setting_
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
     assert problems(compose(*base, "train.report_to=[mlflow]")) == [
         "train.report_to: mlflow is not installed (pip install 'bitfit-exp[tracking]')"]
+    with pytest.raises(UserError) as error:  # bitfit-run's check: before Hydra creates anything
+        check_command_line(["task=rte", f"runs_dir={tmp_path / 'runs'}", "train.report_to=[tensorboard,mlflow]"])
+    assert str(error.value) == "train.report_to: mlflow is not installed (pip install 'bitfit-exp[tracking]')"
+    assert not (tmp_path / "runs").exists()
     from omegaconf import OmegaConf
 
     def key(*extra):
@@ -257,10 +281,9 @@ def test_report_to_is_checked_before_anything_runs_and_stays_out_of_the_setting_
     assert key() == key("train.report_to=[tensorboard,mlflow]")
 
 
-def test_backfill_logs_each_record_once_and_skips_corrupt_ones(tmp_path, tiny_bert_dir, glue_dir, capsys):
-    runs = tmp_path / "runs"
+def test_backfill_logs_each_record_once_and_skips_corrupt_ones(runs, tiny_bert_dir, glue_dir, capsys):
     records = train(tiny_bert_dir, runs, "seeds=[0,1]")
-    assert not list(runs.glob("**/trackers.json")) and not (runs / "mlflow.db").exists()  # report_to=[]: nothing
+    assert not list(runs.glob("**/trackers.json")) and not list(runs.glob("**/tb"))  # report_to=[]: nothing
     bad = seed_folder(runs, records[0]).parent / "seed7"
     bad.mkdir()
     (bad / "record.json").write_text('{"status": "finished", "seed": 7')  # cut short
@@ -283,8 +306,8 @@ def test_backfill_logs_each_record_once_and_skips_corrupt_ones(tmp_path, tiny_be
     assert len(mlflow_runs(runs)[1]) == 2 and sorted(runs.glob("**/tb/events.*")) == events
 
 
-def test_backfill_after_a_live_run_adds_nothing_and_bad_input_is_one_line(tmp_path, tiny_bert_dir, glue_dir, capsys):
-    runs = tmp_path / "runs"
+def test_backfill_after_a_live_run_adds_nothing_and_bad_input_is_one_line(tmp_path, runs, tiny_bert_dir, glue_dir,
+                                                                          capsys, monkeypatch):
     train(tiny_bert_dir, runs, "train.report_to=[mlflow]")
     capsys.readouterr()
     assert bitfit_track([str(runs), "--to", "mlflow"]) == 0
@@ -295,6 +318,13 @@ def test_backfill_after_a_live_run_adds_nothing_and_bad_input_is_one_line(tmp_pa
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {tmp_path / 'missing'}: not a folder (give the runs dir that bitfit-run wrote)"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.raises(SystemExit) as exit_:
+        bitfit_track([str(runs), "--to", "mlflow"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: mlflow: ConnectionError: cannot reach http://127.0.0.1:9 (Connection refused); set "
+        "MLFLOW_TRACKING_URI (now http://127.0.0.1:9) to a reachable server or a writable sqlite:/// file"]
 
 
 def test_wandb_offline_run_is_written_in_the_seed_folder(tmp_path, tiny_bert_dir, glue_dir, monkeypatch):

@@ -11,7 +11,7 @@ Backfill(logged=0, already=0, failed=0, warnings=[])
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitfit_exp.core.errors import UserError
+from bitfit_exp.core.errors import UserError, first_line
 from bitfit_exp.results.records import scan
 from bitfit_exp.train.tracking import TRACKERS, not_installed
 from bitfit_exp.train.tracking.session import STATE, SeedTracking, read_state, run_info
@@ -38,17 +38,21 @@ def backfill(runs_dir, to: str) -> Backfill:
     out = Backfill(warnings=warnings)
     for path, record in found:
         folder = path.parent
+        config = {**record["config"], "runs_dir": str(root)}  # the runs dir as found now (it may have moved)
+        info = run_info(config, record["seed"], folder, record["fingerprints"], record["env"].get("git_sha"))
+        tracker = TRACKERS[to](info)
         entry = read_state(folder / STATE).get(to)
+        if entry and not tracker.continues(entry):  # logged to another store: this one may not have it
+            entry = None
         if entry and entry.get("record") == record["digest"]:
             out.already += 1
             continue
-        config = {**record["config"], "runs_dir": str(root)}  # the runs dir as found now (it may have moved)
-        info = run_info(config, record["seed"], folder, record["fingerprints"], record["env"].get("git_sha"))
-        n_train = record["sizes"]["train"]
-        if not (entry and not entry.get("record")) and TRACKERS[to](info).find_finished(record["digest"]):
-            out.already += 1
-            continue
-        session = SeedTracking([to], info, config, n_train, strict=True)
-        session.finish(record)
+        try:
+            if not (entry and not entry.get("record")) and tracker.find_finished(record["digest"]):
+                out.already += 1
+                continue
+        except Exception as e:  # noqa: BLE001 - the store cannot be read: one line, as any tracker failure here
+            raise UserError(f"{to}: {first_line(e)}; {tracker.fix}") from None
+        SeedTracking([to], info, config, record["sizes"]["train"], strict=True).finish(record)
         out.logged += 1
     return out

@@ -50,6 +50,11 @@ class Tracker:
     def abort(self) -> None:
         pass
 
+    def continues(self, previous: dict) -> bool:
+        """Whether the run `previous` (from trackers.json) lies where this tracker now writes (MLflow: the same
+        tracking URI); if not, it starts a new run and logs every epoch there."""
+        return True
+
     def find_finished(self, record_digest: str) -> bool:
         """Whether the store already holds a finished run of this seed's record (back-fill: idempotent without
         trackers.json). Backends keyed by folder answer from trackers.json alone."""

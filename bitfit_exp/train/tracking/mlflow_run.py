@@ -55,8 +55,8 @@ class MLflowTracker(Tracker):
             logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
-        self.uri = os.environ.get("MLFLOW_TRACKING_URI") or default_uri(self.info.runs_dir)
-        self.fix = f"{self.uri} failed: set MLFLOW_TRACKING_URI to a reachable server or a writable sqlite:/// file"
+        self.uri = self.where()
+        self.fix = f"set MLFLOW_TRACKING_URI (now {self.uri}) to a reachable server or a writable sqlite:/// file"
         _reachable(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         return self.client
@@ -73,11 +73,17 @@ class MLflowTracker(Tracker):
         except Exception:  # noqa: BLE001 - another job created it meanwhile
             return self.client.get_experiment_by_name(name).experiment_id
 
+    def where(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(self.info.runs_dir)
+
+    def continues(self, previous: dict) -> bool:
+        return previous.get("uri") == self.where()
+
     def open(self, previous: dict | None, first_step: int) -> dict:
         from mlflow.entities import Param
 
         self._client()
-        if previous and previous.get("uri") == self.uri:
+        if previous:
             run = self.client.get_run(previous["run"])
             self.run_id = run.info.run_id
             if run.info.status != "RUNNING":

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from bitfit_exp.core.errors import UserError
+from bitfit_exp.core.errors import UserError, first_line
 from bitfit_exp.results.environment import environment
 from bitfit_exp.results.records import RECORD, sealed_setting, write_json_atomic
 from bitfit_exp.train.tracking import TRACKERS
@@ -38,11 +38,6 @@ PATCH = "patch.safetensors"
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 @contextmanager
@@ -72,11 +67,12 @@ class SeedTracking:
         self.active: dict[str, Tracker] = {}
         self.state = read_state(self.path) if names else {}
         for name in names:
+            tracker = TRACKERS[name](info)
             previous = self.state.get(name)
-            if previous and previous.get("record"):  # that run is finished: training the seed again is a new run
+            # A finished run (training the seed again is a new run) or one in another store is not continued.
+            if previous and (previous.get("record") or not tracker.continues(previous)):
                 previous = None
             last = previous.get("last_epoch", 0) if previous else 0
-            tracker = TRACKERS[name](info)
             with self._guard(tracker):
                 kept = tracker.open(previous, epoch_step(cfg, n_train, last) + 1)
                 self.state[name] = {**kept, "last_epoch": max(last, kept.get("last_epoch", 0)), "record": None}
@@ -91,8 +87,8 @@ class SeedTracking:
         except Exception as e:  # noqa: BLE001 - whatever a tracker raises, training goes on
             self.active.pop(tracker.name, None)
             if self.strict:
-                raise UserError(f"{tracker.name}: {_first_line(e)}; {tracker.fix}") from None
-            warn(f"{tracker.name} tracking failed for {self.info.name} ({_first_line(e)}); training goes on "
+                raise UserError(f"{tracker.name}: {first_line(e)}; {tracker.fix}") from None
+            warn(f"{tracker.name} tracking failed for {self.info.name} ({first_line(e)}); training goes on "
                  f"without it and the record is written as always. Fix: {tracker.fix}")
 
     def _save(self) -> None:
@@ -101,7 +97,7 @@ class SeedTracking:
         try:
             write_json_atomic(self.path, self.state)
         except (OSError, UserError) as e:  # the next run starts new tracker runs; training is unaffected
-            warn(f"cannot save {self.path} ({_first_line(e)}); a resumed seed will start new tracker runs")
+            warn(f"cannot save {self.path} ({first_line(e)}); a resumed seed will start new tracker runs")
 
     def _log(self, name: str, tracker: Tracker, row: dict) -> None:
         tracker.log(epoch_scalars(row, self.cfg, self.n_train), epoch_step(self.cfg, self.n_train, row["epoch"]))
