@@ -33,7 +33,6 @@ from bitfit_exp.train.tracking.base import RunInfo, Tracker
 from bitfit_exp.train.tracking.scalars import epoch_scalars, epoch_step, final_scalars, flat_params, tags
 
 STATE = "trackers.json"
-PATCH = "patch.safetensors"
 
 
 def warn(message: str) -> None:
@@ -117,7 +116,8 @@ class SeedTracking:
         artifacts (MLflow); the run is closed."""
         epochs = record["epochs"]
         step = epoch_step(self.cfg, self.n_train, epochs[-1]["epoch"]) if epochs else 0
-        artifacts = [p for p in (self.info.folder / RECORD, self.info.folder / PATCH) if p.is_file()]
+        names = [RECORD, *([record["artifacts"]["patch"]] if record.get("artifacts", {}).get("patch") else [])]
+        artifacts = [self.info.folder / name for name in names if (self.info.folder / name).is_file()]
         for name, tracker in list(self.active.items()):
             with self._guard(tracker):
                 for row in epochs:
