@@ -28,9 +28,13 @@ from bitfit_exp.commands.track import main as bitfit_track  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def default_mlflow(monkeypatch):
-    """The default store (a SQLite file in the runs dir), whatever the environment running the tests says."""
+    """The default store (a SQLite file in the runs dir), whatever the environment running the tests says; no
+    tracker left marked broken by an earlier test of this process."""
+    from bitfit_exp.train.tracking import session
+
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_MODE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(session, "BROKEN", set())
 
 
 @pytest.fixture(scope="session")
@@ -231,10 +235,13 @@ def test_failing_trackers_warn_once_and_change_nothing(tmp_path, tiny_bert_dir, 
     tracked = train(tiny_bert_dir, runs, "seeds=[0,1]", "train.report_to=[tensorboard,mlflow]")
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert len([w for w in warnings if w.startswith("warning: mlflow tracking failed")]) == 2  # one per seed
-    assert "http://127.0.0.1:9" in err and "MLFLOW_TRACKING_URI" in err
+    (mlflow,) = [w for w in warnings if w.startswith("warning: mlflow tracking failed")]  # once for the job
+    assert "cannot reach http://127.0.0.1:9" in mlflow and "for this job" in mlflow
+    assert "Fix: set MLFLOW_TRACKING_URI (now http://127.0.0.1:9)" in mlflow
+    assert "`bitfit-track RUNS_DIR --to mlflow` logs the records afterwards" in mlflow
     (tb,) = [w for w in warnings if w.startswith("warning: tensorboard tracking failed")]  # seed 0 only
-    assert "seed0" in tb and "/tb a writable folder" in tb
+    assert f"Fix: make {runs / key['dir'] / 'seed0' / 'tb'} a writable folder" in tb
+    assert len(warnings) == 2
     assert "Traceback" not in err
     assert (runs / key["dir"] / "seed1" / "tb").is_dir()  # seed 1's TensorBoard still works
     for seed in (0, 1):  # bit-identical training: every number of every epoch, and the patch
@@ -257,6 +264,7 @@ def test_a_tracker_whose_import_fails_at_run_time_is_dropped_with_one_warning(tm
     records = train(tiny_bert_dir, tmp_path / "runs", "train.report_to=[mlflow,tensorboard]")
     err = capsys.readouterr().err
     assert err.count("warning: mlflow tracking failed") == 1 and "ModuleNotFoundError: import of mlflow.tracking" in err
+    assert "Fix: pip install 'bitfit-exp[tracking]' (its import failed)" in err
     assert_tensorboard_matches(tmp_path / "runs", records[0])
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from bitfit_exp.core.errors import UserError, first_line
 from bitfit_exp.results.records import scan
 from bitfit_exp.train.tracking import TRACKERS, not_installed
+from bitfit_exp.train.tracking.base import EXTRA
 from bitfit_exp.train.tracking.session import STATE, SeedTracking, read_state, run_info
 
 
@@ -52,7 +53,8 @@ def backfill(runs_dir, to: str) -> Backfill:
                 out.already += 1
                 continue
         except Exception as e:  # noqa: BLE001 - the store cannot be read: one line, as any tracker failure here
-            raise UserError(f"{to}: {first_line(e)}; {tracker.fix}") from None
+            fix = f"pip install '{EXTRA}' (its import failed)" if isinstance(e, ImportError) else tracker.fix
+            raise UserError(f"{to}: {first_line(e)}; {fix}") from None
         SeedTracking([to], info, config, record["sizes"]["train"], strict=True).finish(record)
         out.logged += 1
     return out

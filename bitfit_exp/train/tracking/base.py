@@ -32,7 +32,17 @@ class Tracker:
 
     name = ""
     module = ""  # what must be importable
-    fix = ""  # the one-line fix a failure warning names
+    backfill = False  # bitfit-track can log what it missed
+
+    @property
+    def fix(self) -> str:
+        """The one-line fix a failure warning names."""
+        raise NotImplementedError
+
+    def scope(self) -> str:
+        """Where this tracker writes: a run that cannot be opened there stands for every later seed of the job
+        (the session does not try again, nor warn again)."""
+        return self.name
 
     def __init__(self, info: RunInfo):
         self.info = info

@@ -45,7 +45,14 @@ def _reachable(uri: str) -> None:
 class MLflowTracker(Tracker):
     name = "mlflow"
     module = "mlflow"
-    fix = "set MLFLOW_TRACKING_URI to a reachable server or a writable sqlite:/// file"
+    backfill = True
+
+    @property
+    def fix(self) -> str:
+        return f"set MLFLOW_TRACKING_URI (now {self.where()}) to a reachable server or a writable sqlite:/// file"
+
+    def scope(self) -> str:
+        return self.where()
 
     def _client(self):
         # A failing server costs a few short retries, not MLflow's default minutes (the user's settings win).
@@ -56,7 +63,6 @@ class MLflowTracker(Tracker):
         from mlflow.tracking import MlflowClient
 
         self.uri = self.where()
-        self.fix = f"set MLFLOW_TRACKING_URI (now {self.uri}) to a reachable server or a writable sqlite:/// file"
         _reachable(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         return self.client

@@ -29,10 +29,13 @@ from bitfit_exp.core.errors import UserError, first_line
 from bitfit_exp.results.environment import environment
 from bitfit_exp.results.records import RECORD, sealed_setting, write_json_atomic
 from bitfit_exp.train.tracking import TRACKERS
-from bitfit_exp.train.tracking.base import RunInfo, Tracker
+from bitfit_exp.train.tracking.base import EXTRA, RunInfo, Tracker
 from bitfit_exp.train.tracking.scalars import epoch_scalars, epoch_step, final_scalars, flat_params, tags
 
 STATE = "trackers.json"
+
+# (tracker, scope) pairs that could not be opened in this process: later seeds of the job skip them, unwarned.
+BROKEN: set[tuple[str, str]] = set()
 
 
 def warn(message: str) -> None:
@@ -67,28 +70,35 @@ class SeedTracking:
         self.state = read_state(self.path) if names else {}
         for name in names:
             tracker = TRACKERS[name](info)
+            if not strict and (name, tracker.scope()) in BROKEN:
+                continue
             previous = self.state.get(name)
             # A finished run (training the seed again is a new run) or one in another store is not continued.
             if previous and (previous.get("record") or not tracker.continues(previous)):
                 previous = None
             last = previous.get("last_epoch", 0) if previous else 0
-            with self._guard(tracker):
+            with self._guard(tracker, opening=True):
                 kept = tracker.open(previous, epoch_step(cfg, n_train, last) + 1)
                 self.state[name] = {**kept, "last_epoch": max(last, kept.get("last_epoch", 0)), "record": None}
                 self.active[name] = tracker
         self._save()
 
     @contextmanager
-    def _guard(self, tracker: Tracker) -> Iterator[None]:
+    def _guard(self, tracker: Tracker, opening: bool = False) -> Iterator[None]:
         try:
             with rng_kept():
                 yield
         except Exception as e:  # noqa: BLE001 - whatever a tracker raises, training goes on
             self.active.pop(tracker.name, None)
+            fix = f"pip install '{EXTRA}' (its import failed)" if isinstance(e, ImportError) else tracker.fix
             if self.strict:
-                raise UserError(f"{tracker.name}: {first_line(e)}; {tracker.fix}") from None
-            warn(f"{tracker.name} tracking failed for {self.info.name} ({first_line(e)}); training goes on "
-                 f"without it and the record is written as always. Fix: {tracker.fix}")
+                raise UserError(f"{tracker.name}: {first_line(e)}; {fix}") from None
+            if opening:
+                BROKEN.add((tracker.name, tracker.scope()))
+            later = f"; `bitfit-track RUNS_DIR --to {tracker.name}` logs the records afterwards" \
+                if tracker.backfill else ""
+            warn(f"{tracker.name} tracking failed ({first_line(e)}) at {self.info.name}; training goes on without "
+                 f"it{' for this job' if opening else ''} and records are written as always. Fix: {fix}{later}")
 
     def _save(self) -> None:
         if not self.active:

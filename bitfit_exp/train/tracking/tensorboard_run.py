@@ -17,13 +17,19 @@ FOLDER = "tb"
 class TensorBoardTracker(Tracker):
     name = "tensorboard"
     module = "tensorboard"
-    fix = "make <seed folder>/tb a writable folder (disk space, permissions)"
+    backfill = True
+
+    @property
+    def fix(self) -> str:
+        return f"make {self.info.folder / FOLDER} a writable folder (disk space, permissions)"
+
+    def scope(self) -> str:
+        return str(self.info.folder / FOLDER)  # one seed's folder: other seeds still try theirs
 
     def open(self, previous: dict | None, first_step: int) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         folder = self.info.folder / FOLDER
-        self.fix = f"make {folder} a writable folder (disk space, permissions)"
         self.writer = SummaryWriter(str(folder), purge_step=first_step, flush_secs=30)
         if previous is None:  # the config and tags once per run, as text (TensorBoard's TEXT tab)
             self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in self.info.params.items()), 0)

@@ -18,6 +18,9 @@ class WandbTracker(Tracker):
     module = "wandb"
     fix = "run `wandb login`, or set WANDB_MODE=offline (then `wandb sync`)"
 
+    def scope(self) -> str:
+        return f"{os.environ.get('WANDB_MODE')}:{os.environ.get('WANDB_PROJECT')}"
+
     def open(self, previous: dict | None, first_step: int) -> dict:
         import wandb
 
