@@ -73,11 +73,14 @@ class MLflowTracker(Tracker):
         if found is not None:
             return found.experiment_id
         # Next to the default store, not ./mlruns of whatever folder the job started in.
-        location = None if os.environ.get("MLFLOW_TRACKING_URI") else (self.info.runs_dir / "mlartifacts").resolve().as_uri()
+        location = None if os.environ.get("MLFLOW_TRACKING_URI") \
+            else (self.info.runs_dir / "mlartifacts").resolve().as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
-        except Exception:  # noqa: BLE001 - another job created it meanwhile
-            return self.client.get_experiment_by_name(name).experiment_id
+        except Exception:
+            if (found := self.client.get_experiment_by_name(name)) is None:
+                raise
+            return found.experiment_id  # another job of the sweep created it meanwhile
 
     def where(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(self.info.runs_dir)
