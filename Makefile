@@ -11,7 +11,7 @@ OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # On a CUDA box with torch already installed, the installed build is kept.
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
-	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install -e ".[dev,tracking]"  # tracking: its tests run in CI too
 
 test:
 	$(OFFLINE) $(PYTHON) -m pytest -q -m "not slow"
