@@ -11,7 +11,7 @@ OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # On a CUDA box with torch already installed, the installed build is kept.
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
-	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install -e ".[dev,tracking]"  # tracking: its tests run in CI too
 
 test:
 	$(OFFLINE) $(PYTHON) -m pytest -q -m "not slow"
@@ -25,7 +25,8 @@ test-all:
 # The lowest dependency versions pyproject.toml allows (.ci/min-versions.txt), in a second venv, against the tests of
 # the code that leans hardest on them (transformers' attention/mask interfaces, training, the CLI through Hydra).
 MIN_VENV ?= .venv-min
-MIN_TESTS = tests/test_packed.py tests/test_methods.py tests/test_training.py tests/test_cli.py tests/test_optim.py
+MIN_TESTS = tests/test_packed.py tests/test_methods.py tests/test_training.py tests/test_cli.py tests/test_optim.py \
+	tests/test_peft_export.py tests/test_model_card.py
 test-min:
 	[ -x $(MIN_VENV)/bin/python ] || python3 -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install -q -c .ci/min-versions.txt -e ".[dev]"

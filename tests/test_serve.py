@@ -442,7 +442,8 @@ def test_predict_files_mixed_tasks(runs, alone, tmp_path):
         assert main([*served(runs), "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / f"out.{suffix}"),
                      "--max-batch", "4", "--no-progress"]) == 0
     out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
-    assert list(out.columns) == ["task", "text", "text_pair", "label", "score", "probabilities", "truncated"]
+    assert list(out.columns) == ["task", "text", "text_pair", "label", "score", "probabilities", "logits",
+                                 "truncated"]
     for item, (_, row) in zip(ITEMS, out.iterrows(), strict=True):
         logits = alone(item)
         if item["task"] == "stsb":

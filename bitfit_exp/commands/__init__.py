@@ -12,6 +12,7 @@ line and exit code 2.
 | bitfit-serve | commands/serve.py |
 | bitfit-predict | commands/predict.py |
 | bitfit-export | commands/export.py |
+| bitfit-track | commands/track.py |
 """
 
 import sys

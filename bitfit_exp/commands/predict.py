@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         check_output(args.output, frame)
         engine = build_engine(args)
         items = items_of(frame, engine, args)
-        added = predictions(engine, items, args.progress)
+        added = predictions(engine, items, args.progress, table_format(args.output))
         write_table(pd.concat([frame.reset_index(drop=True), added], axis=1), args.output)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -96,6 +96,12 @@ def kind_names() -> list[str]:
     return list(KINDS)
 
 
+def tracker_names() -> list[str]:
+    from bitfit_exp.train.tracking import tracker_names
+
+    return tracker_names()
+
+
 def bias_components() -> list[str]:
     from bitfit_exp.model.methods import BIAS_COMPONENTS
 
@@ -206,6 +212,7 @@ class Train:
     stop_after_epochs: int | None = key(at_least=1)
     claim_timeout_s: float = key(above=0)
     threads: int | None = key(at_least=1)  # null = sized to the job's CPUs (core.threads)
+    report_to: list[str] = key(choices=tracker_names, absent_ok=True)  # live trackers (train.tracking)
 
 
 @dataclass
@@ -578,7 +585,16 @@ def _kind_keys(cfg: DictConfig | dict) -> list[str]:
     return [f"task.{name} is missing; a {kind} task needs it" for name in _needs(kind, task) if name not in task]
 
 
-CROSS_CHECKS = (_seeds_distinct, _lr_index_in_grid, _method_options, _peft_options, _task_labels, _task_kind)
+def _trackers_installed(cfg: dict) -> list[str]:
+    """A tracker asked for is installed: one line naming the extra, before anything trains."""
+    from bitfit_exp.train.tracking import not_installed
+
+    wanted = cfg.get("train", {}).get("report_to") or []
+    return [f"train.report_to: {line}" for line in not_installed(wanted)]
+
+
+CROSS_CHECKS = (_seeds_distinct, _lr_index_in_grid, _method_options, _peft_options, _task_labels, _task_kind,
+                _trackers_installed)
 
 
 def problems(cfg: DictConfig) -> list[str]:

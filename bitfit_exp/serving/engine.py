@@ -12,7 +12,8 @@ are refused with a line that points to `bitfit-export` (a standalone model, serv
 patches that train backbone biases: its query/key projections also run on the relative-position embeddings that all
 rows share (the reason packed training refuses it, architectures.DEBERTA_V2.pack_refusal).
 
-A patch is named by the task it was trained on; when several patches share a task each is named by its run folder
+A peft BEFT adapter folder is the same kind of patch in another form (bitfit_exp.serving.adapters converts it), so
+it is served next to run patches. A patch is named by the task it was trained on; when several patches share a task each is named by its run folder
 (`<task>/<method>/lr<lr>-<hash>/seed<k>`), and `NAME=PATH` names one explicitly.
 
 >>> from bitfit_exp.serving.engine import split_spec
@@ -102,8 +103,18 @@ class TaskPatch:
         names = list(self.label_names)
         return names if len(names) == self.num_labels else [str(i) for i in range(self.num_labels)]
 
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def tensors(self, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The patch's tensors (`trained.<parameter>` etc.); `model`, the served one, is for patches stored in another
+        form (a peft adapter: bitfit_exp.serving.adapters)."""
         return read_patch(self.path)
+
+    def check_base(self, fingerprint: str, name_or_path: str) -> None:
+        """Refuse the patch unless it was trained on the served checkpoint."""
+        check_fingerprint(self, fingerprint, name_or_path)
+
+    def alone(self) -> str:
+        """How to serve this patch when it cannot share the backbone."""
+        return f"export it with `bitfit-export {self.path.parent} OUT` and serve that model on its own"
 
 
 REDO = "rerunning its bitfit-run command trains the seed again; or serve another run"
@@ -197,12 +208,17 @@ def _patch_of(record_path: Path, record: dict, name: str | None) -> TaskPatch:
                             f"seed{record['seed']}")
 
 
-def find_patches(specs: list[str]) -> list[TaskPatch]:
+def find_patches(specs: list[str], other: Callable[[str | None, Path], "TaskPatch | None"] | None = None
+                 ) -> list[TaskPatch]:
     """The task patches named by `specs` (each `PATH` or `NAME=PATH`; PATH a patch file, a seed folder or a folder
-    of runs), with unique names: the task's, or the run folder's when several patches share a task."""
+    of runs), with unique names: the task's, or the run folder's when several patches share a task. `other(NAME,
+    PATH)` reads a PATH that holds a task in another form (a peft adapter folder), named, or returns None."""
     patches = []
     for spec in specs:
         name, path = split_spec(spec)
+        if other is not None and (own := other(name, Path(path).expanduser())) is not None:
+            patches.append(own)
+            continue
         found = _records_at(Path(path).expanduser())
         if name and len(found) > 1:
             raise UserError(f"{spec}: {len(found)} runs with patches there; NAME=PATH names a single run folder")
@@ -238,7 +254,7 @@ def check_servable(patch: TaskPatch, tensors: dict[str, torch.Tensor], model: nn
     trains biases of a family whose layers also run on tensors all rows share (DeBERTa-v2's relative positions)."""
     modules, head = dict(model.named_modules()), set(head_parameter_names(model))
     named = dict(model.named_parameters())
-    export = f"export it with `bitfit-export {patch.path.parent} OUT` and serve that model on its own"
+    export = patch.alone()
     fixed = sorted(k.partition(".")[2] for k in tensors if k.startswith("fixed."))
     if fixed:
         raise UserError(f"{patch.path}: its checkpoint lacks {', '.join(fixed)}, which the run initialised at random "
@@ -249,7 +265,8 @@ def check_servable(patch: TaskPatch, tensors: dict[str, torch.Tensor], model: nn
             continue
         owner = modules.get(name.rpartition(".")[0])
         shares = kind == "trained" and name in named and (
-            name in head or (name.endswith(".bias") and isinstance(owner, nn.Linear | nn.LayerNorm)))
+            name in head or (name.endswith(".bias") and isinstance(owner, nn.Linear | nn.LayerNorm))
+            or (name.endswith(".weight") and isinstance(owner, nn.LayerNorm)))  # a LayerNorm's gain: per row too
         if not shares:
             if kind == "trained" and name in named and name.endswith(".bias") and owner is not None:
                 raise UserError(f"{patch.path}: trains the bias of {name}, a {type(owner).__name__} layer; only "
@@ -319,17 +336,23 @@ class RowBiasLinear(nn.Module):
 
 
 class RowBiasLayerNorm(nn.Module):
-    """nn.LayerNorm with the shared frozen gain and, per row, its task's bias (`table`: [T, features])."""
+    """nn.LayerNorm with, per row, its task's bias (`table`: [T, features]) and either the shared frozen gain or,
+    when some task trained the gain (a peft adapter's modules_to_save), its task's gain (`gains`: [T, features])."""
 
-    def __init__(self, norm: nn.LayerNorm, table: torch.Tensor, rows: RowTasks):
+    def __init__(self, norm: nn.LayerNorm, table: torch.Tensor, rows: RowTasks, gains: torch.Tensor | None = None):
         super().__init__()
         self.shape, self.eps = norm.normalized_shape, norm.eps
         self.register_buffer("weight", norm.weight.detach())
         self.register_buffer("table", table)
+        self.register_buffer("gains", gains)
         self.rows = rows
 
     def forward(self, x):
-        y = F.layer_norm(x, self.shape, self.weight, None, self.eps)
+        if self.gains is None:
+            y = F.layer_norm(x, self.shape, self.weight, None, self.eps)
+        else:
+            y = F.layer_norm(x, self.shape, None, None, self.eps)
+            y = y * _row_bias(self.gains, self.rows, y)
         return y + _row_bias(self.table, self.rows, y)
 
 
@@ -389,7 +412,12 @@ def install_rows(model: nn.Module, patches: list[TaskPatch], states: list[dict[s
             swapped = RowHeadLinear(weights, biases, rows)
         elif isinstance(module, nn.Linear | nn.LayerNorm) and module.bias is not None:
             table = _stack(module.bias, [s.get(f"{module_name}.bias") for s in trained])
-            swapped = (RowBiasLinear if isinstance(module, nn.Linear) else RowBiasLayerNorm)(module, table, rows)
+            gains = [s.get(f"{module_name}.weight") for s in trained]
+            if isinstance(module, nn.Linear):
+                swapped = RowBiasLinear(module, table, rows)
+            else:
+                stacked = None if all(g is None for g in gains) else _stack(module.weight, gains)
+                swapped = RowBiasLayerNorm(module, table, rows, stacked)
         else:
             raise UserError(f"cannot serve per-row values of {', '.join(sorted(owned))} ({type(module).__name__}); "
                             f"export such a patch with bitfit-export and serve that model on its own")
@@ -428,8 +456,8 @@ class MultiTaskEngine:
         self.fingerprint = model_digest(backbone, self.tokenizer)
         states = []
         for patch in patches:
-            check_fingerprint(patch, self.fingerprint, self.name_or_path)
-            states.append(patch.tensors())
+            patch.check_base(self.fingerprint, self.name_or_path)
+            states.append(patch.tensors(backbone))
             check_servable(patch, states[-1], backbone)
         self.rows = install_rows(backbone, patches, states)
         self.model = backbone.to(self.device).eval()

@@ -3,7 +3,8 @@ transformers and its pipelines (`bitfit-export`).
 
 The folder holds the checkpoint with the patch applied (any method with a patch, masked ones included), the head
 with the task's label names (`id2label`), the tokenizer with `model_max_length` set to the run's data.max_length (so
-`pipeline(..., truncation=True)` truncates as training did), and `bitfit_patch.json` (where it came from).
+`pipeline(..., truncation=True)` truncates as training did), `bitfit_patch.json` (where it came from) and the model
+card `README.md` (bitfit_exp.results.card). `--format peft` writes a BEFT adapter instead (serving/peft_export.py).
 
 >>> label_maps(["negative", "positive"])
 ({0: 'negative', 1: 'positive'}, {'negative': 0, 'positive': 1})
@@ -12,6 +13,7 @@ with the task's label names (`id2label`), the tokenizer with `model_max_length` 
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -19,8 +21,10 @@ from safetensors import SafetensorError
 from bitfit_exp.core.errors import UserError, first_line
 from bitfit_exp.kinds.sequence import model_config
 from bitfit_exp.model.fingerprint import model_digest
-from bitfit_exp.model.loading import load_model, load_tokenizer, model_argument
+from bitfit_exp.model.loading import load_model, load_tokenizer, model_argument, resolve_model_path
 from bitfit_exp.model.patch import apply_patch
+from bitfit_exp.results.card import Base, write_card
+from bitfit_exp.results.records import RECORD
 from bitfit_exp.serving.engine import AdapterRun, check_fingerprint, damaged, find_patches
 
 
@@ -28,8 +32,9 @@ def label_maps(labels: list[str]) -> tuple[dict[int, str], dict[str, int]]:
     return dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
 
 
-def patched_model(spec: str, model: str | None = None):
-    """(model with the patch of run `spec` applied, its tokenizer, the TaskPatch), after the fingerprint check."""
+def base_model(spec: str, model: str | None = None):
+    """(the checkpoint run `spec` trained from, loaded with its head, not yet patched; its tokenizer; the TaskPatch;
+    the checkpoint's name_or_path), after the fingerprint check."""
     patches = find_patches([spec])
     if len(patches) != 1:
         raise UserError(f"{spec}: {len(patches)} runs with patches there; export one run folder (seed<k>/)")
@@ -39,6 +44,12 @@ def patched_model(spec: str, model: str | None = None):
     # problem_type as training had it: "regression" for one output, so pipelines return the raw score (no sigmoid)
     network = load_model(name_or_path, patch.num_labels, **model_config({"num_labels": patch.num_labels}))
     check_fingerprint(patch, model_digest(network, tokenizer), name_or_path)
+    return network, tokenizer, patch, name_or_path
+
+
+def patched_model(spec: str, model: str | None = None):
+    """(model with the patch of run `spec` applied, its tokenizer, the TaskPatch), after the fingerprint check."""
+    network, tokenizer, patch, name_or_path = base_model(spec, model)
     try:
         apply_patch(network, patch.path)
     except SafetensorError as e:
@@ -48,15 +59,16 @@ def patched_model(spec: str, model: str | None = None):
     return network.eval(), tokenizer, patch
 
 
-def export(spec: str, out: Path, model: str | None = None) -> Path:
-    """Write run `spec`'s patched model to `out` (a new or empty folder); returns `out`."""
+def export(spec: str, out: Path, model: str | None = None, hub_id: str | None = None) -> Path:
+    """Write run `spec`'s patched model to `out` (a new or empty folder); returns `out`. `hub_id`: the repository it
+    will be pushed to, which the card's loading snippet then names."""
     out = Path(out).expanduser()
     created = not out.exists()
     check_out(out)
     try:
         network, tokenizer, patch = patched_model(spec, model)
     except AdapterRun as run:
-        return copy_adapter(run, out)
+        return copy_adapter(run, out, hub_id)
     except UserError:
         if created:
             out.rmdir()  # leave no empty folder behind a refused export
@@ -64,26 +76,56 @@ def export(spec: str, out: Path, model: str | None = None) -> Path:
     if patch.num_labels > 1:
         network.config.id2label, network.config.label2id = label_maps(patch.labels())
     tokenizer.model_max_length = patch.max_length
-    source = {**{k: v for k, v in patch.describe().items() if k not in ("name", "labels")}, "model": patch.model,
-              "model_fingerprint": patch.model_fingerprint}
+    resolved = resolve_model_path(model_argument(model) or patch.model)
     try:
-        network.save_pretrained(out)
+        with no_progress_bars():
+            network.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        (out / "bitfit_patch.json").write_text(json.dumps(source, indent=1, default=str) + "\n")
+        (out / "bitfit_patch.json").write_text(json.dumps(provenance(patch), indent=1, default=str) + "\n")
+        write_card(out, patch.path.parent / RECORD, "merged", Base(resolved, not Path(resolved).is_dir()), hub_id)
     except OSError as e:
         raise UserError(f"{out}: the model cannot be written there ({first_line(e)})") from None
     return out
 
 
-def copy_adapter(run: AdapterRun, out: Path) -> Path:
-    """A peft method's run: its adapter folder as it is (loadable with peft's PeftModel.from_pretrained), with
-    `bitfit_patch.json` saying where it came from."""
+def copy_adapter(run: AdapterRun, out: Path, hub_id: str | None = None) -> Path:
+    """A peft method's run (lora, ia3, beft, peft; either --format): its adapter folder as it is (loadable with
+    peft's PeftModel.from_pretrained), the tokenizer, `bitfit_patch.json` saying where it came from, and the model
+    card (README.md, replacing the one peft wrote)."""
+    resolved = resolve_model_path(run.source["model"])
     try:
         shutil.copytree(run.adapter, out, dirs_exist_ok=True)
-        (out / "bitfit_patch.json").write_text(json.dumps(run.source, indent=1, default=str) + "\n")
+        tokenizer = load_tokenizer(run.source["model"])
+        tokenizer.init_kwargs["model_input_names"] = list(tokenizer.model_input_names)  # as peft_export: see there
+        tokenizer.save_pretrained(out)
+        (out / "bitfit_patch.json").write_text(json.dumps({**run.source, "format": "peft"}, indent=1, default=str)
+                                               + "\n")
+        write_card(out, Path(run.source["record"]), "peft", Base(resolved, not Path(resolved).is_dir()), hub_id)
     except OSError as e:
         raise UserError(f"{out}: the adapter cannot be written there ({first_line(e)})") from None
     return out
+
+
+def provenance(patch) -> dict:
+    """What `bitfit_patch.json` says about where an exported folder came from: the run's task, method, lr, seed,
+    epoch, patch file, label names (an adapter folder has no config.json to hold them: bitfit-serve reads them here),
+    and the checkpoint it trained (name and fingerprint)."""
+    return {**{k: v for k, v in patch.describe().items() if k != "name"}, "model": patch.model,
+            "model_fingerprint": patch.model_fingerprint}
+
+
+@contextmanager
+def no_progress_bars():
+    """transformers' progress bars off (save_pretrained draws one per file on stderr, around our one-line messages)."""
+    from transformers.utils import logging
+
+    was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            logging.enable_progress_bar()
 
 
 def check_out(out: Path) -> None:

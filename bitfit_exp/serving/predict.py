@@ -5,9 +5,13 @@ rows plus predictions out.
 
 Each row's task comes from `--task` (all rows) or a `task` column (mixed files; rows of different tasks share forward
 passes). Its text comes from the task's own columns when the file has them (`sentence`, `sentence1`/`sentence2`,
-...), else from `text` / `text_pair` (or `--text-column` / `--pair-column`). Added columns: `label` (the predicted
-label's name; empty for regression), `score` (its probability, or the regression score), `probabilities` (JSON),
-`truncated` (the text was cut to the run's max_length, as in training).
+...), else from `text` / `text_pair` (or `--text-column` / `--pair-column`). Added columns, what bitfit-serve
+answers: `label` (the predicted label's name; empty for regression), `score` (its probability, or the regression
+score), `probabilities` and `logits`, `truncated` (the text was cut to the run's max_length, as in training).
+
+Parquet and JSON Lines hold `probabilities` and `logits` as real lists of floats (probabilities in the task's label
+order, as GET /tasks lists the labels; null for regression). CSV and TSV cells cannot hold lists, so there they are
+the server's JSON text: `probabilities` an object by label name (`{}` for regression), `logits` a list.
 
 >>> from bitfit_exp.serving.predict import table_format
 >>> table_format("data/in.jsonl"), table_format("out.PARQUET")
@@ -33,7 +37,8 @@ from bitfit_exp.serving.engine import BadInput, MultiTaskEngine, TaskPatch
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
-ADDED = ("label", "score", "probabilities", "truncated")  # the columns bitfit-predict adds
+ADDED = ("label", "score", "probabilities", "logits", "truncated")  # the columns bitfit-predict adds
+LISTS = ("probabilities", "logits")  # list<double> in Parquet
 
 
 def table_format(path) -> str:
@@ -111,7 +116,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if kind == "parquet":
-            frame.to_parquet(path, index=False)
+            pq.write_table(_typed_lists(pa.Table.from_pandas(frame, preserve_index=False)), path)
         elif kind == "jsonl":
             frame.to_json(path, orient="records", lines=True, force_ascii=False)
         elif kind == "tsv":  # as training reads TSV: no quoting, a quote is text
@@ -120,6 +125,15 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
             frame.to_csv(path, index=False)
     except OSError as e:
         raise UserError(f"--output {path} cannot be written ({first_line(e)})") from None
+
+
+def _typed_lists(table: pa.Table) -> pa.Table:
+    """The list columns as list<double> even where no row has a list (only regression rows: all null)."""
+    for name in LISTS:
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name,
+                                     table.column(name).cast(pa.list_(pa.float64())))
+    return table
 
 
 def _value(row, column: str | None):
@@ -161,7 +175,9 @@ def items_of(frame: pd.DataFrame, engine: MultiTaskEngine, args) -> list[dict]:
     return items
 
 
-def predictions(engine: MultiTaskEngine, items: list[dict], progress: bool | None) -> pd.DataFrame:
+def predictions(engine: MultiTaskEngine, items: list[dict], progress: bool | None, kind: str = "parquet"
+                ) -> pd.DataFrame:
+    """The added columns for `items`, for an output of type `kind` (lists, or JSON text in CSV/TSV)."""
     try:
         rows = engine.prepare(items, noun="row")
     except BadInput as e:
@@ -170,9 +186,16 @@ def predictions(engine: MultiTaskEngine, items: list[dict], progress: bool | Non
               file=sys.stderr) as bar:
         logits = engine.logits(rows, bar.update)
     results = [engine.result(r, v) for r, v in zip(rows, logits, strict=True)]
+    if kind in ("csv", "tsv"):
+        probabilities = [json.dumps(r.get("probabilities", {})) for r in results]
+        logit_lists = [json.dumps(r["logits"]) for r in results]
+    else:
+        probabilities = [list(r["probabilities"].values()) if "probabilities" in r else None for r in results]
+        logit_lists = [r["logits"] for r in results]
     return pd.DataFrame({
         "label": [r.get("label") for r in results],
         "score": [r["score"] if "score" in r else r["probabilities"][r["label"]] for r in results],
-        "probabilities": [json.dumps(r.get("probabilities", {})) for r in results],
+        "probabilities": probabilities,
+        "logits": logit_lists,
         "truncated": [row.truncated for row in rows],
     })

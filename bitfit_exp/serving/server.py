@@ -1,4 +1,5 @@
-"""`bitfit-serve`: many BitFit task patches over one frozen backbone, as a JSON HTTP API (Starlette under uvicorn).
+"""`bitfit-serve`: many BitFit task patches over one frozen backbone, as a JSON HTTP API (FastAPI on Starlette,
+under uvicorn).
 
     bitfit-serve ~/bitfit-runs/minilm/rte/bitfit ~/bitfit-runs/minilm/sst2 --port 8000
 
@@ -12,6 +13,8 @@ Endpoints:
   label_id and probabilities (or score for regression), logits, and `truncated` when the text was cut to the run's
   max_length as in training. `batch` says what the request was run with: how many requests, rows and tasks the
   batching window collected and how many forward passes they took.
+- `GET /openapi.json`: the API as OpenAPI 3.1, from typed models (bitfit_exp.serving.api_models), every error
+  status of every route documented; `GET /docs`: the same as one self-contained HTML page (no scripts, no network).
 
 Requests that arrive within `--window-ms` of each other are collected (up to `--max-batch` rows) and run together:
 rows of different tasks share one forward pass (bitfit_exp.serving.engine). Bodies are parsed and tokenized in worker
@@ -168,27 +171,57 @@ def prepare(engine: MultiTaskEngine, raw: bytes, max_items: int) -> list[Row]:
         raise BadInput(f"the request could not be prepared ({first_line(e)})") from None
 
 
+ROUTES = "GET /health, GET /tasks, POST /predict, GET /openapi.json, GET /docs"
+PREDICT_BODY = {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/PredictRequest"},
+    "examples": {"one item": {"value": {"task": "sst2", "text": "a gem of a film"}},
+                 "mixed tasks": {"value": {"items": [{"task": "rte", "text": "A man plays a guitar.",
+                                                      "text_pair": "A man plays music."},
+                                                     {"task": "sst2", "text": "dull"}]}}}}}}
+
+
+def openapi_document(app) -> dict:
+    """The app's OpenAPI document: FastAPI's, plus the /predict body's schema (its handler reads the body itself)."""
+    from fastapi.openapi.utils import get_openapi
+
+    from bitfit_exp.serving.api_models import PredictRequest
+
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        body = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(body.pop("$defs", {}))
+        schemas["PredictRequest"] = body
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
 def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int = 1024,
                max_body_bytes: int = 16 * 2**20, max_queued_rows: int = 65536):
-    """The Starlette app serving `engine`: /health, /tasks, /predict (see the module docstring)."""
-    from starlette.applications import Starlette
+    """The FastAPI app serving `engine`: /health, /tasks, /predict (see the module docstring), /openapi.json and
+    /docs. The handlers take the raw request and answer JSONResponses themselves: FastAPI routes and documents them
+    (bitfit_exp.serving.api_models) but parses no body, so every limit and one-line error stays as it is."""
+    from fastapi import FastAPI
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
+    from starlette.requests import ClientDisconnect, Request
+    from starlette.responses import HTMLResponse, JSONResponse
+
+    import bitfit_exp
+    from bitfit_exp.serving.api_models import Health, Predictions, Tasks, responses
+    from bitfit_exp.serving.api_page import render
 
     batcher = Batcher(engine, window_ms / 1000, engine.max_batch, max_queued_rows)
 
-    async def health(request):
+    async def health(request: Request):
         return JSONResponse({"status": "ok", "model": engine.name_or_path, "model_fingerprint": engine.fingerprint,
                              "tasks": len(engine.patches), "forward_passes": engine.forward_passes,
                              "device": str(engine.device)})
 
-    async def tasks(request):
+    async def tasks(request: Request):
         return JSONResponse({"tasks": [p.describe() for p in engine.patches]})
 
-    async def predict(request):
+    async def predict(request: Request):
         try:
             rows = await run_in_threadpool(prepare, engine, await read_body(request, max_body_bytes), max_items)
         except BadInput as e:
@@ -202,9 +235,14 @@ def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int =
         return JSONResponse({"predictions": [engine.result(r, v) for r, v in zip(rows, logits, strict=True)],
                              "batch": info})
 
+    async def openapi(request: Request):
+        return JSONResponse(openapi_document(app))
+
+    async def docs(request: Request):
+        return HTMLResponse(render(openapi_document(app)))
+
     async def http_error(request, e: HTTPException):  # unknown route (404), wrong method (405): JSON too
-        routes = "GET /health, GET /tasks, POST /predict"
-        return error(f"{e.detail}: {request.method} {request.url.path} (routes: {routes})", e.status_code)
+        return error(f"{e.detail}: {request.method} {request.url.path} (routes: {ROUTES})", e.status_code)
 
     async def client_gone(request, e: ClientDisconnect):  # left, or was closed (--request-timeout), mid-body
         return error("the client went away before its whole body arrived", 400)  # sent nowhere, logged nowhere
@@ -216,6 +254,26 @@ def create_app(engine: MultiTaskEngine, window_ms: float = 5.0, max_items: int =
         task.cancel()
         batcher.worker.shutdown(wait=False)
 
-    return Starlette(routes=[Route("/health", health), Route("/tasks", tasks),
-                             Route("/predict", predict, methods=["POST"])], lifespan=lifespan,
-                     exception_handlers={HTTPException: http_error, ClientDisconnect: client_gone})
+    app = FastAPI(title="bitfit-serve", version=bitfit_exp.__version__, description=DESCRIPTION, lifespan=lifespan,
+                  openapi_url=None, docs_url=None, redoc_url=None,
+                  exception_handlers={HTTPException: http_error, ClientDisconnect: client_gone})
+    app.add_api_route("/health", health, methods=["GET"], response_model=Health, responses=responses("health"),
+                      response_description="the server is up",
+                      summary="Status, the served checkpoint and its fingerprint, forward passes so far")
+    app.add_api_route("/tasks", tasks, methods=["GET"], response_model=Tasks, responses=responses("tasks"),
+                      response_description="the served tasks, in the order they were given",
+                      summary="Every served task: name, labels, text fields, max_length, where it came from")
+    app.add_api_route("/predict", predict, methods=["POST"], response_model=Predictions,
+                      responses=responses("predict"), openapi_extra={"requestBody": PREDICT_BODY},
+                      response_description="one prediction per item, in order, and how the batch ran",
+                      summary="Predictions for one item or a mixed list of items of any served tasks")
+    for path, endpoint in (("/health", health), ("/tasks", tasks)):  # HEAD as Starlette's GET routes answer it
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/openapi.json", openapi, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
+    return app
+
+
+DESCRIPTION = ("BitFit task patches and peft BEFT adapters over one frozen backbone: rows of different tasks share "
+               "one forward pass. Every error is a one-line JSON {\"error\": ...}; a path that is no route is "
+               "a 404 and a route asked with another method a 405, both listing the routes.")

@@ -301,7 +301,8 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
                  lrs: list[float], train: Encoded, train_probe: Encoded, dev: dict[str, Encoded], cfg, device,
                  pad_id: int, checkpoints: list[Path | None] | None = None,
                  heartbeat: Callable[[], None] = lambda: None,
-                 resume: list[dict | None] | None = None) -> list[SeedResult]:
+                 resume: list[dict | None] | None = None,
+                 on_epoch: Callable[[int, dict], None] = lambda k, row: None) -> list[SeedResult]:
     """Train len(seeds) settings of one bias-family method at once; `inits[k]` holds setting k's initial trained
     values (its seeded head), `lrs[k]` its learning rate. Returns one SeedResult per setting, as `train_seed`.
 
@@ -313,7 +314,8 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
     A setting that diverges (non-finite mean training loss or predictions in an epoch) stops there as in
     `train_seed`; the others train on unchanged. Its rows never mix with theirs (every op is per row or per setting,
     clipping included), and it is parked from then on: its finite chosen state (or its init) back in place, its
-    learning rate and Adam moments zeroed, so the pack carries no NaN.
+    learning rate and Adam moments zeroed, so the pack carries no NaN. `on_epoch(k, row)` gets setting k's record
+    row of each finished epoch (the trackers, train.tracking).
     """
     k = len(seeds)
     checkpoints = checkpoints or [None] * k
@@ -404,6 +406,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
                 diverged[i] = {"epoch": epoch, "reason": reason}
                 continue
             epochs[i].append(row)
+            on_epoch(i, row)
             score = row["dev"][main_split][main_metric]
             if best[i] is None or score > best[i][1]:
                 best[i] = (epoch, score)

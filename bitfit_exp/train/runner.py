@@ -50,6 +50,7 @@ from bitfit_exp.results.records import (
 from bitfit_exp.train.checkpoints import read_checkpoint
 from bitfit_exp.train.claims import Claim
 from bitfit_exp.train.packed import packing_problem, train_packed
+from bitfit_exp.train.tracking.session import start_tracking
 from bitfit_exp.train.trainer import SeedResult, predict, seed_everything, train_seed
 
 METHOD_META = {"name", "default_lr", "lr_grid"}
@@ -215,13 +216,14 @@ def save_record(path: Path, record: dict) -> None:
     (path.parent / CHECKPOINT).unlink(missing_ok=True)
 
 
-def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat=lambda: None) -> dict:
+def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat=lambda: None,
+             on_epoch=lambda row: None) -> dict:
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     model, selection, initial = start_seed(cfg, seed, device)
     checkpoint = file_in(folder, CHECKPOINT) if cfg.train.checkpoint else None
     result = train_seed(model, selection, prepared.train, prepared.train_probe, prepared.dev, cfg, seed, device,
-                        prepared.pad_id, checkpoint, heartbeat)
+                        prepared.pad_id, checkpoint, heartbeat, on_epoch)
     return finish_seed(cfg, seed, prepared, folder, device, model, selection, initial, result, t0, started)
 
 
@@ -350,11 +352,17 @@ def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, he
         model, selection, initials[m] = start_seed(m.cfg, m.seed, torch.device("cpu"))
         inits.append(trained_state(model, selection))
     checkpoints = [file_in(m.path.parent, CHECKPOINT) if cfg.train.checkpoint else None for m in group]
+    tracking = [start_tracking(m.cfg, m.seed, m.path.parent, prepared.fingerprints, len(prepared.train))
+                for m in group]
     try:
         results = train_packed(model, selection, inits, [m.seed for m in group], [m.cfg.optim.lr for m in group],
                                prepared.train, prepared.train_probe, prepared.dev, cfg, device, prepared.pad_id,
-                               checkpoints, heartbeat, list(resume.values()))
-    except torch.OutOfMemoryError:
+                               checkpoints, heartbeat, list(resume.values()), lambda k, row: tracking[k].epoch(row))
+    except BaseException as e:
+        for t in tracking:
+            t.abort()
+        if not isinstance(e, torch.OutOfMemoryError):
+            raise
         raise UserError(f"packed x{len(group)} ({len(group)} x batch {cfg.train.batch_size} rows) does not fit in "
                         f"{device} memory; pack fewer settings (train.pack_lrs=false, fewer seeds per job), "
                         f"train.bf16=true or data.padding=longest; finished epochs are kept in the checkpoints") from None
@@ -365,13 +373,14 @@ def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, he
     packed = {"settings": len(group), "seeds": [m.seed for m in group], "lrs": [m.cfg.optim.lr for m in group],
               "dropout": cfg.train.packed_dropout}
     records = {}
-    for m, result in zip(group, results, strict=True):
+    for m, result, track in zip(group, results, tracking, strict=True):
         model, selection, _ = start_seed(m.cfg, m.seed, device)
         if result.chosen_state is not None:
             load_trained_state(model, selection, result.chosen_state)
         record = finish_seed(m.cfg, m.seed, prepared, m.path.parent, device, model, selection, initials[m], result,
                              t0, started, {"packed": packed})
         save_record(m.path, record)
+        track.finish(record)
         records[m] = record
         report(record)
     return records
@@ -388,8 +397,14 @@ def run_one(m: Member, prepared: Prepared, device) -> dict | None:
     try:
         if not to_train(m):  # another job finished it while we waited
             return read_record(m.path)
-        record = run_seed(m.cfg, m.seed, prepared, m.path.parent, device, claim.beat)
+        tracking = start_tracking(m.cfg, m.seed, m.path.parent, prepared.fingerprints, len(prepared.train))
+        try:
+            record = run_seed(m.cfg, m.seed, prepared, m.path.parent, device, claim.beat, tracking.epoch)
+        except BaseException:
+            tracking.abort()
+            raise
         save_record(m.path, record)
+        tracking.finish(record)
     finally:
         claim.release()
     if record["resumed_after_epoch"]:

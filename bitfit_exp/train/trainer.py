@@ -215,7 +215,8 @@ def resume_single(state: dict, model, selection: Selection, optimizer, schedule,
 
 def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded, dev: dict[str, Encoded],
                cfg, seed: int, device, pad_id: int, checkpoint: Path | None = None,
-               heartbeat: Callable[[], None] = lambda: None) -> SeedResult:
+               heartbeat: Callable[[], None] = lambda: None,
+               on_epoch: Callable[[dict], None] = lambda row: None) -> SeedResult:
     """Train `model` (already on `device`) for cfg.train.epochs; evaluate dev splits and a train probe each epoch.
 
     With `checkpoint`, the state after each epoch is saved there and a run that finds one resumes from it: trained
@@ -224,6 +225,7 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
     Divergence (a non-finite mean training loss, checked once per epoch, or non-finite predictions) stops training
     at that epoch: the result's `diverged` says where and why, and it keeps the finite epochs before it, the chosen
     one being the best (train.select=best) or the last of them; the model is left holding the chosen state.
+    `on_epoch` gets each finished epoch's record row (the trackers, train.tracking).
     """
     trained = freeze(model, selection)
     forward = compiled(model, cfg.train.compile)
@@ -288,6 +290,7 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
             break
         row.update(train_s=t1 - t0, eval_s=t2 - t1)
         epochs.append(row)
+        on_epoch(row)
         score = row["dev"][main_split][main_metric]
         now = trained_state(model, selection) if keep_last or checkpoint is not None else None
         if best is None or score > best[1]:
