@@ -19,6 +19,7 @@ from bitfit_exp.results.selection import collect, peft_selection, select_best_lr
 from bitfit_exp.results.tables import build_table, compare
 from bitfit_exp.serving.engine import AdapterRun, find_patches
 from bitfit_exp.serving.export import export
+from bitfit_exp.serving.peft_export import export_peft
 from bitfit_exp.train.runner import Prepared, parameter_counts, run_job, run_seed, start_seed
 from bitfit_exp.train.trainer import Stopped, predict, train_seed
 
@@ -207,6 +208,10 @@ def test_serving_says_in_one_line_and_export_copies_the_adapter(lora_runs, tmp_p
     assert (out / "adapter_config.json").read_bytes() == (seed / "adapter" / "adapter_config.json").read_bytes()
     source = json.loads((out / "bitfit_patch.json").read_text())
     assert source["method"] == "lora" and source["seed"] == 0 and source["adapter_sha256"]
+    assert "the [peft](https://github.com/huggingface/peft) LORA adapter the run trained" in (out / "README.md").read_text()
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 32  # quick()'s max_length
+    as_peft = export_peft(str(seed), tmp_path / "as_peft")  # --format peft: the same adapter
+    assert (as_peft / "adapter_model.safetensors").read_bytes() == (seed / "adapter" / "adapter_model.safetensors").read_bytes()
 
 
 def test_the_peft_table_cell_is_the_hand_computed_mean_and_std(lora_runs):

@@ -12,6 +12,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from bitfit_exp.model.peft_methods import PEFT_TYPES, is_peft_method
 from bitfit_exp.results.records import DONE, RECORD, CorruptRecord, read_record
 from bitfit_exp.results.rerun import rerun_command
 
@@ -127,10 +128,13 @@ def model_card(record_path: Path, record: dict, fmt: str, base: Base, out_name: 
     params = record.get("params") or {}
     fingerprints = record.get("fingerprints") or {}
     command, note = rerun_command(record)
+    peft_run = is_peft_method(method)  # lora, ia3, beft, peft: the run's own adapter folder (model/peft_methods.py)
+    peft_type = config["method"].get("peft_type") or PEFT_TYPES.get(method)
     data = ModelCardData(
         model_name=f"{setting['model']}-{task}-{method}", base_model=base.name_or_path if base.on_hub else None,
         library_name="peft" if fmt == "peft" else "transformers", pipeline_tag="text-classification",
-        tags=["bitfit", "bias-only-fine-tuning", *(["beft", "peft"] if fmt == "peft" else [])],
+        tags=(["bitfit-exp", method, "peft"] if peft_run else
+              ["bitfit", "bias-only-fine-tuning", *(["beft", "peft"] if fmt == "peft" else [])]),
         datasets=[config["data"]["hub_name"]] if config["task"].get("glue_name") else None,
         metrics=[metric],
         eval_results=[eval_result(record, score)] if score is not None else None)
@@ -138,6 +142,9 @@ def model_card(record_path: Path, record: dict, fmt: str, base: Base, out_name: 
     what = ("a [peft](https://github.com/huggingface/peft) BEFT adapter: the trained bias changes of Linear layers "
             "as BEFT vectors, the trained LayerNorms and the task head as `modules_to_save`" if fmt == "peft" else
             "the whole model with the trained values merged in (loads with plain transformers)")
+    if peft_run:
+        what = (f"the [peft](https://github.com/huggingface/peft) {peft_type} adapter the run trained (peft's "
+                f"`save_pretrained`), the task head in `modules_to_save`")
     trainable = (f"{params['trainable_encoder']:,} encoder parameters ({params['pct_encoder']:.4f}% of its "
                  f"{params['encoder_total']:,}) and the head's {params['head']:,}"
                  if {"trainable_encoder", "pct_encoder", "encoder_total", "head"} <= set(params) else "not recorded")
@@ -148,7 +155,7 @@ def model_card(record_path: Path, record: dict, fmt: str, base: Base, out_name: 
     body = f"""
 # {data.model_name}
 
-BitFit ([Ben Zaken et al., ACL 2022](https://aclanthology.org/2022.acl-short.1)) fine-tuning, method `{method}`, of
+{'Parameter-efficient' if peft_run else 'BitFit ([Ben Zaken et al., ACL 2022](https://aclanthology.org/2022.acl-short.1))'} fine-tuning, method `{method}`, of
 `{base.name_or_path}` on `{task}`, trained with bitfit-exp. This folder is {what}.
 
 | | |

@@ -96,6 +96,7 @@ def copy_adapter(run: AdapterRun, out: Path, hub_id: str | None = None) -> Path:
     try:
         shutil.copytree(run.adapter, out, dirs_exist_ok=True)
         tokenizer = load_tokenizer(run.source["model"])
+        tokenizer.model_max_length = run.source["max_length"]  # truncates as the run did
         tokenizer.init_kwargs["model_input_names"] = list(tokenizer.model_input_names)  # as peft_export: see there
         tokenizer.save_pretrained(out)
         (out / "bitfit_patch.json").write_text(json.dumps({**run.source, "format": "peft"}, indent=1, default=str)
