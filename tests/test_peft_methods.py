@@ -240,3 +240,29 @@ def test_target_modules_the_model_lacks_stop_the_seed_in_one_line_naming_its_lay
     message = str(refused.value)
     assert message.startswith("method=lora: peft cannot apply LoraConfig (target_modules=['nowhere']) to this bert")
     assert "\n" not in message and "its Linear layers: classifier, dense, key, query, value" in message
+
+
+def test_a_beft_run_exported_is_served_as_peft_itself_answers(tmp_path, tiny_bert_dir, glue_dir):
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from bitfit_exp.model.loading import load_model
+    from bitfit_exp.serving.adapters import AdapterOptions, adapter_reader
+    from bitfit_exp.serving.engine import MultiTaskEngine
+
+    runs = tmp_path / "runs"
+    run_job(compose(*quick(tiny_bert_dir, runs, "method=beft", "optim.lr=0.05")))
+    (seed,) = [p.parent for p in runs.glob("**/seed0/record.json")]
+    out = export(str(seed), tmp_path / "beft")
+    (served,) = find_patches([f"rte={out}"], other=adapter_reader(AdapterOptions.parse()))
+    assert (served.text_fields, served.max_length) == (["sentence1", "sentence2"], 32)
+    assert served.label_names == ["entailment", "not_entailment"]
+    items = [{"task": "rte", "text": "A man plays a guitar.", "text_pair": "A man plays music."},
+             {"task": "rte", "text": "It rains in the city today.", "text_pair": "The sun shines."}]
+    answers = MultiTaskEngine([served]).predict(items)
+    loaded = PeftModel.from_pretrained(load_model(str(tiny_bert_dir), 2), out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)  # as the card's snippet loads it
+    for item, answer in zip(items, answers, strict=True):
+        with torch.no_grad():
+            logits = loaded(**tokenizer(item["text"], item["text_pair"], truncation=True, return_tensors="pt")).logits
+        torch.testing.assert_close(torch.tensor(answer["logits"]), logits[0], rtol=1e-5, atol=1e-5)

@@ -197,6 +197,7 @@ def _patch_of(record_path: Path, record: dict, name: str | None) -> TaskPatch:
             "model_fingerprint": meta.get("model_fingerprint"), "setting": setting["hash"],
             "adapter_sha256": (record.get("artifacts") or {}).get(PATCH_DIGEST), "record": str(record_path),
             "max_length": cfg["data"]["max_length"], "labels": list(task.get("label_names") or []),
+            "text_fields": list(task.get("text_fields") or []), "metric": task.get("metric"),
             "peft": (record.get("env") or {}).get("peft")})
     return TaskPatch(
         name=name, task=task["name"], method=cfg["method"]["name"],
