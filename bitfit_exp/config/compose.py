@@ -166,6 +166,11 @@ def check_command_line(argv: list[str]) -> None:
         checked = valid_jobs(*jobs)
     except HydraException as e:
         raise UserError(one_line(str(e))) from None
+    for _, cfg in checked:
+        if cfg.data.get("dir") == "auto":
+            from bitfit_exp.kinds.splits import with_data_dir  # datasets and pyarrow: only when needed
+
+            with_data_dir(cfg.task, cfg.data)  # offline with no local copy: one line before anything is written
     for runs_dir in dict.fromkeys(str(cfg.runs_dir) for _, cfg in checked):
         check_runs_dir(runs_dir)
 
