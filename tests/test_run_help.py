@@ -1,5 +1,5 @@
 """`bitfit-run --help`: what the command does, three example commands that are valid as printed, and the keys a user
-sets (not only Hydra's dump)."""
+sets (not only Hydra's dump); Hydra flags that cannot go together are one line."""
 
 import re
 import shlex
@@ -41,3 +41,10 @@ def test_help_explains_the_keys_users_set_and_lists_the_groups():
     for key in named - {"hydra.launcher.partition"}:  # every key the help names exists: no stale name
         assert OmegaConf.select(cfg, key, default=missing) is not missing, key
     assert "task: cola, mnli, mrpc" in text and "method: biases, bitfit" in text  # Hydra's groups, filled in
+
+
+def test_hydra_modes_that_cannot_be_combined_are_one_line():
+    # `bitfit-run -m ... --cfg job` (to look at a sweep's config) was Hydra's ValueError with a traceback
+    out = subprocess.run([*RUN, "-m", "task=rte,mrpc", "--cfg", "job"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("error: --multirun and --cfg cannot be combined") and "bitfit-plan" in out.stderr

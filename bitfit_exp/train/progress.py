@@ -114,6 +114,7 @@ class TrainProgress:
 
     def epoch(self, items: Iterable, epoch: int) -> Iterable:
         self.epoch_no, self.t = epoch, time.perf_counter()
+        self.every.last = self.t  # the evaluation had lines of its own: no line for an epoch's first step
         if self.mode != BAR:
             return items
         return tqdm(items, total=self.per_epoch, desc=f"{self.name} epoch {epoch}/{self.epochs}", leave=False)
