@@ -82,7 +82,7 @@ def test_packed_training_logs_the_same_lines(tmp_path, tiny_bert_dir, glue_dir, 
     train_packed(model, selection, inits, [0, 1], [1e-3, 1e-2], prepared.train, prepared.train_probe, prepared.dev,
                  cfg, cpu, prepared.pad_id)
     lines = capsys.readouterr().out.splitlines()
-    steps = [int(m.group(1)) for line in lines if (m := re.match(r"packed x2 epoch \d/2 step (\d+)/6 .* ETA seed \S+ "
+    steps = [int(m.group(1)) for line in lines if (m := re.match(r"packed x2 epoch \d/2 step (\d+)/6 .* ETA pack \S+ "
                                                                   r"job \S+$", line))]
     assert steps == [2, 4, 6]  # every 2nd step, counted across epochs
     assert sum(line.startswith(("seed 0 lr=0.001 epoch", "seed 1 lr=0.01 epoch")) for line in lines) == 4

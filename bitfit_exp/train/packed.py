@@ -363,7 +363,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
         seek(schedule, (first - 1) * steps_per_epoch)
         park(params, optimizer, [i for i in range(k) if diverged[i]], kept, inits, device)
     stop_at = first - 1 + cfg.train.stop_after_epochs if cfg.train.stop_after_epochs else None
-    progress = TrainProgress(cfg.train, f"packed x{k}", steps_per_epoch, cfg.train.epochs, first, clock)
+    progress = TrainProgress(cfg.train, f"packed x{k}", steps_per_epoch, cfg.train.epochs, first, clock, "pack")
 
     ran = first - 1
     for epoch in range(first, cfg.train.epochs + 1):

@@ -3,7 +3,7 @@ file (a SLURM job), every `train.log_every_s` seconds and/or every `train.log_ev
 
 `train.progress`: auto (a bar when stderr is a terminal, else lines) | true (bar) | lines | false (neither).
 A training line says the seed's step out of its total, the epoch's running mean loss, the speed, and how long the
-seed and the whole job (every seed and setting this process trains) still need:
+seed (packed training: the pack) and the whole job (every seed and setting this process trains) still need:
 
     seed 0 epoch 1/3 step 150/936 (16%) loss 0.6921 3.42 it/s ETA seed 4m01s job 19m40s
 
@@ -97,8 +97,8 @@ class TrainProgress:
     an epoch's evaluation time to the seed's estimate."""
 
     def __init__(self, train_cfg, name: str, steps_per_epoch: int, epochs: int, first_epoch: int,
-                 clock: JobClock | None = None):
-        self.mode, self.name = mode(train_cfg.progress), name
+                 clock: JobClock | None = None, unit: str = "seed"):
+        self.mode, self.name, self.unit = mode(train_cfg.progress), name, unit  # unit: "seed", or "pack" of settings
         self.per_epoch, self.epochs = steps_per_epoch, epochs
         self.step_no = (first_epoch - 1) * steps_per_epoch
         self.total = epochs * steps_per_epoch
@@ -149,7 +149,7 @@ class TrainProgress:
         rate = self.ran / self.train_s if self.train_s > 0 else 0.0
         job = self.clock.eta()
         text = (f"{self.name} epoch {self.epoch_no}/{self.epochs} step {self.step_no}/{self.total} "
-                f"({100 * self.step_no // self.total}%) loss {loss:.4f} {rate:.2f} it/s ETA seed "
+                f"({100 * self.step_no // self.total}%) loss {loss:.4f} {rate:.2f} it/s ETA {self.unit} "
                 f"{duration(self.seed_eta())}")
         return text + (f" job {duration(max(job, self.seed_eta()))}" if job is not None else "")
 
