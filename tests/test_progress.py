@@ -114,3 +114,21 @@ def test_bad_progress_settings_are_one_line(tmp_path, tiny_bert_dir, override, m
                          timeout=300)
     assert out.returncode == 2 and out.stderr.startswith("error: ") and message in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "hydra").exists()
+
+
+def test_the_job_eta_counts_what_follows_the_steps_at_the_finished_trainings_pace():
+    # At a training's last step its own steps are done, but its evaluation and test predictions are not: a
+    # finished training that took 1 s per step, all in, says this one still needs ~its 10 s, and the next 10 s more.
+    cfg = compose("train.progress=lines", "train.log_every_s=null")
+    clock = JobClock(steps_each=10)
+    clock.plan(3)
+    clock.begin()
+    clock.advance(10)
+    clock.begin()
+    assert clock.per_step() is not None and clock.walls == [clock.per_step()]
+    clock.walls = [1.0]
+    progress = TrainProgress(cfg.train, "seed 1", steps_per_epoch=5, epochs=2, first_epoch=1, clock=clock)
+    for _ in range(10):
+        progress.step([torch.tensor(0.5)])
+    assert progress.seed_eta() < 1  # tiny steps, no evaluation measured yet
+    assert progress.job_eta() == pytest.approx(20, abs=1)
