@@ -33,6 +33,7 @@ def test_piped_run_logs_steps_evaluation_and_predictions(tmp_path, tiny_bert_dir
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     steps = [m.groups() for line in lines if (m := STEP.match(line))]
+    recorded = {json.loads(p.read_text())["seed"]: json.loads(p.read_text()) for p in records(tmp_path)}
     for seed in "01":
         mine = [s for s in steps if s[0] == seed]
         assert [int(s[2]) for s in mine] == list(range(1, 11)) and {s[3] for s in mine} == {"10"}
@@ -41,10 +42,11 @@ def test_piped_run_logs_steps_evaluation_and_predictions(tmp_path, tiny_bert_dir
         assert all(float(s[6]) > 0 for s in mine)
         eta_seed, eta_job = [seconds(s[7]) for s in mine], [seconds(s[8]) for s in mine]
         assert all(j >= s for s, j in zip(eta_seed, eta_job, strict=True))  # the job includes the seed
-        assert eta_seed[-1] <= 2  # tiny model: nothing left but the last evaluation
-    # The job's ETA covers seed 1 while seed 0 trains: its last step of seed 0 still has 10 steps to go.
-    first_job, last_job = seconds(steps[0][8]), seconds(steps[-1][8])
-    assert last_job <= first_job + 1 and last_job <= 2
+        # At the last step no step is left, only the last evaluation, estimated by the first one's time.
+        assert abs(eta_seed[-1] - recorded[int(seed)]["epochs"][0]["eval_s"]) <= 1
+    # While seed 1 trains, the job's ETA shrinks, and at its last step no more than a whole seed is left.
+    job1 = [seconds(s[8]) for s in steps if s[0] == "1"]
+    assert job1[-1] <= job1[0] + 1 and job1[-1] <= recorded[0]["timings"]["total_s"] + 1
     eval_lines = [line for line in lines if re.match(r"seed \d epoch \d eval validation: batch \d/5 \(\d+%\) "
                                                      r"[\d.]+ batch/s ETA \d+s$", line)]
     assert len(eval_lines) == 2 * 2 * 4  # seeds x epochs x batches 1-4 of 5 (the fifth ends with a summary)
