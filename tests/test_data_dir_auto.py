@@ -4,6 +4,7 @@ line naming bitfit-prefetch and data.dir= when it has neither, before anything i
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from conftest import GLUE, REPO, compose, quick
@@ -82,3 +83,12 @@ def test_make_demo_finds_or_takes_the_data(tmp_path):
 
     assert " data.dir=auto " in demo() and "HF_HUB_OFFLINE" not in demo()  # the hub is allowed when nothing is found
     assert f" data.dir={tmp_path} " in demo(f"DATA_DIR={tmp_path}")
+
+
+def test_prefetch_needs_a_folder_not_auto(clone):
+    code = "from bitfit_exp.commands.prefetch import prefetch; prefetch()"
+    out = subprocess.run([sys.executable, "-c", code, "model=minilm", "tasks=[rte]", "data.dir=auto"],
+                         capture_output=True, text=True, env=env(HF_HUB_OFFLINE="1"), timeout=300)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("error: bitfit-prefetch saves into a folder: data.dir=")
+    assert list(clone.iterdir()) == []  # no folder named auto
