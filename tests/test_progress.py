@@ -51,7 +51,8 @@ def test_piped_run_logs_steps_evaluation_and_predictions(tmp_path, tiny_bert_dir
                                                      r"[\d.]+ batch/s ETA \d+s$", line)]
     assert len(eval_lines) == 2 * 2 * 4  # seeds x epochs x batches 1-4 of 5 (the fifth ends with a summary)
     assert sum(bool(re.match(r"seed \d predict test: batch \d/5 ", line)) for line in lines) == 2 * 4
-    epochs = [line for line in lines if re.match(r"seed \d epoch \d/2: loss [\d.]+, validation accuracy [\d.]+ \(", line)]
+    epochs = [line for line in lines
+              if re.match(r"seed \d epoch \d/2: loss [\d.]+, validation accuracy [\d.]+ \(", line)]
     assert len(epochs) == 4
     assert "\r" not in out.stdout + out.stderr  # no bar redrawn into a log file
 

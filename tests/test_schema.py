@@ -20,8 +20,8 @@ from bitfit_exp.core.config_dir import conf_dir
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 TRAIN_KEYS = ("epochs, batch_size, eval_batch_size, grad_clip, select, device, bf16, save_patch, predict_test, "
-              "progress, log_every, log_every_s, deterministic, compile, packed, packed_dropout, pack_lrs, checkpoint, stop_after_epochs, "
-              "claim_timeout_s, threads")
+              "progress, log_every, log_every_s, deterministic, compile, packed, packed_dropout, pack_lrs, "
+              "checkpoint, stop_after_epochs, claim_timeout_s, threads")
 
 
 def bitfit_run(monkeypatch, capsys, *args) -> tuple[int, str, str]:

@@ -401,7 +401,8 @@ def unfilled(written: list[str], found: set[tuple[str, str]], pos_found: bool, r
         models = "/".join(dict.fromkeys(MODELS.get(m, m) for m, _ in table.rows))
         methods = "/".join(dict.fromkeys(METHODS.get(f, f) for _, f in table.rows))
         tasks = "GLUE" if name != "pos" else "POS"
-        sweeps = " and ".join(f"bitfit-run +experiment={e} --multirun" for e in dict.fromkeys(table.experiments.values()))
+        experiments = dict.fromkeys(table.experiments.values())
+        sweeps = " and ".join(f"bitfit-run +experiment={e} --multirun" for e in experiments)
         lines.append(f"{name} not written: no {tasks} records of {models} with {methods} under {runs_dir}; "
                      f"make them with {sweeps}")
     return lines

@@ -393,7 +393,8 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
         mean_loss = torch.stack(losses).float().mean(0).tolist()  # the epoch's one sync
         t1 = time.perf_counter()
         dev_scores = {split: evaluate_settings(model, data, cfg, device, pad_id, k,
-                                               f"packed x{k} epoch {epoch} eval {split}") for split, data in dev.items()}
+                                               f"packed x{k} epoch {epoch} eval {split}")
+                      for split, data in dev.items()}
         train_scores = evaluate_settings(model, train_probe, cfg, device, pad_id, k,
                                          f"packed x{k} epoch {epoch} eval train probe")
         t2 = time.perf_counter()
