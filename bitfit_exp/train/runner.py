@@ -223,7 +223,7 @@ def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat
     model, selection, initial = start_seed(cfg, seed, device)
     checkpoint = file_in(folder, CHECKPOINT) if cfg.train.checkpoint else None
     result = train_seed(model, selection, prepared.train, prepared.train_probe, prepared.dev, cfg, seed, device,
-                        prepared.pad_id, checkpoint, heartbeat, clock)
+                        prepared.pad_id, checkpoint, heartbeat, clock=clock)
     return finish_seed(cfg, seed, prepared, folder, device, model, selection, initial, result, t0, started)
 
 
@@ -335,7 +335,8 @@ def run_packed(members: list[Member], prepared: Prepared, device, clock: JobCloc
             groups[state["epoch"] if state else 0][m] = state
         clock.plan(len(groups))
         for _, group in sorted(groups.items(), reverse=True):
-            records.update(train_pack(group, prepared, device, lambda: [c.beat() for c in claims.values()], clock))
+            records.update(train_pack(group, prepared, device, lambda: [c.beat() for c in claims.values()],
+                                      clock=clock))
         return records
     finally:
         for claim in claims.values():
@@ -357,7 +358,7 @@ def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, he
     try:
         results = train_packed(model, selection, inits, [m.seed for m in group], [m.cfg.optim.lr for m in group],
                                prepared.train, prepared.train_probe, prepared.dev, cfg, device, prepared.pad_id,
-                               checkpoints, heartbeat, list(resume.values()), clock)
+                               checkpoints, heartbeat, list(resume.values()), clock=clock)
     except torch.OutOfMemoryError:
         raise UserError(f"packed x{len(group)} ({len(group)} x batch {cfg.train.batch_size} rows) does not fit in "
                         f"{device} memory; pack fewer settings (train.pack_lrs=false, fewer seeds per job), "
@@ -396,7 +397,7 @@ def run_one(m: Member, prepared: Prepared, device, clock: JobClock | None = None
             if clock is not None:
                 clock.drop()
             return read_record(m.path)
-        record = run_seed(m.cfg, m.seed, prepared, m.path.parent, device, claim.beat, clock)
+        record = run_seed(m.cfg, m.seed, prepared, m.path.parent, device, claim.beat, clock=clock)
         save_record(m.path, record)
     finally:
         claim.release()
