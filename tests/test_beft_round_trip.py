@@ -18,7 +18,7 @@ def test_an_exported_adapter_serves_as_its_patch(family, request, tmp_path, glue
     runs = [perturbed_run(tmp_path / "runs", model_dir, task, method, seed, *extra)
             for seed, (method, task, extra) in enumerate(EXPRESSIBLE)]
     patches = find_patches([str(r) for r in runs])
-    adapters = [export_peft(str(r), tmp_path / f"peft-{p.task}-{p.method}") for r, p in zip(runs, patches)]
+    adapters = [export_peft(str(r), tmp_path / f"peft-{p.task}-{p.method}") for r, p in zip(runs, patches, strict=True)]
     specs = [f"a{k}={a}" for k, a in enumerate(adapters)]
     served = find_patches(specs, other=adapter_reader(AdapterOptions.parse()))
     for patch, adapter in zip(patches, served, strict=True):
