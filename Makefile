@@ -1,7 +1,8 @@
 # bitfit-exp: `make install`, `make test`, `make demo`, `make tables`, `make figures`. Run inside a virtual environment.
 PYTHON ?= python
 TORCH_VERSION ?= 2.13.0
-DATA_DIR ?= ../shared/data/glue
+# auto: a local GLUE copy where one is found (bitfit_exp/core/data_dir.py), else the hub
+DATA_DIR ?= auto
 RUNS_DIR ?= $(or $(BITFIT_RUNS_DIR),$(HOME)/bitfit-runs)
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
@@ -37,9 +38,9 @@ lint:
 	$(PYTHON) -m ruff check bitfit_exp tests scripts
 
 # Real MiniLM weights, BitFit on 1,000 SST-2 sentences, 3 seeds x 2 epochs; ends with the dev accuracy next to the
-# majority class (README: measured time and result).
+# majority class (README: measured time and result). Not forced offline: without a local copy it reads the hub.
 demo:
-	$(OFFLINE) bitfit-run task=sst2 method=bitfit model=minilm data.dir=$(DATA_DIR) seeds=[0,1,2] train.epochs=2 \
+	bitfit-run task=sst2 method=bitfit model=minilm data.dir=$(DATA_DIR) seeds=[0,1,2] train.epochs=2 \
 		data.max_train_samples=1000 data.train_eval_samples=300 data.max_length=64 data.padding=longest optim.lr=1e-3
 
 tables:

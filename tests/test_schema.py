@@ -20,8 +20,8 @@ from bitfit_exp.core.config_dir import conf_dir
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 TRAIN_KEYS = ("epochs, batch_size, eval_batch_size, grad_clip, select, device, bf16, save_patch, predict_test, "
-              "progress, deterministic, compile, packed, packed_dropout, pack_lrs, checkpoint, stop_after_epochs, "
-              "claim_timeout_s, threads, report_to")
+              "progress, log_every, log_every_s, deterministic, compile, packed, packed_dropout, pack_lrs, "
+              "checkpoint, stop_after_epochs, claim_timeout_s, threads, report_to")
 
 
 def bitfit_run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -43,7 +43,7 @@ def written(runs_dir: Path) -> list[Path]:
     ("seeds=5", "seeds=5 is not valid; expected a non-empty list of integers in [0, 4294967295]"),
     ("optim.lr=-1e-3", "optim.lr=-0.001 is not valid; expected a finite number > 0"),
     ("train.batch_size=0", "train.batch_size=0 is not valid; expected an integer >= 1"),
-    ("train.progress=maybe", "train.progress='maybe' is not valid; choose one of auto, true, false"),
+    ("train.progress=maybe", "train.progress='maybe' is not valid; choose one of auto, true, false, lines"),
     ("optim.lr=0", "optim.lr=0 is not valid; expected a finite number > 0"),
     ("data.max_length=2", "data.max_length=2 is not valid; expected an integer in [8, 8192]"),
     ("+train.epoch=3", f"train.epoch=3 is not a config key; did you mean train.epochs? valid keys of train: "

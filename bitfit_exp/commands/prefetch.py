@@ -54,6 +54,9 @@ def prefetch(cfg: DictConfig) -> None:
     from bitfit_exp.model.loading import save_for_offline
 
     try:
+        if cfg.data.dir == "auto":  # auto finds copies; this command makes one, in a folder it must be told
+            raise UserError("bitfit-prefetch saves into a folder: data.dir=~/bitfit-data/glue (the default, which "
+                            "bitfit-run data.dir=auto finds) or data.dir=/path/to/glue")
         root = Path(cfg.data.dir).expanduser()
         names = OmegaConf.to_container(cfg.tasks, resolve=True) if OmegaConf.is_list(cfg.tasks) else cfg.tasks
         tasks = _task_configs(names, cfg.get("task"))

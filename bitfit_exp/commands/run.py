@@ -25,6 +25,21 @@ def _needs_hub(cfg) -> bool:
     return not cfg.data.get("dir") or not Path(model).exists()
 
 
+def _settle_data_dir(cfg) -> None:
+    """data.dir=auto becomes the local copy it finds, or null (the hub, once the hub is known to answer), and says
+    which in one line; the record then names what was read."""
+    from bitfit_exp.core.data_dir import no_copy_problem
+    from bitfit_exp.core.offline import hub_reachable
+    from bitfit_exp.kinds.splits import local_name, with_data_dir
+
+    if cfg.data.get("dir") != "auto":
+        return
+    cfg.data.dir = with_data_dir(cfg.task, cfg.data).dir  # offline with no copy: UserError
+    if cfg.data.dir is None and not cfg.task.get("files") and not hub_reachable():
+        raise UserError(no_copy_problem(cfg.task.name, local_name(cfg.task)))
+    print(f"data.dir=auto: {cfg.data.dir or 'no local copy; the Hugging Face hub'}", flush=True)
+
+
 def run() -> None:
     """`bitfit-run`: check the config of every job, then hand the command line to Hydra."""
     wait_passively()  # first: before anything imports torch; local sweep workers inherit it, and so do SLURM jobs
@@ -47,6 +62,7 @@ def _run_job(cfg: DictConfig) -> float | None:
     try:
         check(cfg)  # again: a config from --config-dir, or a job launched by Hydra alone
         normalize(cfg)  # train.grad_clip=1 is the setting of train.grad_clip=1.0, not a second one
+        _settle_data_dir(cfg)
         if _needs_hub(cfg):
             settle_offline_mode()
         from bitfit_exp.train.gpu_lease import gpu_for_job

@@ -34,6 +34,7 @@ from bitfit_exp.results.tables import (
     table_notes,
     token_cells,
     token_notes,
+    unfilled,
     write_tables,
 )
 
@@ -62,6 +63,8 @@ def main(argv=None) -> int:
         print(f"warning: {w}", file=sys.stderr)
     if df.empty:
         print(f"no done run records under {args.runs_dir}", file=sys.stderr)
+        for line in unfilled([], set(), False, args.runs_dir) if args.table == "all" else ():
+            print(line, file=sys.stderr)
         return 1
     # GLUE and one's own sentence(-pair) tasks; QA and tagging have tables and figures of their own
     glue = df[df["task"].isin(GLUE_TASKS) | ((df["kind"] == "sequence") & ~df["task"].isin(TABLES["pos"].tasks))]
@@ -98,6 +101,8 @@ def main(argv=None) -> int:
             notes = table_notes(cells, selection, epoch, t) + (peft_notes(cells) if name == "peft" else [])
         print(write_tables(name, table, cells, args.out, t.title, notes))
         print(f"wrote {Path(args.out) / name}.md, .tex, .csv\n")
+    for line in unfilled(names, found, "pos" in names, args.runs_dir) if args.table == "all" else ():
+        print(line)
     return 0
 
 if __name__ == "__main__":

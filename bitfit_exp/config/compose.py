@@ -49,6 +49,11 @@ def jobs_to_check(argv: list[str]) -> tuple[list[str], bool] | None:
     A --config-dir becomes a hydra.searchpath override (first on it, as Hydra adds it): composition finds its
     configs as the run will."""
     args, _ = hydra_arguments().parse_known_args(argv)
+    modes = [flag for flag, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
+                                   ("--info", args.info), ("--shell-completion", args.shell_completion)) if on]
+    if len(modes) > 1:  # Hydra raises a ValueError with a traceback
+        raise UserError(f"{' and '.join(modes)} cannot be combined (one of --run, --multirun, --cfg, --info, "
+                        f"--shell-completion); a sweep's jobs: bitfit-plan with the same keys")
     informational = (args.help, args.hydra_help, args.version, args.cfg, args.info, args.shell_completion,
                      args.experimental_rerun, args.config_path, args.config_name)
     if any(informational):
@@ -166,6 +171,11 @@ def check_command_line(argv: list[str]) -> None:
         checked = valid_jobs(*jobs)
     except HydraException as e:
         raise UserError(one_line(str(e))) from None
+    for _, cfg in checked:
+        if cfg.data.get("dir") == "auto":
+            from bitfit_exp.kinds.splits import with_data_dir  # datasets and pyarrow: only when needed
+
+            with_data_dir(cfg.task, cfg.data)  # offline with no local copy: one line before anything is written
     for runs_dir in dict.fromkeys(str(cfg.runs_dir) for _, cfg in checked):
         check_runs_dir(runs_dir)
 

@@ -202,7 +202,9 @@ class Train:
     bf16: bool = key()
     save_patch: Literal["auto", True, False] = key()
     predict_test: bool = key()
-    progress: Literal["auto", True, False] = key()
+    progress: Literal["auto", True, False, "lines"] = key()
+    log_every: int | None = key(at_least=1)  # piped progress: a line every N steps (and batches); null = off
+    log_every_s: float | None = key(at_least=0)  # ... and every N seconds; null = off
     deterministic: bool = key()
     compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = key()
     packed: bool = key()

@@ -35,7 +35,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 
+from bitfit_exp.core.data_dir import AUTO, local_copy, no_copy_problem
 from bitfit_exp.core.errors import UserError
+from bitfit_exp.core.offline import is_offline
 from bitfit_exp.core.paths import child
 from bitfit_exp.data.carve import _carve_hint, _carve_train, carve_dev, dev_split
 from bitfit_exp.data.checks import clean_labels, concat_shards
@@ -57,12 +59,25 @@ def stored_splits(task) -> list[str]:
     return [s for s in needed_splits(task) if not (s == "train" and task.get("title_split"))]
 
 
+def with_data_dir(task, data):
+    """`data` with data.dir=auto replaced by the local copy it finds (core.data_dir), or null (the hub; a task's
+    own `files`: relative to the current directory). Offline without a copy: a UserError naming bitfit-prefetch."""
+    found = None if task.get("files") else local_copy(local_name(task))
+    if found is None and not task.get("files") and is_offline():
+        raise UserError(no_copy_problem(task.name, local_name(task)))
+    data = data.copy()
+    data.dir = None if found is None else str(found)
+    return data
+
+
 def load_splits(task, data, carve: bool = True):
     """Return {split: datasets.Dataset} for train, the dev split(s) and the test split(s) of `task`.
 
     Test splits missing from a local copy are left out (no test predictions then); everything else is an error.
     `carve` False: the splits as stored, nothing carved and nothing required (what `bitfit-prefetch` saves).
     """
+    if data.get("dir") == AUTO:
+        data = with_data_dir(task, data)
     optional = {dev_split(task)} if data.get("dev_fraction") is not None or not carve else set()
     if task.get("files"):
         splits = load_files(task, data, optional)

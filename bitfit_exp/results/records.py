@@ -49,7 +49,8 @@ DONE = ("finished", "diverged")  # a seed in either state is not trained again
 NON_RESULT_KEYS = {
     "data": {"dir", "hub_name", "dev_fraction", "dev_seed"},
     "train": {"device", "progress", "predict_test", "save_patch", "eval_batch_size", "checkpoint", "stop_after_epochs",
-              "packed", "packed_dropout", "pack_lrs", "compile", "claim_timeout_s", "threads", "report_to"},
+              "packed", "packed_dropout", "pack_lrs", "compile", "claim_timeout_s", "threads", "report_to",
+              "log_every", "log_every_s"},
     "method": {"lr_grid", "default_lr"},
     "model": {"name", "name_or_path"},
     "task": {"train_size", "files"},

@@ -36,6 +36,7 @@ import pandas as pd
 
 from bitfit_exp.results.labels import HEADERS, METHODS, MODELS, row_label
 from bitfit_exp.results.selection import (
+    TABLES,
     Selection,
     TableDef,
 )
@@ -401,3 +402,24 @@ def write_tables(name: str, table: pd.DataFrame, cells: pd.DataFrame, out_dir="r
     scores = ["mean", "std", "paper_mean", "paper_std", "delta"]
     cells[CSV_COLUMNS].round(dict.fromkeys(scores, 4)).to_csv(out / f"{name}.csv", index=False)
     return markdown
+
+
+def unfilled(written: list[str], found: set[tuple[str, str]], pos_found: bool, runs_dir) -> list[str]:
+    """One line per paper table that `bitfit-tables --table all` could not fill: which records it lacks and the
+    sweep that makes them.
+
+    >>> unfilled(["table2", "table3"], {("bert_base", "bitfit")}, False, "~/runs")[0]  # doctest: +ELLIPSIS
+    'table1 not written: no GLUE records of BERT-large with Full-FT/BitFit under ~/runs; make them with bitfit-run ...'
+    """
+    lines = []
+    for name, table in TABLES.items():
+        if name in written or (name == "pos" and pos_found) or (name != "pos" and set(table.rows) & found):
+            continue
+        models = "/".join(dict.fromkeys(MODELS.get(m, m) for m, _ in table.rows))
+        methods = "/".join(dict.fromkeys(METHODS.get(f, f) for _, f in table.rows))
+        tasks = "GLUE" if name != "pos" else "POS"
+        experiments = dict.fromkeys(table.experiments.values())
+        sweeps = " and ".join(f"bitfit-run +experiment={e} --multirun" for e in experiments)
+        lines.append(f"{name} not written: no {tasks} records of {models} with {methods} under {runs_dir}; "
+                     f"make them with {sweeps}")
+    return lines

@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -40,6 +39,7 @@ from bitfit_exp.model.loading import new_parameters
 from bitfit_exp.model.methods import Selection
 from bitfit_exp.train.checkpoints import checkpoint_problem, save_checkpoints, set_aside_checkpoint
 from bitfit_exp.train.optim import AdamWHF2021, optimizer_class
+from bitfit_exp.train.progress import JobClock, TrainProgress
 from bitfit_exp.train.trainer import (
     SeedResult,
     Stopped,
@@ -302,7 +302,8 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
                  pad_id: int, checkpoints: list[Path | None] | None = None,
                  heartbeat: Callable[[], None] = lambda: None,
                  resume: list[dict | None] | None = None,
-                 on_epoch: Callable[[int, dict], None] = lambda k, row: None) -> list[SeedResult]:
+                 on_epoch: Callable[[int, dict], None] = lambda k, row: None,
+                 clock: JobClock | None = None) -> list[SeedResult]:
     """Train len(seeds) settings of one bias-family method at once; `inits[k]` holds setting k's initial trained
     values (its seeded head), `lrs[k]` its learning rate. Returns one SeedResult per setting, as `train_seed`.
 
@@ -334,7 +335,6 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
     schedule = lr_schedule(optimizer, steps_per_epoch, cfg)
     order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
     main_split, main_metric = next(iter(cfg.task.eval_splits)), cfg.task.metric
-    show = {"auto": None, True: False, False: True}[cfg.train.progress]
     kind = kind_of(cfg.task)
     pad = padding(cfg.data)
     keep_last = cfg.train.select != "best"
@@ -366,6 +366,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
         seek(schedule, (first - 1) * steps_per_epoch)
         park(params, optimizer, [i for i in range(k) if diverged[i]], kept, inits, device)
     stop_at = first - 1 + cfg.train.stop_after_epochs if cfg.train.stop_after_epochs else None
+    progress = TrainProgress(cfg.train, f"packed x{k}", steps_per_epoch, cfg.train.epochs, first, clock, "pack")
 
     ran = first - 1
     for epoch in range(first, cfg.train.epochs + 1):
@@ -376,8 +377,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
         model.train()
         t0, losses = time.perf_counter(), []
         orders = [torch.randperm(n, generator=g).tolist() for g in order_rngs]
-        for start in tqdm(range(0, n, bsz), desc=f"packed x{k} epoch {epoch}/{cfg.train.epochs}", leave=False,
-                          disable=show):
+        for start in progress.epoch(range(0, n, bsz), epoch):
             rows = [i for order in orders for i in order[start:start + bsz]]  # setting k: rows [k*B, (k+1)*B)
             inputs = gather(train, rows, pad_id, **pad)
             targets = kind.batch_labels(train, torch.as_tensor(rows, dtype=torch.long), inputs["input_ids"].shape[1])
@@ -391,12 +391,17 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(per_setting)
+            progress.step(losses)
             heartbeat()
         mean_loss = torch.stack(losses).float().mean(0).tolist()  # the epoch's one sync
         t1 = time.perf_counter()
-        dev_scores = {split: evaluate_settings(model, data, cfg, device, pad_id, k) for split, data in dev.items()}
-        train_scores = evaluate_settings(model, train_probe, cfg, device, pad_id, k)
+        dev_scores = {split: evaluate_settings(model, data, cfg, device, pad_id, k,
+                                               f"packed x{k} epoch {epoch} eval {split}")
+                      for split, data in dev.items()}
+        train_scores = evaluate_settings(model, train_probe, cfg, device, pad_id, k,
+                                         f"packed x{k} epoch {epoch} eval train probe")
         t2 = time.perf_counter()
+        progress.evaluated(t2 - t1)
         for i in live:
             train_s[i], eval_s[i] = train_s[i] + t1 - t0, eval_s[i] + t2 - t1
             row = {"epoch": epoch, "train_loss": mean_loss[i],
@@ -408,6 +413,7 @@ def train_packed(model, selection: Selection, inits: list[dict[str, torch.Tensor
             epochs[i].append(row)
             on_epoch(i, row)
             score = row["dev"][main_split][main_metric]
+            progress.epoch_done(f"seed {seeds[i]} lr={lrs[i]:g}", row, main_split, main_metric)
             if best[i] is None or score > best[i][1]:
                 best[i] = (epoch, score)
                 if not keep_last:

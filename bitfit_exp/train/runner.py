@@ -50,6 +50,7 @@ from bitfit_exp.results.records import (
 from bitfit_exp.train.checkpoints import read_checkpoint
 from bitfit_exp.train.claims import Claim
 from bitfit_exp.train.packed import packing_problem, train_packed
+from bitfit_exp.train.progress import JobClock
 from bitfit_exp.train.tracking.session import start_tracking
 from bitfit_exp.train.trainer import SeedResult, predict, seed_everything, train_seed
 
@@ -130,14 +131,15 @@ def parameter_counts(model, selection) -> dict:
     }
 
 
-def write_test_predictions(folder: Path, model, prepared: Prepared, cfg, device) -> list[str]:
+def write_test_predictions(folder: Path, model, prepared: Prepared, cfg, device, seed: int) -> list[str]:
     """The test predictions of each test split in the file its benchmark wants (the task kind's `write_test`),
     named by the task's test_splits (GLUE: the server's <TASK>.tsv)."""
     written = []
     for split, data in prepared.test.items():
         name = cfg.task.test_splits[split]
         path = file_in(folder, name)  # refused before predicting
-        prepared.kind.write_test(predict(model, data, cfg, device, prepared.pad_id), data, cfg.task, path)
+        predictions = predict(model, data, cfg, device, prepared.pad_id, desc=f"seed {seed} predict {split}")
+        prepared.kind.write_test(predictions, data, cfg.task, path)
         written.append(name)
     return written
 
@@ -178,7 +180,7 @@ def finish_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, model,
              "setting": setting["hash"]})
         artifacts["patch"] = name  # our patch.safetensors, or a peft method's adapter/adapter_model.safetensors
     if result.chosen_state is not None and cfg.train.predict_test and prepared.test:
-        artifacts["test_predictions"] = write_test_predictions(folder, model, prepared, cfg, device)
+        artifacts["test_predictions"] = write_test_predictions(folder, model, prepared, cfg, device, seed)
     by_epoch = {row["epoch"]: row for row in result.epochs}
     record = {
         "status": "diverged" if diverged else "finished",
@@ -217,13 +219,13 @@ def save_record(path: Path, record: dict) -> None:
 
 
 def run_seed(cfg, seed: int, prepared: Prepared, folder: Path, device, heartbeat=lambda: None,
-             on_epoch=lambda row: None) -> dict:
+             on_epoch=lambda row: None, clock: JobClock | None = None) -> dict:
     started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     model, selection, initial = start_seed(cfg, seed, device)
     checkpoint = file_in(folder, CHECKPOINT) if cfg.train.checkpoint else None
     result = train_seed(model, selection, prepared.train, prepared.train_probe, prepared.dev, cfg, seed, device,
-                        prepared.pad_id, checkpoint, heartbeat, on_epoch)
+                        prepared.pad_id, checkpoint, heartbeat, on_epoch, clock=clock)
     return finish_seed(cfg, seed, prepared, folder, device, model, selection, initial, result, t0, started)
 
 
@@ -312,7 +314,7 @@ def to_train(m: Member) -> bool:
     return not done(m.path) or (m.replaces is not None and _stamp(m.path) == m.replaces)
 
 
-def run_packed(members: list[Member], prepared: Prepared, device) -> dict[Member, dict]:
+def run_packed(members: list[Member], prepared: Prepared, device, clock: JobClock) -> dict[Member, dict]:
     """Train the claimable `members` (seeds x learning rates of one bias-family setting) in packs over one frozen
     backbone; write and return their records. Members whose checkpoints stand at different epochs go in different
     packs, so each resumes where it stopped."""
@@ -333,15 +335,18 @@ def run_packed(members: list[Member], prepared: Prepared, device) -> dict[Member
         for m in claims:
             state = read_checkpoint(m.path.parent / CHECKPOINT, "packed") if m.cfg.train.checkpoint else None
             groups[state["epoch"] if state else 0][m] = state
+        clock.plan(len(groups))
         for _, group in sorted(groups.items(), reverse=True):
-            records.update(train_pack(group, prepared, device, lambda: [c.beat() for c in claims.values()]))
+            records.update(train_pack(group, prepared, device, lambda: [c.beat() for c in claims.values()],
+                                      clock=clock))
         return records
     finally:
         for claim in claims.values():
             claim.release()
 
 
-def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, heartbeat) -> dict[Member, dict]:
+def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, heartbeat,
+               clock: JobClock | None = None) -> dict[Member, dict]:
     """One packed training of the claimed members in `resume` (all at the same checkpoint epoch; their checkpoints as
     values), then one record per member."""
     group = list(resume)
@@ -357,7 +362,8 @@ def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, he
     try:
         results = train_packed(model, selection, inits, [m.seed for m in group], [m.cfg.optim.lr for m in group],
                                prepared.train, prepared.train_probe, prepared.dev, cfg, device, prepared.pad_id,
-                               checkpoints, heartbeat, list(resume.values()), lambda k, row: tracking[k].epoch(row))
+                               checkpoints, heartbeat, list(resume.values()), lambda k, row: tracking[k].epoch(row),
+                               clock=clock)
     except BaseException as e:
         for t in tracking:
             t.abort()
@@ -386,20 +392,25 @@ def train_pack(resume: dict[Member, dict | None], prepared: Prepared, device, he
     return records
 
 
-def run_one(m: Member, prepared: Prepared, device) -> dict | None:
-    """Train one seed alone under its claim; None when another job holds it."""
+def run_one(m: Member, prepared: Prepared, device, clock: JobClock | None = None) -> dict | None:
+    """Train one seed alone under its claim; None when another job holds it. `clock` has this training planned."""
     claim = Claim(m.path.parent, m.cfg.train.claim_timeout_s)
     holder = claim.acquire()
     if holder is not None:
+        if clock is not None:
+            clock.drop()
         log(f"seed {m.seed}: being trained by another job ({holder.get('host')}, pid {holder.get('pid')}, "
             f"SLURM job {holder.get('slurm_job_id')}); skipped")
         return None
     try:
         if not to_train(m):  # another job finished it while we waited
+            if clock is not None:
+                clock.drop()
             return read_record(m.path)
         tracking = start_tracking(m.cfg, m.seed, m.path.parent, prepared.fingerprints, len(prepared.train))
         try:
-            record = run_seed(m.cfg, m.seed, prepared, m.path.parent, device, claim.beat, tracking.epoch)
+            record = run_seed(m.cfg, m.seed, prepared, m.path.parent, device, claim.beat, tracking.epoch,
+                              clock=clock)
         except BaseException:
             tracking.abort()
             raise
@@ -464,18 +475,20 @@ def run_job(cfg) -> list[list[dict]]:
         log(f"{describe(key)}: {len(members)} seeds, {len(members) - left} already finished -> {root / key['dir']}")
     todo = [m for _, _, members in settings for m in members if to_train(m)]
     records = {}
+    clock = JobClock(-(-len(prepared.train) // cfg.train.batch_size) * cfg.train.epochs if todo else 0)
     if cfg.train.packed and todo:  # even a lone setting: its dropout stream must not depend on being alone
         problem = packing_problem_of(cfg, todo[0].seed)
         if problem is None:
-            records.update(run_packed(todo, prepared, device))
+            records.update(run_packed(todo, prepared, device, clock))
         else:
             log(f"note: {problem}; training one seed at a time")
+    clock.plan(sum(m not in records for m in todo))
     out = []
     for _, key, members in settings:
         for m in members:
             if m in records:
                 continue
-            record = run_one(m, prepared, device) if m in todo else read_record(m.path)
+            record = run_one(m, prepared, device, clock) if m in todo else read_record(m.path)
             if record is not None:
                 records[m] = record
         mine = [records[m] for m in members if m in records]

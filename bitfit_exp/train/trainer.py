@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from bitfit_exp.data.batches import Encoded, batches, padding
 from bitfit_exp.kinds import all_finite, kind_of, model_logits, rows_of
@@ -29,6 +28,7 @@ from bitfit_exp.train.checkpoints import (
     set_rng_states,
 )
 from bitfit_exp.train.optim import optimizer_class
+from bitfit_exp.train.progress import JobClock, TrainProgress, batches_progress
 
 
 def seed_everything(seed: int) -> None:
@@ -97,14 +97,18 @@ class Masks:
                     p.sub_(p * m * (lr * weight_decay))
 
 
-def forward_all(model: nn.Module, data: Encoded, cfg, device, pad_id: int, k: int = 1) -> tuple[list, list[bool]]:
+def forward_all(model: nn.Module, data: Encoded, cfg, device, pad_id: int, k: int = 1,
+                desc: str | None = None) -> tuple[list, list[bool]]:
     """Run every row of `data` through `model` in eval mode: per setting of a packed model of `k` settings (each
     scores every row), its logits batches (`model_logits` of each batch, float, on the CPU) and whether they were
-    all finite."""
+    all finite. With `desc`, its progress is shown as train.progress says (train.progress)."""
     model.eval()
     out, finite = [[] for _ in range(k)], []
+    todo = batches(data, range(len(data)), cfg.train.eval_batch_size, pad_id, **padding(cfg.data))
+    if desc is not None:
+        todo = batches_progress(todo, -(-len(data) // cfg.train.eval_batch_size), desc, cfg.train)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
-        for batch in batches(data, range(len(data)), cfg.train.eval_batch_size, pad_id, **padding(cfg.data)):
+        for batch in todo:
             inputs = {key: v.to(device).repeat(k, 1) for key, v in batch.items()}
             logits = _float(model_logits(model(**inputs)))
             for i in range(k):
@@ -122,25 +126,26 @@ def _cpu(logits):
     return tuple(t.cpu() for t in logits) if isinstance(logits, tuple) else logits.cpu()
 
 
-def predict(model: nn.Module, data: Encoded, cfg, device, pad_id: int, k: int = 1):
+def predict(model: nn.Module, data: Encoded, cfg, device, pad_id: int, k: int = 1, desc: str | None = None):
     """The task kind's predictions for every example of `data` (GLUE: class ids, or scores for regression). A
     packed model of `k` settings scores every example once per setting and gets a list of k predictions back."""
     kind = kind_of(cfg.task)
-    logits, _ = forward_all(model, data, cfg, device, pad_id, k)
+    logits, _ = forward_all(model, data, cfg, device, pad_id, k, desc)
     predictions = [kind.decode(setting, data) for setting in logits]
     return predictions[0] if k == 1 else predictions
 
 
-def evaluate(model, data: Encoded, cfg, device, pad_id) -> dict[str, float]:
+def evaluate(model, data: Encoded, cfg, device, pad_id, desc: str | None = None) -> dict[str, float]:
     """The task's metrics on `data` (NaN on every metric when the logits are not all finite)."""
-    return evaluate_settings(model, data, cfg, device, pad_id, 1)[0]
+    return evaluate_settings(model, data, cfg, device, pad_id, 1, desc)[0]
 
 
-def evaluate_settings(model, data: Encoded, cfg, device, pad_id, k: int) -> list[dict[str, float]]:
+def evaluate_settings(model, data: Encoded, cfg, device, pad_id, k: int,
+                      desc: str | None = None) -> list[dict[str, float]]:
     """Each of the `k` settings' metrics on `data` (a packed model scores every example once per setting). A
     setting whose logits are not all finite (a diverged model) scores NaN on every metric, without decoding."""
     kind, metrics = kind_of(cfg.task), list(cfg.task.metrics)
-    logits, finite = forward_all(model, data, cfg, device, pad_id, k)
+    logits, finite = forward_all(model, data, cfg, device, pad_id, k, desc)
     return [kind.score(kind.decode(setting, data), data, metrics) if ok else dict.fromkeys(metrics, float("nan"))
             for setting, ok in zip(logits, finite, strict=True)]
 
@@ -216,8 +221,9 @@ def resume_single(state: dict, model, selection: Selection, optimizer, schedule,
 def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded, dev: dict[str, Encoded],
                cfg, seed: int, device, pad_id: int, checkpoint: Path | None = None,
                heartbeat: Callable[[], None] = lambda: None,
-               on_epoch: Callable[[dict], None] = lambda row: None) -> SeedResult:
+               on_epoch: Callable[[dict], None] = lambda row: None, clock: JobClock | None = None) -> SeedResult:
     """Train `model` (already on `device`) for cfg.train.epochs; evaluate dev splits and a train probe each epoch.
+    Progress (train.progress) is a bar or log lines whose job ETA comes from `clock` (the runner's, for all seeds).
 
     With `checkpoint`, the state after each epoch is saved there and a run that finds one resumes from it: trained
     parameters, optimizer and schedule, RNG states and data order, so the result equals an uninterrupted run.
@@ -236,7 +242,6 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
     schedule = lr_schedule(optimizer, steps_per_epoch, cfg)
     order_rng = torch.Generator().manual_seed(seed)
     main_split, main_metric = next(iter(cfg.task.eval_splits)), cfg.task.metric
-    show = {"auto": None, True: False, False: True}[cfg.train.progress]
     keep_last = cfg.train.select != "best"
 
     # kept: the state of the epoch train.select would choose so far (the best, or the last finite one)
@@ -250,15 +255,14 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
                                                 state["epoch"] + 1)
         kept = state["trained"] if keep_last else state["best_state"]
     stop_at = first - 1 + cfg.train.stop_after_epochs if cfg.train.stop_after_epochs else None
+    progress = TrainProgress(cfg.train, f"seed {seed}", steps_per_epoch, cfg.train.epochs, first, clock)
 
     for epoch in range(first, cfg.train.epochs + 1):
         model.train()
         t0, losses = time.perf_counter(), []
         order = torch.randperm(len(train), generator=order_rng).tolist()
-        bar = tqdm(batches(train, order, cfg.train.batch_size, pad_id, labels, **padding(cfg.data)),
-                   total=steps_per_epoch, desc=f"seed {seed} epoch {epoch}/{cfg.train.epochs}", leave=False,
-                   disable=show)
-        for batch in bar:
+        for batch in progress.epoch(batches(train, order, cfg.train.batch_size, pad_id, labels, **padding(cfg.data)),
+                                    epoch):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
                 loss = forward(**{k: v.to(device) for k, v in batch.items()}).loss
             loss.backward()
@@ -270,6 +274,7 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
+            progress.step(losses)
             heartbeat()
         train_loss = float(torch.stack(losses).float().mean())  # the epoch's one sync
         t1 = time.perf_counter()
@@ -280,10 +285,12 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "dev": {split: evaluate(model, data, cfg, device, pad_id) for split, data in dev.items()},
-            "train": evaluate(model, train_probe, cfg, device, pad_id),
+            "dev": {split: evaluate(model, data, cfg, device, pad_id, f"seed {seed} epoch {epoch} eval {split}")
+                    for split, data in dev.items()},
+            "train": evaluate(model, train_probe, cfg, device, pad_id, f"seed {seed} epoch {epoch} eval train probe"),
         }
         t2 = time.perf_counter()
+        progress.evaluated(t2 - t1)
         eval_s += t2 - t1
         if reason := non_finite(train_loss, {**row["dev"], "train probe": row["train"]}):
             diverged = {"epoch": epoch, "reason": reason}
@@ -292,6 +299,7 @@ def train_seed(model, selection: Selection, train: Encoded, train_probe: Encoded
         epochs.append(row)
         on_epoch(row)
         score = row["dev"][main_split][main_metric]
+        progress.epoch_done(f"seed {seed}", row, main_split, main_metric)
         now = trained_state(model, selection) if keep_last or checkpoint is not None else None
         if best is None or score > best[1]:
             best = (epoch, score)
