@@ -40,7 +40,7 @@ def test_help_explains_the_keys_users_set_and_lists_the_groups():
     cfg, missing = compose(), object()
     for key in named - {"hydra.launcher.partition"}:  # every key the help names exists: no stale name
         assert OmegaConf.select(cfg, key, default=missing) is not missing, key
-    assert "task: cola, mnli, mrpc" in text and "method: biases, bitfit" in text  # Hydra's groups, filled in
+    assert "task: cola, mnli, mrpc" in text and "method: beft, biases, bitfit" in text  # Hydra's groups, filled in
 
 
 def test_hydra_modes_that_cannot_be_combined_are_one_line():
