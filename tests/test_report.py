@@ -3,6 +3,7 @@ bitfit-tables' own cells, per-setting plots, the paper's figures, what was left 
 escaped; bad input refused in one line before anything is written."""
 
 import contextlib
+import csv
 import io
 import re
 
@@ -19,17 +20,20 @@ def _scores(base: float, lr_index: int, n_seeds: int) -> list[float]:
     return [base + 1.5 * lr_index - abs(lr_index - 2) * 2.0 + (seed - 1) * 0.8 for seed in range(n_seeds)]
 
 
-def write_example_runs(root, n_seeds: int = 3) -> None:
+def write_example_runs(root, n_seeds: int = 5) -> None:
     """A small, realistic runs dir: Table 3's protocol for BERT-base Full-FT and BitFit on four tasks over the
-    sweep's 4 lrs (one diverged seed, one cell whose best epoch is the last), a MiniLM CPU run of one's own
-    protocol, MiniLM data-size runs (seeded subsets of 100, 300, 1000 examples), a hand-edited (corrupt) record,
-    and strings with HTML in a task name and in a record's environment."""
-    base = {"rte": 70.0, "sst2": 91.0, "mrpc": 86.0, "cola": 56.0}
+    sweep's 4 lrs and `n_seeds` seeds (BitFit QNLI: 3 seeds; one diverged seed; MRPC's best epoch is the last), a
+    MiniLM CPU run of one's own protocol, MiniLM data-size runs (seeded subsets of 100, 300, 1000 examples), a
+    hand-edited (corrupt) record, and strings with HTML in a task name and in a record's environment."""
+    base = {"qnli": 89.5, "rte": 70.0, "sst2": 91.0, "mrpc": 86.0, "cola": 56.0}
     for method, shift in (("bitfit", 0.0), ("full", 1.0)):
         for task, score in base.items():
+            if task == "qnli" and method == "full":
+                continue
             for i in range(4):
                 config = run_config("bert_base", task, method, None, "+experiment=table3", f"lr_index={i}")
-                for seed, value in enumerate(_scores(score + shift, i, n_seeds)):
+                seeds = 3 if task == "qnli" else n_seeds
+                for seed, value in enumerate(_scores(score + shift, i, seeds)):
                     diverged = method == "full" and task == "cola" and i == 3 and seed == 0
                     record = make_record("bert_base", task, method, None, seed, value, config=config,
                                          status="diverged" if diverged else "finished",
@@ -76,7 +80,7 @@ def test_the_page_is_self_contained(report):
     assert not re.search(r"https?://", html)  # no resource from anywhere: it opens from disk, offline
     assert "<script" not in html and "<link" not in html and "@import" not in html
     assert html.count("data:image/png;base64,") >= 2  # the gap and data-size figures, inlined
-    assert html.count("<svg") >= 2 * 9  # two plots per setting card (9 settings of the tables)
+    assert html.count("<svg") == 2 * 17  # two plots per setting card: 9 paper-table cells, 8 more rows of ours
 
 
 def test_record_strings_are_escaped(report):
@@ -96,20 +100,34 @@ def test_tables_hold_bitfit_tables_cells(report):
                 if text and text not in ("ours", "paper", "Δ"):
                     assert f">{text}<" in html.replace("&lt;", "<").replace("&gt;", ">").replace("&#x27;", "'"), \
                         (name, text)
-    assert 'class="ok"' in html and 'class="bad"' in html and 'class="marked"' in html
+    assert 'class="ok"' in html and 'class="bad"' in html
+    # BitFit QNLI stands on 3 of 5 seeds: marked as in the Markdown, and coloured so
+    assert re.search(r'<td class="marked" data-column="qnli"><a href="#s-[0-9a-f]{8}">[0-9.]+±[0-9.]+ \(3/5 seeds\)</a>',
+                     html)
+    # the summary above each table counts its CSV's cells (Avg aside)
+    for name, title in (("table3", "Table 3: BERT-base, subsets of parameters, GLUE dev"),
+                        ("table2", "Table 2: BERT-base, BERT-large, RoBERTa-base, GLUE dev")):
+        rows = [r for r in csv.DictReader(open(tables / f"{name}.csv", encoding="utf-8")) if r["column"] != "avg"]
+        ours = sum(r["n_seeds"] != "" for r in rows)
+        ok, bad = sum(r["within"] == "True" for r in rows), sum(r["within"] == "False" for r in rows)
+        assert ours == 9 and ok + bad == 9 and ok and bad  # every cell with records has a paper cell to compare
+        assert (f'{title}</h3><p class="summary">{ours} cells with records; {ok} within noise of the paper (✓), '
+                f'{bad} outside (✗); {len(rows) - ours} without records.') in html
 
 
 def test_what_was_left_out_and_provenance(report):
     _, _, _, html, err = report
     assert "content does not match its digest" in html and "content does not match its digest" in err
-    assert "NVIDIA A100-SXM4-80GB (cuda:0)" in html and "96 records" in html  # 2 methods x 4 tasks x 4 lrs x 3 seeds
-    assert "GPU 16.00 h" in html  # 96 records x 600 s
+    # 2 methods x 4 tasks x 4 lrs x 5 seeds, and BitFit QNLI's 4 lrs x 3 seeds
+    assert "NVIDIA A100-SXM4-80GB (cuda:0)" in html and "172 records" in html
+    assert "GPU 28.67 h" in html  # 172 records x 600 s
     assert "0123abcd" * 5 in html
     assert "bitfit-run +experiment=table3 --multirun" in html
     # BERT-base's cells are Table 2's and Table 3's (the same protocol): the card names the first table's sweep
     assert "bitfit-run +experiment=table2 model=bert_base task=rte method=bitfit --multirun" in html
     assert "bitfit-run model=minilm task=rte method=bitfit optim.lr=0.001 &#x27;seeds=[0,1,2]&#x27; " \
            "train.batch_size=16" in html
+    assert "bitfit-run +experiment=table2_roberta" not in html  # no records of that sweep: not a command to rerun
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):

@@ -15,6 +15,7 @@ from test_report import write_example_runs
 
 from bitfit_exp.commands.report import main as report_main
 from bitfit_exp.commands.tables import main as tables_main
+from bitfit_exp.results.tables import fmt_param
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -85,8 +86,8 @@ def expected_texts(row: dict, source: str) -> tuple[str, ...]:
 def page_cells(driver) -> dict:
     """(table, model, method, variant, source, column) -> text of every data cell of the page's tables."""
     rows = driver.execute_script("""
-        return [...document.querySelectorAll('h3[id^="t-"] + table tbody tr')].map(tr => [
-          tr.closest('table').previousElementSibling.id.slice(2), tr.dataset.model, tr.dataset.method,
+        return [...document.querySelectorAll('[data-table] table tbody tr')].map(tr => [
+          tr.closest('[data-table]').dataset.table, tr.dataset.model, tr.dataset.method,
           tr.dataset.variant, tr.dataset.source,
           [...tr.querySelectorAll('td')].map(td => [td.dataset.column, td.textContent])]);""")
     return {(t, m, f, v, s, column): text for t, m, f, v, s, cells in rows for column, text in cells}
@@ -104,10 +105,11 @@ def test_the_page_in_a_real_browser(browser, tmp_path):
     images = browser.execute_script("return [...document.images].map(i => [i.alt, i.complete, i.naturalWidth])")
     assert len(images) >= 2 and all(done and width > 0 for _, done, width in images), images
     svgs = browser.execute_script("return [...document.querySelectorAll('svg')].map(s => s.getBBox().width)")
-    assert len(svgs) >= 18 and all(w > 0 for w in svgs)
+    assert len(svgs) == 2 * 17 and all(w > 0 for w in svgs)
     assert browser.execute_script("return document.querySelectorAll('script').length") == 0
 
     cells = page_cells(browser)
+    assert {key[0] for key in cells} == {"table2", "table3", "ours"}
     checked = 0
     for path in sorted(tables.glob("*.csv")):
         for row in csv.DictReader(open(path, encoding="utf-8")):
@@ -123,7 +125,13 @@ def test_the_page_in_a_real_browser(browser, tmp_path):
                 if source == "ours" and n_diverged and row["column"] != "avg" and row["mean"] != "":
                     assert f"{n_diverged}/{row['n_seeds']} diverged" in text
                 checked += 1
-    assert checked >= 3 * 9 * 6  # Tables 2 and 3, ours: every cell of the CSVs was found and matched
+                if row["column"] == "avg":  # the row's %Param: the mean share of its cells, or the paper's
+                    pct = {"ours": row["pct_encoder"], "paper": row["paper_pct"]}.get(source)
+                    expected = "" if pct is None else fmt_param(float(pct) if pct else math.nan)
+                    assert cells[(*key, source, "%Param")] == expected, (key, source)
+                    checked += 1
+    # every data cell of the page was matched with its CSV row (the labels Model, Method, Source aside)
+    assert checked == sum(key[-1] not in ("Model", "Method", "Source") for key in cells) > 400
 
     shot = tmp_path / "first-screen.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000

@@ -356,7 +356,7 @@ def _build_report(runs_dir, out, epoch, expected_seeds, max_settings) -> Report:
                  for r in t.selection.best.itertuples(index=False) if r.protocol_id in anchors}
         details = f"<details><summary>notes: chosen lrs, seeds, left out</summary>{notes_html(t.notes[1:])}</details>"
         sections.append(f'<h3 id="t-{esc(t.name)}">{esc(t.table.title)}</h3><p class="summary">'
-                        f'{esc(table_summary(t))}</p><div class="scroll">{table_html(t.frame, row_keys(t), links)}'
+                        f'{esc(table_summary(t))}</p><div class="scroll" data-table="{esc(t.name)}">{table_html(t.frame, row_keys(t), links)}'
                         f'</div>{notes_html(t.notes[:1])}{details}')
     cards = "".join(_attempt(f"setting card of {s.hash}", lambda s=s: setting_card(s, main_rows[s.pid],
                                                                                   by_hash[s.hash]), warnings)
