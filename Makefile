@@ -1,11 +1,12 @@
-# bitfit-exp: `make install`, `make test`, `make demo`, `make tables`, `make figures`. Run inside a virtual environment.
+# bitfit-exp: `make install`, `make test`, `make demo`, `make tables`, `make figures`, `make report`.
+# Run inside a virtual environment.
 PYTHON ?= python
 TORCH_VERSION ?= 2.13.0
 DATA_DIR ?= ../shared/data/glue
 RUNS_DIR ?= $(or $(BITFIT_RUNS_DIR),$(HOME)/bitfit-runs)
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install test test-slow test-all test-min lint demo tables figures
+.PHONY: install test test-slow test-all test-min lint demo tables figures report
 
 # torch first, pinned: an unpinned torch pulls whatever build the index serves (a multi-GB CUDA one on Linux).
 # On a CUDA box with torch already installed, the installed build is kept.
@@ -47,3 +48,8 @@ tables:
 # Figures (bias change, learning curves, generalization gap, data size) from the records under RUNS_DIR.
 figures:
 	bitfit-plot all --runs-dir $(RUNS_DIR) --out results/figures
+
+# One self-contained page (tables, per-setting seeds and curves, figures, left out, provenance) from the records under
+# RUNS_DIR: open results/report/index.html (docs/report.md).
+report:
+	bitfit-report $(RUNS_DIR) --out results/report

@@ -25,15 +25,15 @@ def write_example_runs(root, n_seeds: int = 5) -> None:
     sweep's 4 lrs and `n_seeds` seeds (BitFit QNLI: 3 seeds; one diverged seed; MRPC's best epoch is the last), a
     MiniLM CPU run of one's own protocol, MiniLM data-size runs (seeded subsets of 100, 300, 1000 examples), a
     hand-edited (corrupt) record, and strings with HTML in a task name and in a record's environment."""
-    base = {"qnli": 89.5, "rte": 70.0, "sst2": 91.0, "mrpc": 86.0, "cola": 56.0}
-    for method, shift in (("bitfit", 0.0), ("full", 1.0)):
-        for task, score in base.items():
-            if task == "qnli" and method == "full":
-                continue
+    # the best lr's mean lands near the paper's Table 3 (within noise in most cells, CoLA Full-FT outside)
+    base = {"bitfit": {"qnli": 87.6, "sst2": 88.0, "cola": 55.9, "mrpc": 85.9, "rte": 69.6},
+            "full": {"sst2": 88.4, "cola": 55.1, "mrpc": 85.8, "rte": 65.8}}
+    for method, scores in base.items():
+        for task, score in scores.items():
             for i in range(4):
                 config = run_config("bert_base", task, method, None, "+experiment=table3", f"lr_index={i}")
                 seeds = 3 if task == "qnli" else n_seeds
-                for seed, value in enumerate(_scores(score + shift, i, seeds)):
+                for seed, value in enumerate(_scores(score, i, seeds)):
                     diverged = method == "full" and task == "cola" and i == 3 and seed == 0
                     record = make_record("bert_base", task, method, None, seed, value, config=config,
                                          status="diverged" if diverged else "finished",

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bitfit_exp import __version__
+import bitfit_exp
 from bitfit_exp.core.atomic import write_atomic
 from bitfit_exp.core.errors import UserError
 from bitfit_exp.results import analysis, figures
@@ -265,7 +265,7 @@ def provenance_section(found, runs_dir: Path, out: Path, tables: list[BuiltTable
     rows = [("runs dir", str(runs_dir)), ("records", f"{len(found)}"),
             ("finished between", f"{p['first'] or '?'} and {p['last'] or '?'}"),
             ("device-hours spent", _hours(p["device_hours"], p["untimed"])), ("hosts", str(p["hosts"])),
-            ("report written", f"{datetime.now(UTC).isoformat(timespec='seconds')} by bitfit-exp {__version__}, git "
+            ("report written", f"{datetime.now(UTC).isoformat(timespec='seconds')} by bitfit-exp {bitfit_exp.__version__}, git "
                                f"{code['git_sha'] or 'unknown'}{' (uncommitted changes)' if code['git_dirty'] else ''}")]
     counts = [("versions (bitfit_exp, torch, transformers, datasets, python)", p["versions"]),
               ("git SHA of the code that trained", p["git"]), ("devices", p["devices"])]
