@@ -141,4 +141,17 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "file")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+    assert main([str(tmp_path / "empty"), "--out", str(out), "--max-settings", "-1"]) == 2
+    assert "--max-settings" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_bias_change_figure_of_a_setting_with_patches(tmp_path, capsys):
+    from test_plots import bitfit_seeds  # records naming patches whose biases moved by known amounts
+
+    bitfit_seeds(tmp_path / "runs", [1.0, 2.0])
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "page")]) == 0
+    html = (tmp_path / "page" / "index.html").read_text(encoding="utf-8")
+    assert html.count('<img alt="bias change rte" src="data:image/png;base64,') == 1
+    assert "Figure 1 of the paper for MiniLM-L6 BitFit" in html and "(2 seeds;" in html
+    assert "warning" not in capsys.readouterr().err

@@ -169,7 +169,7 @@ def setting_card(s: Setting, main_rows: pd.DataFrame, records: dict[int, dict]) 
         curves[seed] = [(r["epoch"], r["value"]) for r in rows]
         if record["status"] == "diverged":
             diverged.add(seed)
-    changes = _changes(s, main_rows["protocol"].iloc[0])
+    changes = {} if s.experiment else _changes(s, main_rows["protocol"].iloc[0])
     command = rerun_command(s.model, s.task, s.method, s.lr, sorted(records), changes or {}, s.experiment)
     own = "" if changes is not None or s.experiment else " (a config of one's own: add --config-dir)"
     lrs = main_rows["lr"].nunique()
