@@ -104,6 +104,11 @@ def test_tables_hold_bitfit_tables_cells(report):
     # BitFit QNLI stands on 3 of 5 seeds: marked as in the Markdown, and coloured so
     assert re.search(r'<td class="marked" data-column="qnli"><a href="#s-[0-9a-f]{8}">[0-9.]+±[0-9.]+ \(3/5 seeds\)</a>',
                      html)
+    # MRPC's best epoch is the last one for every seed: marked (by CSS, the text stays the Markdown's), and said
+    assert len(re.findall(r'<td class="at-last" data-column="mrpc" title="best epoch = last epoch for 5/5 seeds: ',
+                          html)) == 3 * 2  # Tables 2, 3 and ours, Full-FT and BitFit
+    assert html.count('<td class="at-last"') == 6
+    assert "<p>Best epoch = last epoch for most seeds of: BERT-base Full-FT MRPC (5/5 seeds)" in html
     # the summary above each table counts its CSV's cells (Avg aside)
     for name, title in (("table3", "Table 3: BERT-base, subsets of parameters, GLUE dev"),
                         ("table2", "Table 2: BERT-base, BERT-large, RoBERTa-base, GLUE dev")):

@@ -109,6 +109,18 @@ def table_summary(t: BuiltTable) -> str:
     return "; ".join(parts) + f"; {int((~ours).sum())} without records."
 
 
+LAST_EPOCH = "Best epoch = last epoch"  # tables.last_epoch_note's line
+
+
+def at_last_cells(t: BuiltTable) -> dict:
+    """(model, method, variant, column) -> a tooltip, for the cells tables.last_epoch_note names: the best epoch was
+    the last one for most of their seeds."""
+    rows = t.cells[(t.cells["column"] != "avg") & t.cells["n_at_last"].notna()]
+    return {(r.model, r.method, r.variant, r.column): f"best epoch = last epoch for {r.n_at_last}/{r.n_seeds} seeds: "
+            f"the dev curve may still be rising (more train.epochs?)" for r in rows.itertuples(index=False)
+            if 2 * r.n_at_last > r.n_seeds}
+
+
 def row_keys(t: BuiltTable) -> list[tuple[str, str, str, str]]:
     """Per row of t.frame: (model, method, variant, source) as the CSV names them (build_table's row order)."""
     keys = []
@@ -316,7 +328,8 @@ def _by_hash(found) -> dict[str, dict[int, dict]]:
 
 LEGEND = ('<p class="legend"><span class="ok">✓ |Δ| within noise</span><span class="bad">✗ outside</span>'
           '<span class="marked">marked: fewer seeds or lrs than the sweep, diverged seeds</span>'
-          '<span class="diverged">diverged / no score</span><span class="missing">— no records</span></p>')
+          '<span class="diverged">diverged / no score</span><span class="at-last">best epoch = last epoch</span>'
+          '<span class="missing">— no records</span></p>')
 
 
 def build_report(runs_dir, out, epoch: str | None = None, expected_seeds: int = 5,
@@ -354,9 +367,12 @@ def _build_report(runs_dir, out, epoch, expected_seeds, max_settings) -> Report:
     for t in tables:
         links = {(r.model, r.method, r.variant, r.column): anchors[r.protocol_id]
                  for r in t.selection.best.itertuples(index=False) if r.protocol_id in anchors}
-        details = f"<details><summary>notes: chosen lrs, seeds, left out</summary>{notes_html(t.notes[1:])}</details>"
+        late = [line for line in t.notes if line.startswith(LAST_EPOCH)]
+        rest = [line for line in t.notes[1:] if not line.startswith(LAST_EPOCH)]
+        details = (f"{notes_html(late)}<details><summary>notes: chosen lrs, seeds, left out</summary>"
+                   f"{notes_html(rest)}</details>")
         sections.append(f'<h3 id="t-{esc(t.name)}">{esc(t.table.title)}</h3><p class="summary">'
-                        f'{esc(table_summary(t))}</p><div class="scroll" data-table="{esc(t.name)}">{table_html(t.frame, row_keys(t), links)}'
+                        f'{esc(table_summary(t))}</p><div class="scroll" data-table="{esc(t.name)}">{table_html(t.frame, row_keys(t), links, at_last_cells(t))}'
                         f'</div>{notes_html(t.notes[:1])}{details}')
     cards = "".join(_attempt(f"setting card of {s.hash}", lambda s=s: setting_card(s, main_rows[s.pid],
                                                                                   by_hash[s.hash]), warnings)

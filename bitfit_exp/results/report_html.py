@@ -34,7 +34,7 @@ table.t td.l,table.t th.l{text-align:left}
 tr.src-paper td{color:#5b6474;font-style:italic;background:#fafbfc}
 tr.src-Δ td{font-size:12px}
 td.ok{background:#e3f4e6;color:#17612a}td.bad{background:#fbe4e2;color:#9b1c13}
-td.marked{background:#fff4d6}td.diverged{background:#f8d7d3;color:#8a1a10}td.missing{color:#a0a7b3}
+td.marked{background:#fff4d6}td.at-last::after,.legend .at-last::after{content:" ⤴";color:#b35c00}td.diverged{background:#f8d7d3;color:#8a1a10}td.missing{color:#a0a7b3}
 .legend span{display:inline-block;padding:1px 7px;margin-right:6px;border:1px solid #e1e4ea;font-size:12px}
 details{margin:4px 0 10px}summary{cursor:pointer;color:#1f4e8c}
 .notes{font-size:12.5px;color:#3b4352;max-width:1200px}.notes li{margin:1px 0}
@@ -75,11 +75,13 @@ def cell_class(text: str, source: str) -> str:
     return "marked" if "(" in text else ""
 
 
-def table_html(frame: pd.DataFrame, row_keys: list[tuple[str, str, str, str]], links: dict | None = None) -> str:
+def table_html(frame: pd.DataFrame, row_keys: list[tuple[str, str, str, str]], links: dict | None = None,
+               at_last: dict | None = None) -> str:
     """`frame` (build_table's strings) as an HTML table. `row_keys`: per row (model, method, variant, source) as in
     the CSV; each cell carries data-column (the CSV's column key) and each row its keys. `links`: (model, method,
-    variant, column) -> an anchor of the page, for the ours cells."""
-    links = links or {}
+    variant, column) -> an anchor of the page, for the ours cells; `at_last`: the same keys -> a tooltip, for ours
+    cells whose best epoch was the last one (marked by CSS, so that the cell's text stays bitfit-tables')."""
+    links, at_last = links or {}, at_last or {}
     head = "".join(f'<th class="{"l" if c in LEFT_COLUMNS else ""}">{esc(c)}</th>' for c in frame.columns)
     rows = []
     for values, (model, method, variant, source) in zip(frame.itertuples(index=False), row_keys, strict=True):
@@ -92,7 +94,10 @@ def table_html(frame: pd.DataFrame, row_keys: list[tuple[str, str, str, str]], l
                 continue
             target = links.get((model, method, variant, key)) if source == "ours" else None
             body = f'<a href="#{esc(target)}">{esc(text)}</a>' if target and text != MISSING else esc(text)
-            cells.append(f'<td class="{cell_class(text, source)}" data-column="{esc(key)}">{body}</td>')
+            late = at_last.get((model, method, variant, key)) if source == "ours" else None
+            klass = " ".join(c for c in (cell_class(text, source), "at-last" if late else "") if c)
+            title = f' title="{esc(late)}"' if late else ""
+            cells.append(f'<td class="{klass}" data-column="{esc(key)}"{title}>{body}</td>')
         rows.append(f'<tr class="src-{esc(source)}" data-model="{esc(model)}" data-method="{esc(method)}" '
                     f'data-variant="{esc(variant)}" data-source="{esc(source)}">{"".join(cells)}</tr>')
     return f'<table class="t"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
