@@ -30,8 +30,8 @@ def main() -> None:
         sys.exit(f"error: {why}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
-        write_example_runs(root / "runs")
-        if report_main([str(root / "runs"), "--out", str(root / "page")]) != 0:
+        write_example_runs(root / "bitfit-runs")
+        if report_main([str(root / "bitfit-runs"), "--out", str(root / "page")]) != 0:
             sys.exit("error: bitfit-report failed")
         driver = open_browser(1400, 900)
         try:
