@@ -3,8 +3,9 @@ file (CSS inline, figures as inline SVG and base64 PNG, no script, no network) t
 
 - each table `bitfit-tables` writes (the same cells: results.table_set builds both), colour-coded, with its notes;
 - per setting of the tables (up to `max_settings`): its seeds as dots around mean±std at each learning rate (the lr
-  sweep curve through the means) and its dev curve per epoch and seed, with the command that reruns it;
-- the paper's figures the records allow (bias change, generalization gap, data size), drawn by results.figures;
+  sweep curve through the means) and its dev curve per epoch and seed, with the command that reruns it
+  (results.report_settings);
+- the paper's figures the records allow (bias change, generalization gap, data size; results.report_figures);
 - what was left out and why (other protocols, corrupt records, settings not drawn) and provenance (versions, git
   SHAs, devices, device-hours, the commands that reproduce it).
 
@@ -13,16 +14,13 @@ Every record is read once (records.scan); the tables, curves and figures all wor
     report = build_report("~/bitfit-runs", "results/report")
     print(report.path, report.n_records, report.warnings)
 
->>> settings_note(3, 5)
-'3 of 5 settings drawn (the first of the tables, in their order); bitfit-plot curves SETTING_DIR draws any other.'
+>>> LAST_EPOCH in "Best epoch = last epoch for most seeds of: BERT-base BitFit RTE (3/5 seeds); ..."
+True
 """
 
 import gc
-import json
-import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -30,29 +28,16 @@ import pandas as pd
 import bitfit_exp
 from bitfit_exp.core.atomic import write_atomic
 from bitfit_exp.core.errors import UserError
-from bitfit_exp.results import analysis, figures
+from bitfit_exp.results import analysis
 from bitfit_exp.results.environment import git_state
-from bitfit_exp.results.labels import TASKS, row_label
-from bitfit_exp.results.provenance import rerun_command, summarize
+from bitfit_exp.results.provenance import summarize
 from bitfit_exp.results.records import scan
-from bitfit_exp.results.report_html import (
-    bullet_list,
-    esc,
-    kv_table,
-    notes_html,
-    page,
-    png_figure,
-    table_html,
-)
-from bitfit_exp.results.selection import collect, composed_protocols, flat
-from bitfit_exp.results.svg_plots import curve_svg, sweep_svg
+from bitfit_exp.results.report_figures import attempt, figures_section
+from bitfit_exp.results.report_html import bullet_list, esc, kv_table, notes_html, page, table_html
+from bitfit_exp.results.report_settings import MAX_SETTINGS, setting_card, settings_note, table_settings
+from bitfit_exp.results.selection import collect
 from bitfit_exp.results.table_set import BuiltTable, build_tables
-from bitfit_exp.results.tables import COLUMN_NAMES, fmt_cell
 
-MAX_SETTINGS = 120  # setting cards (two SVGs each): a page that opens fast, whatever the runs dir holds
-MAX_BIAS = 4        # bias-change heatmaps (each reads the setting's patches)
-MAX_DATASIZE = 6    # data-size figures
-MAX_GAP_GROUPS = 16  # bar groups of the generalization-gap figure
 MAX_LINES = 150     # lines per "left out" list
 
 
@@ -64,30 +49,6 @@ class Report:
     n_drawn: int
     tables: list[str]
     warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Setting:
-    """A setting card: the protocol of one table cell at its chosen lr."""
-    pid: str
-    model: str
-    task: str
-    method: str
-    variant: str
-    lr: float
-    hash: str
-    cells: list[str]
-    experiment: str | None
-    tables: list[str] = field(default_factory=list)
-
-    @property
-    def anchor(self) -> str:
-        return f"s-{self.pid}"
-
-
-def settings_note(drawn: int, total: int) -> str:
-    return (f"{drawn} of {total} settings drawn (the first of the tables, in their order); bitfit-plot curves "
-            f"SETTING_DIR draws any other.")
 
 
 def _plural(n: int, one: str, many: str) -> str:
@@ -131,139 +92,6 @@ def row_keys(t: BuiltTable) -> list[tuple[str, str, str, str]]:
     if len(keys) != len(t.frame):
         raise ValueError(f"{t.name}: {len(keys)} row keys for {len(t.frame)} rows")
     return keys
-
-
-def _cell_text(r, expected_seeds: int) -> str:
-    return (f"{COLUMN_NAMES.get(r.column, r.column)} "
-            f"{fmt_cell(r.mean, r.std, r.n_seeds, expected_seeds, r.n_diverged, r.n_lrs, r.expected_lrs, r.n_no_score)}")
-
-
-def table_settings(tables: list[BuiltTable], expected_seeds: int) -> list[Setting]:
-    """One Setting per protocol chosen in a table cell, in table order (a protocol in several tables once)."""
-    settings: dict[str, Setting] = {}
-    for t in tables:
-        for r in t.selection.best.itertuples(index=False):
-            s = settings.get(r.protocol_id)
-            if s is None:
-                experiment = t.table.experiments.get(r.model) if not r.variant else None
-                s = settings[r.protocol_id] = Setting(r.protocol_id, r.model, r.task, r.method, r.variant, r.lr,
-                                                      r.hash, [], experiment)
-            if t.name not in s.tables:
-                s.tables.append(t.name)
-            text = _cell_text(r, expected_seeds)
-            if text not in s.cells:
-                s.cells.append(text)
-    return list(settings.values())
-
-
-def _changes(s: Setting, protocol_json: str) -> dict | None:
-    """The flat keys in which a setting's protocol differs from the default config of its cell (None: that config
-    cannot be composed, e.g. a task of one's own)."""
-    default = composed_protocols([(None, s.model, s.task, s.method)])[(None, s.model, s.task, s.method)]
-    if isinstance(default, str):
-        return None
-    mine, reference = flat(json.loads(protocol_json)), flat(default.config)
-    return {k: v for k, v in mine.items() if reference.get(k, object()) != v}
-
-
-def setting_card(s: Setting, main_rows: pd.DataFrame, records: dict[int, dict]) -> str:
-    """The card of one setting: its cells, the seeds per lr (sweep) and the dev curve per epoch and seed."""
-    any_record = next(iter(records.values()))
-    metric = any_record["main"]["metric"]
-    column = any_record["columns"][any_record["main"]["split"]]
-    ylabel = f"{TASKS.get(column, column)} dev {metric} ×100"
-    per_lr = [(lr, [v for v in g["score"] if math.isfinite(v)], int(g["diverged"].sum()))
-              for lr, g in main_rows.groupby("lr", sort=True)]
-    series = "dev" if len(any_record["columns"]) == 1 else f"dev {column}"
-    curves, diverged = {}, set()
-    for seed, record in sorted(records.items()):
-        rows = [r for r in analysis.curve_rows(record) if r["series"] == series]
-        curves[seed] = [(r["epoch"], r["value"]) for r in rows]
-        if record["status"] == "diverged":
-            diverged.add(seed)
-    changes = {} if s.experiment else _changes(s, main_rows["protocol"].iloc[0])
-    command = rerun_command(s.model, s.task, s.method, s.lr, sorted(records), changes or {}, s.experiment)
-    own = "" if changes is not None or s.experiment else " (a config of one's own: add --config-dir)"
-    lrs = main_rows["lr"].nunique()
-    return (f'<div class="card" id="{esc(s.anchor)}"><h4>{esc(row_label(s.model, s.method, s.variant))} · '
-            f'{esc(TASKS.get(s.task, s.task))}</h4>'
-            f'<div class="meta">{esc("; ".join(s.cells))} · chosen lr {s.lr:g} of {lrs} · setting {esc(s.hash)} · '
-            f'protocol {esc(s.pid)} · in {esc(", ".join(s.tables))}</div>'
-            f'{sweep_svg(per_lr, s.lr, ylabel)}{curve_svg(curves, ylabel, diverged)}'
-            f'<div class="meta">rerun{esc(own)} (+ your data.dir / runs_dir): <code>{esc(command)}</code></div></div>')
-
-
-def _attempt(what: str, draw, warnings: list[str]) -> str:
-    """draw() -> html; a failure is one warning naming what was not drawn, and the rest of the page is kept."""
-    try:
-        return draw()
-    except Exception as e:  # any failure of one figure: said on the page and on stderr, never the whole report
-        warnings += getattr(e, "warnings", [])
-        warnings.append(f"{what} not drawn ({type(e).__name__}: {e})")
-        return ""
-
-
-def _bias_figure(s: Setting, records: list) -> str:
-    folder = records[0][0].parent.parent
-    table, info = analysis.bias_change_summary(folder, records)
-    title = f"Change in bias components: {figures.setting_label(info)}"
-    fig, _, _ = figures.plot_bias_change(table, figures._wrap(title))
-    return png_figure(fig, f"Figure 1 of the paper for {row_label(s.model, s.method, s.variant)}, {s.task}: mean "
-                           f"|b0 − bF| per component and layer ({info['note']}; {folder})", f"bias change {s.task}")
-
-
-def _gap_figure(gaps: pd.DataFrame) -> str:
-    groups = gaps[analysis.GAP_KEY[:-1]].drop_duplicates()
-    note = ""
-    if len(groups) > MAX_GAP_GROUPS:
-        keep = groups.head(MAX_GAP_GROUPS)
-        gaps = gaps.merge(keep, on=analysis.GAP_KEY[:-1])
-        note = f" The first {MAX_GAP_GROUPS} of {len(groups)} (model, task, training data) groups are shown."
-    fig, _, _ = figures.plot_gap(gaps)
-    return png_figure(fig, "Generalization gap: train − dev main metric at each record's selected epoch, per "
-                           "method at its best lr (bitfit-plot gap draws the same)." + note, "generalization gap")
-
-
-def _datasize_figure(rows: pd.DataFrame, model: str, task: str) -> str:
-    title = f"{figures.model_name(model)}, {figures.task_name(task)}: BitFit vs Full-FT by training-set size"
-    fig, _, _ = figures.plot_datasize(rows, title, rows["metric"].iloc[0])
-    return png_figure(fig, f"Figure 2 of the paper: dev score by training-set size (nested seeded subsets), {model} "
-                           f"{task}; bitfit-plot datasize draws the same.", f"data size {model} {task}")
-
-
-def figures_section(settings: list[Setting], by_hash: dict, root: Path, found, epoch, warnings: list[str]) -> str:
-    parts = []
-    with_patches = [s for s in settings if any((r.get("artifacts") or {}).get("patch")
-                                               for r in by_hash.get(s.hash, {}).values())]
-    with_patches.sort(key=lambda s: s.method != "bitfit")
-    for s in with_patches[:MAX_BIAS]:
-        paths = by_hash[s.hash]
-        records = [(paths[seed]["__path__"], paths[seed]) for seed in sorted(paths)]
-        parts.append(_attempt(f"bias-change figure of {records[0][0].parent.parent}",
-                              lambda s=s, records=records: _bias_figure(s, records), warnings))
-    if len(with_patches) > MAX_BIAS:
-        parts.append(f"<p>{len(with_patches) - MAX_BIAS} more settings have patches: bitfit-plot bias-change "
-                     f"SETTING_DIR draws them.</p>")
-    runs, more = analysis.run_table(root, epoch, found=[(p, r) for p, r in found])
-    warnings += more
-    gaps = analysis.gap_summary(runs)
-    if not gaps.empty:
-        parts.append(_attempt("generalization-gap figure", lambda: _gap_figure(gaps), warnings))
-    n_size = 0
-    for task, rows in runs[runs["subset"] >= 0].groupby("task"):
-        if rows["n_train"].nunique() < 2:
-            continue
-        table = analysis.datasize_summary(rows, task)
-        for model, mine in table.groupby("model"):
-            n_size += 1
-            if n_size > MAX_DATASIZE:
-                continue
-            parts.append(_attempt(f"data-size figure of {model} {task}",
-                                  partial(_datasize_figure, mine, model, task), warnings))
-    if n_size > MAX_DATASIZE:
-        parts.append(f"<p>{n_size - MAX_DATASIZE} more data-size figures: bitfit-plot datasize draws them.</p>")
-    body = "".join(parts) or "<p>None: no patches, train-probe metrics or seeded training subsets in the records.</p>"
-    return f'<h2 id="figures">The paper\'s figures</h2>{body}'
 
 
 def _hours(hours: dict, untimed: int) -> str:
@@ -374,7 +202,7 @@ def _build_report(runs_dir, out, epoch, expected_seeds, max_settings) -> Report:
         sections.append(f'<h3 id="t-{esc(t.name)}">{esc(t.table.title)}</h3><p class="summary">'
                         f'{esc(table_summary(t))}</p><div class="scroll" data-table="{esc(t.name)}">{table_html(t.frame, row_keys(t), links, at_last_cells(t))}'
                         f'</div>{notes_html(t.notes[:1])}{details}')
-    cards = "".join(_attempt(f"setting card of {s.hash}", lambda s=s: setting_card(s, main_rows[s.pid],
+    cards = "".join(attempt(f"setting card of {s.hash}", lambda s=s: setting_card(s, main_rows[s.pid],
                                                                                   by_hash[s.hash]), warnings)
                     for s in drawn)
     figure_html = figures_section(settings, by_hash, root, found, epoch, warnings)
