@@ -10,35 +10,16 @@ from pathlib import Path
 
 from bitfit_exp.core.atomic import check_out_folder
 from bitfit_exp.core.errors import UserError
-from bitfit_exp.results.reference import load_reference, load_token_reference
-from bitfit_exp.results.selection import (
-    GLUE_TASKS,
-    TABLES,
-    TableDef,
-    collect,
-    found_rows,
-    ours_selection,
-    select_best_lr,
-    table_selection,
-    with_other_protocols,
-)
-from bitfit_exp.results.tables import (
-    build_table,
-    build_token_table,
-    compare,
-    table_notes,
-    token_cells,
-    token_notes,
-    unfilled,
-    write_tables,
-)
+from bitfit_exp.results.selection import collect, found_rows, select_best_lr
+from bitfit_exp.results.table_set import CHOICES, build_tables, glue_rows
+from bitfit_exp.results.tables import unfilled, write_tables
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bitfit-tables", description="Paper-style GLUE tables from bitfit-run records.")
     p.add_argument("--runs-dir", default=os.environ.get("BITFIT_RUNS_DIR", "~/bitfit-runs"),
                    help="root of the run records (default: $BITFIT_RUNS_DIR or ~/bitfit-runs)")
-    p.add_argument("--table", choices=["1", "2", "3", "pos", "ours", "all"], default="all",
+    p.add_argument("--table", choices=CHOICES, default="all",
                    help="paper table 1-3, 'pos' (token-level: POS accuracy next to the paper's PTB numbers), 'ours' "
                         "(every GLUE model x method x protocol found) or all (those with records + ours)")
     p.add_argument("--out", default="results/tables", help="folder for <table>.md/.tex/.csv")
@@ -60,36 +41,15 @@ def main(argv=None) -> int:
         for line in unfilled([], set(), False, args.runs_dir) if args.table == "all" else ():
             print(line, file=sys.stderr)
         return 1
-    # GLUE and one's own sentence(-pair) tasks; QA and tagging have tables and figures of their own
-    glue = df[df["task"].isin(GLUE_TASKS) | ((df["kind"] == "sequence") & ~df["task"].isin(TABLES["pos"].tasks))]
-    best, reference = select_best_lr(glue), load_reference()
-    found = set(found_rows(best))
+    built = build_tables(df, args.table, args.expected_seeds, args.epoch)
+    for t in built:
+        print(write_tables(t.name, t.frame, t.cells, args.out, t.table.title, t.notes))
+        print(f"wrote {Path(args.out) / t.name}.md, .tex, .csv\n")
     if args.table == "all":
-        names = [n for n, t in TABLES.items() if n != "pos" and set(t.rows) & found]
-        names += ["pos"] if df["task"].isin(TABLES["pos"].tasks).any() else []
-        names += [] if glue.empty else ["ours"]
-    else:
-        names = [args.table if args.table in ("ours", "pos") else f"table{args.table}"]
-    epoch = f"the {args.epoch} epoch" if args.epoch else "each record's selected epoch"
-    for name in names:
-        if name == "pos":
-            t = TABLES[name]
-            selection = with_other_protocols(df, t)
-            cells = token_cells(selection.best, selection.rows, load_token_reference())
-            table, notes = build_token_table(cells, args.expected_seeds), token_notes(cells, selection, epoch, t)
-        else:
-            if name == "ours":
-                t, selection = TableDef("Our runs, GLUE dev", None, []), ours_selection(best)
-            else:
-                t = TABLES[name]
-                selection = table_selection(df, t)
-            cells = compare(selection.best, selection.rows, reference, t.paper)
-            table = build_table(selection.best, selection.rows, reference, t.paper, args.expected_seeds)
-            notes = table_notes(cells, selection, epoch, t)
-        print(write_tables(name, table, cells, args.out, t.title, notes))
-        print(f"wrote {Path(args.out) / name}.md, .tex, .csv\n")
-    for line in unfilled(names, found, "pos" in names, args.runs_dir) if args.table == "all" else ():
-        print(line)
+        names = [t.name for t in built]
+        found = set(found_rows(select_best_lr(glue_rows(df))))
+        for line in unfilled(names, found, "pos" in names, args.runs_dir):
+            print(line)
     return 0
 
 if __name__ == "__main__":
