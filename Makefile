@@ -1,4 +1,5 @@
-# bitfit-exp: `make install`, `make test`, `make demo`, `make tables`, `make figures`. Run inside a virtual environment.
+# bitfit-exp: `make install`, `make test`, `make demo`, `make tables`, `make figures`, `make report`.
+# Run inside a virtual environment.
 PYTHON ?= python
 TORCH_VERSION ?= 2.13.0
 # auto: a local GLUE copy where one is found (bitfit_exp/core/data_dir.py), else the hub
@@ -6,7 +7,7 @@ DATA_DIR ?= auto
 RUNS_DIR ?= $(or $(BITFIT_RUNS_DIR),$(HOME)/bitfit-runs)
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install test test-slow test-all test-min lint demo tables figures
+.PHONY: install test test-slow test-all test-min lint demo tables figures report
 
 # torch first, pinned: an unpinned torch pulls whatever build the index serves (a multi-GB CUDA one on Linux).
 # On a CUDA box with torch already installed, the installed build is kept.
@@ -49,3 +50,8 @@ tables:
 # Figures (bias change, learning curves, generalization gap, data size) from the records under RUNS_DIR.
 figures:
 	bitfit-plot all --runs-dir $(RUNS_DIR) --out results/figures
+
+# One self-contained page (tables, per-setting seeds and curves, figures, left out, provenance) from the records under
+# RUNS_DIR: open results/report/index.html (docs/report.md).
+report:
+	bitfit-report $(RUNS_DIR) --out results/report

@@ -85,7 +85,7 @@ def test_no_private_hydra_or_datasets_internals():
 
 def test_console_scripts_are_thin_commands():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert len(scripts) == 10  # bitfit-track: the 10th
+    assert len(scripts) == 11  # bitfit-track, bitfit-report: the 10th and 11th
     for name, target in scripts.items():
         module, _, func = target.partition(":")
         assert module.startswith("bitfit_exp.commands."), (name, target)

@@ -33,6 +33,12 @@ def _version(package: str) -> str | None:
         return None
 
 
+def git_state() -> dict:
+    """The git SHA of this package's checkout and whether tracked files differ from it (None: not a git checkout)."""
+    sha = _git("rev-parse", "HEAD")
+    return {"git_sha": sha, "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if sha else None}
+
+
 def environment(device) -> dict:
     """Versions, git state, host, device and CPU threads: what is needed to tell two runs apart later."""
     import datasets

@@ -127,17 +127,18 @@ def record_rows(record: dict, path, epoch: str | None = None) -> list[dict]:
     return out
 
 
-def collect(runs_dir, epoch: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+def collect(runs_dir, epoch: str | None = None, found=None) -> tuple[pd.DataFrame, list[str]]:
     """Every done record under `runs_dir` (records.scan: checked, finished or diverged) as rows (see ROW_COLUMNS),
     plus warnings for what was skipped.
 
     Diverged records are rows with score NaN and `diverged` True: count them, never average them away. Corrupt,
     unfinished or malformed records are skipped with a warning naming the file. A seed found twice (e.g. a runs
-    folder copied under the root) is counted once: the newest finished_at wins (records.once_per_seed).
+    folder copied under the root) is counted once: the newest finished_at wins (records.once_per_seed). `found`:
+    records.scan's records of `runs_dir`, where already read (its warnings are then the caller's).
     """
     if epoch not in (None, "best", "last"):
         raise ValueError(f"epoch must be 'best', 'last' or None, not {epoch!r}")
-    found, warnings = scan(runs_dir)
+    found, warnings = scan(runs_dir) if found is None else (found, [])
     kept, more = once_per_seed(found, lambda path, record: record_rows(record, path, epoch))
     warnings = [w.replace("; ignored", "; skipped") for w in warnings + more]
     df = pd.DataFrame([r for rows in kept for r in rows], columns=ROW_COLUMNS)
@@ -265,31 +266,72 @@ _COMPOSED: dict[tuple, Composed | str] = {}
 def composed_protocols(cells) -> dict[tuple, Composed | str]:
     """(experiment or None, model, task, method) -> its Composed protocol, or the error text when the config cannot
     be composed (an unknown name). Composed as `bitfit-run +experiment=... model=... task=... method=...` would;
-    nothing is loaded (no data, no checkpoint). Cached per process."""
+    nothing is loaded (no data, no checkpoint). Cached per process; many at once are composed by forked processes,
+    one per CPU (Hydra takes ~50 ms of CPU per composition: a large runs dir's tables need hundreds)."""
     cells = list(dict.fromkeys(cells))
     todo = [c for c in cells if c not in _COMPOSED]
     if todo:
-        from hydra import compose, initialize_config_dir
-        from hydra.errors import HydraException
-        from omegaconf import OmegaConf
-        from omegaconf.errors import OmegaConfBaseException
-
-        from bitfit_exp.core.config_dir import (
-            conf_dir,  # also registers the `index` resolver the sweeps' lr uses
-        )
-
-        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-            for experiment, model, task, method in todo:
-                overrides = [*([f"+experiment={experiment}"] if experiment else []), f"model={model}",
-                             f"task={task}", f"method={method}"]
-                try:
-                    config = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
-                except (HydraException, OmegaConfBaseException) as e:
-                    _COMPOSED[(experiment, model, task, method)] = str(e).strip().splitlines()[0]
-                    continue
-                _COMPOSED[(experiment, model, task, method)] = Composed(protocol(config)["config"],
-                                                                        sweep_lrs(config))
+        _COMPOSED.update(_compose_in_parallel(todo) or _compose(todo))
     return {c: _COMPOSED[c] for c in cells}
+
+
+def _compose(cells: list[tuple]) -> dict[tuple, Composed | str]:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bitfit_exp.core.config_dir import (
+        conf_dir,  # also registers the `index` resolver the sweeps' lr uses
+    )
+
+    out: dict[tuple, Composed | str] = {}
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        for experiment, model, task, method in cells:
+            overrides = [*([f"+experiment={experiment}"] if experiment else []), f"model={model}",
+                         f"task={task}", f"method={method}"]
+            try:
+                config = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+            except (HydraException, OmegaConfBaseException) as e:
+                out[(experiment, model, task, method)] = str(e).strip().splitlines()[0]
+                continue
+            out[(experiment, model, task, method)] = Composed(protocol(config)["config"], sweep_lrs(config))
+    return out
+
+
+COMPOSE_PER_PROCESS = 16  # below this many compositions per process, forking costs more than it saves
+
+
+def _compose_share(cells: list[tuple]) -> dict[tuple, Composed | str] | None:
+    import gc
+
+    gc.set_threshold(100_000, 50, 100)  # Hydra's many small linked objects: the collector would take a tenth
+    try:
+        return _compose(cells)
+    except Exception:  # noqa: BLE001 - the parent composes them all again in turn, raising what that raises
+        return None
+
+
+def _compose_in_parallel(cells: list[tuple]) -> dict[tuple, Composed | str] | None:
+    """_compose's result from forked processes, one per CPU this process may use; None where not worth it (few
+    cells, one CPU, no safe fork) or where a process fails (the caller then composes them in turn)."""
+    import multiprocessing
+    import sys
+
+    from bitfit_exp.core.threads import cpus_allowed
+
+    workers = min(cpus_allowed(), len(cells) // COMPOSE_PER_PROCESS)
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods() or sys.platform == "darwin":
+        return None
+    size = -(-len(cells) // workers)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            shares = pool.map(_compose_share, [cells[i:i + size] for i in range(0, len(cells), size)], chunksize=1)
+    except OSError:  # no process could be forked (a limit on processes or memory)
+        return None
+    if any(share is None for share in shares):
+        return None
+    return {cell: value for share in shares for cell, value in share.items()}
 
 
 def _protocols(best: pd.DataFrame) -> pd.DataFrame:
@@ -358,13 +400,14 @@ def _row_reference(ours: dict | None, checkpoint: str) -> dict | None:
 
 
 def _table_cell(df: pd.DataFrame, found: pd.DataFrame, target: Composed, experiment: str, checkpoint: str | None):
-    """One cell of a paper table: the best rows of the records of `target`'s protocol at its sweep's lrs that read
-    the row's `checkpoint` (of those, the data identity with the most done seeds; None when there are none), and a
-    line per left-out group of the cell's records (`found`: its protocols, one row each; `df`: its rows)."""
+    """One cell of a paper table: the rows of the records of `target`'s protocol at its sweep's lrs that read the
+    row's `checkpoint` (of those, the data identity with the most done seeds; None when there are none), whose best
+    lr select_best_lr picks, and a line per left-out group of the cell's records (`found`: its protocols, one row
+    each; `df`: its rows)."""
     counts = _sweep_counts(df, found, target)
     counts = counts[counts["identity"].map(_checkpoint) == checkpoint]
     used = _most_records(counts) if len(counts) else None
-    chosen = select_best_lr(df[(df["protocol_id"] == used) & df["lr"].map(target.sweeps)]) if used else None
+    chosen = df[(df["protocol_id"] == used) & df["lr"].map(target.sweeps)] if used else None
     used_identity = json.loads(counts.set_index("protocol_id").at[used, "identity"]) if used else None
     left_out, sweep = [], ", ".join(f"{x:g}" for x in target.lrs)
     for p in found.itertuples():
@@ -400,6 +443,7 @@ def table_selection(df: pd.DataFrame, table: TableDef) -> Selection:
     wanted = composed_protocols((table.experiments.get(p.model), p.model, p.task, p.method)
                                 for p in protocols.itertuples())
     cells, per_row = [], {}  # cells: (model, method, rows, found, target, experiment), or lines without a target
+    by_cell = dict(tuple(df.groupby(KEY, sort=False)))  # one pass, not a scan of every row per cell
     for (model, task, method), found in protocols.groupby(KEY, sort=False):
         experiment = table.experiments.get(model)
         target = wanted[(experiment, model, task, method)]
@@ -407,20 +451,25 @@ def table_selection(df: pd.DataFrame, table: TableDef) -> Selection:
             cells.append([_left_out_line(p, f"with no config of +experiment={experiment} to compare ({target})")
                           for p in found.itertuples()])
             continue
-        rows = df[(df["model"] == model) & (df["task"] == task) & (df["method"] == method)]
+        rows = by_cell[(model, task, method)]
         cells.append((model, method, rows, found, target, experiment))
         per_row.setdefault((model, method), []).append(_sweep_counts(rows, found, target))
     checkpoints = {row: _row_checkpoint(counts) for row, counts in per_row.items()}
-    chosen, left_out = [], []
+    chosen, left_out, expected = [], [], {}
     for c in cells:
         if isinstance(c, list):
             left_out += c
             continue
         model, method, rows, found, target, experiment = c
-        best, lines = _table_cell(rows, found, target, experiment, checkpoints[(model, method)])
-        chosen += [] if best is None else [best.assign(expected_lrs=target.expected_lrs)]
+        used, lines = _table_cell(rows, found, target, experiment, checkpoints[(model, method)])
+        if used is not None:
+            chosen.append(used)
+            expected[(model, used["task"].iloc[0], method)] = target.expected_lrs
         left_out += lines
-    picked = pd.concat(chosen, ignore_index=True) if chosen else select_best_lr(df.iloc[:0])
+    # One select_best_lr over every cell's rows (one protocol each): per cell, as its own rows would give it
+    picked = select_best_lr(pd.concat(chosen, ignore_index=True) if chosen else df.iloc[:0])
+    picked["expected_lrs"] = [expected.get(k, 0) for k in zip(picked["model"], picked["task"], picked["method"],
+                                                               strict=True)]
     return Selection(picked.assign(variant=""), [(m, f, "") for m, f in table.rows], left_out)
 
 
