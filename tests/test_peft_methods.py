@@ -266,3 +266,20 @@ def test_a_beft_run_exported_is_served_as_peft_itself_answers(tmp_path, tiny_ber
         with torch.no_grad():
             logits = loaded(**tokenizer(item["text"], item["text_pair"], truncation=True, return_tensors="pt")).logits
         torch.testing.assert_close(torch.tensor(answer["logits"]), logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_bitfit_tables_peft_writes_the_table_or_says_why_not(lora_runs, tmp_path, tiny_bert_dir, capsys):
+    from bitfit_exp.commands.tables import main
+
+    assert main(["--runs-dir", str(lora_runs), "--table", "peft", "--out", str(tmp_path / "t"),
+                 "--expected-seeds", "3"]) == 0
+    md = (tmp_path / "t" / "peft.md").read_text()
+    assert md.startswith("### BitFit and peft methods under one protocol, GLUE dev")
+    assert "| BERT-base | BitFit | ours |" in md and "| BERT-base | LoRA | ours |" in md
+    assert "|  |  | paper | 0.09% | 90.2±0.2 |" in md  # the paper's BitFit row of this model name, for reference
+    others = tmp_path / "others"
+    run_job(compose(*quick(tiny_bert_dir, others, "method=frozen", "train.epochs=1")))
+    capsys.readouterr()
+    assert main(["--runs-dir", str(others), "--table", "peft", "--out", str(tmp_path / "u")]) == 1
+    assert capsys.readouterr().err.startswith("no GLUE records of full, bitfit, bq, beft, lora, ia3, peft under ")
+    assert not (tmp_path / "u" / "peft.md").exists()
