@@ -8,6 +8,7 @@ True
 import importlib.util
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from bitfit_exp.core.errors import UserError, first_line
@@ -224,3 +225,17 @@ def model_argument(value: str | None) -> str | None:
 
     config = Path(conf_dir()) / "model" / f"{value}.yaml"
     return str(OmegaConf.load(config).name_or_path) if config.is_file() else value
+
+
+@contextmanager
+def no_progress_bars():
+    """transformers' progress bars off (save_pretrained draws one per file on stderr, around our one-line messages)."""
+    from transformers.utils import logging
+
+    was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            logging.enable_progress_bar()

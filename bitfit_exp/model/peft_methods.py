@@ -34,6 +34,7 @@ from torch import nn
 from bitfit_exp.core.atomic import write_atomic
 from bitfit_exp.core.errors import UserError, first_line
 from bitfit_exp.core.paths import inside
+from bitfit_exp.model.loading import no_progress_bars
 from bitfit_exp.model.methods import Selection, encoder_parameters, head_parameter_names, register
 
 # method -> its peft type; `peft`: the type is the method's `peft_type` key (any peft config class).
@@ -186,7 +187,8 @@ def save_adapter(folder: Path, model: nn.Module, metadata: dict) -> tuple[str, s
     target = inside(folder / ADAPTER, folder)
     staging = inside(folder / f".{ADAPTER}.tmp-{os.getpid()}", folder)
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    with no_progress_bars():  # one bar per file on stderr, in every seed's log
+        model.save_pretrained(staging)
     weights = staging / ADAPTER_FILE
     blob = save(load_file(str(weights)), metadata={"format": "pt", **{k: str(v) for k, v in metadata.items()}})
     write_atomic(weights, lambda f: f.write(blob))

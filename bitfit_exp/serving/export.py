@@ -13,7 +13,6 @@ card `README.md` (bitfit_exp.results.card). `--format peft` writes a BEFT adapte
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -21,7 +20,13 @@ from safetensors import SafetensorError
 from bitfit_exp.core.errors import UserError, first_line
 from bitfit_exp.kinds.sequence import model_config
 from bitfit_exp.model.fingerprint import model_digest
-from bitfit_exp.model.loading import load_model, load_tokenizer, model_argument, resolve_model_path
+from bitfit_exp.model.loading import (
+    load_model,
+    load_tokenizer,
+    model_argument,
+    no_progress_bars,
+    resolve_model_path,
+)
 from bitfit_exp.model.patch import apply_patch
 from bitfit_exp.results.card import Base, write_card
 from bitfit_exp.results.records import RECORD
@@ -113,20 +118,6 @@ def provenance(patch) -> dict:
     and the checkpoint it trained (name and fingerprint)."""
     return {**{k: v for k, v in patch.describe().items() if k != "name"}, "model": patch.model,
             "model_fingerprint": patch.model_fingerprint}
-
-
-@contextmanager
-def no_progress_bars():
-    """transformers' progress bars off (save_pretrained draws one per file on stderr, around our one-line messages)."""
-    from transformers.utils import logging
-
-    was_on = logging.is_progress_bar_enabled()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            logging.enable_progress_bar()
 
 
 def check_out(out: Path) -> None:

@@ -31,13 +31,13 @@ from safetensors import SafetensorError
 from torch import nn
 
 from bitfit_exp.core.errors import UserError, first_line
-from bitfit_exp.model.loading import resolve_model_path
+from bitfit_exp.model.loading import no_progress_bars, resolve_model_path
 from bitfit_exp.model.methods import head_parameter_names
 from bitfit_exp.model.patch import apply_patch
 from bitfit_exp.results.card import Base, write_card
 from bitfit_exp.results.records import RECORD
 from bitfit_exp.serving.engine import AdapterRun, damaged
-from bitfit_exp.serving.export import base_model, check_out, copy_adapter, no_progress_bars, provenance
+from bitfit_exp.serving.export import base_model, check_out, copy_adapter, provenance
 
 PROVENANCE = "bitfit_patch.json"
 
