@@ -12,16 +12,15 @@ their throughput. The load average is printed with the times: timings on a busy 
 
 import argparse
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]  # the tree timed: its bitfit_exp, also in the timed interpreter
 sys.path.insert(0, str(REPO))
+
+from bench_timing import timed  # noqa: E402 (beside this script)
 
 COMMAND = "import sys; from bitfit_exp.commands.plan import main; sys.exit(main())"
 
@@ -48,18 +47,6 @@ def write_records(overrides: list[str], seeds: int) -> int:
     return written
 
 
-def timed(argv: list[str], env: dict) -> tuple[float, float, str]:
-    """(wall s, CPU s of the child: user + system, its stdout) of one bitfit-plan run in a fresh interpreter."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", COMMAND, *argv], capture_output=True, text=True, env=env, cwd=REPO)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if out.returncode != 0:
-        sys.exit(f"bitfit-plan failed:\n{out.stderr[-2000:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), out.stdout
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", default=["+experiment=table3"], help="bitfit-plan's overrides")
@@ -75,7 +62,7 @@ def main() -> None:
         times = []
         for i in range(args.repeat):
             load = os.getloadavg()[0]
-            wall, cpu, out = timed(argv, env)
+            wall, cpu, out = timed(COMMAND, argv, env, REPO, "bitfit-plan")
             times.append((wall, cpu))
             print(f"run {i + 1}: wall {wall:.2f} s, CPU {cpu:.2f} s (load average {load:.2f} on {os.cpu_count()} CPUs)")
         jobs = len(out.splitlines()) - 2  # a header, a row per job, a summary

@@ -14,9 +14,7 @@ timings on a busy machine are not those of a quiet one.
 import argparse
 import itertools
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]  # the tree timed: its bitfit_exp, also in the timed interpreter
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from bench_timing import timed  # noqa: E402 (beside this script)
 
 COMMAND = "import sys; from bitfit_exp.commands.report import main; sys.exit(main())"
 TASKS = ("qnli", "sst2", "mnli", "cola", "mrpc", "stsb", "rte", "qqp")
@@ -81,18 +81,6 @@ def write_runs(root: Path, n_records: int, seeds: int = 5) -> int:
     return written
 
 
-def timed(argv: list[str], env: dict) -> tuple[float, float, str]:
-    """(wall s, CPU s of the child: user + system, its stdout) of one bitfit-report run in a fresh interpreter."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", COMMAND, *argv], capture_output=True, text=True, env=env, cwd=REPO)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if out.returncode != 0:
-        sys.exit(f"bitfit-report failed:\n{out.stderr[-2000:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), out.stdout
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--records", type=int, default=10_000, help="records in the runs dir (default 10,000)")
@@ -111,7 +99,7 @@ def main() -> None:
         times = []
         for i in range(args.repeat):
             load = os.getloadavg()[0]
-            wall, cpu, out = timed([str(runs), "--out", str(root / "page")], env)
+            wall, cpu, out = timed(COMMAND, [str(runs), "--out", str(root / "page")], env, REPO, "bitfit-report")
             times.append((wall, cpu))
             print(f"run {i + 1}: wall {wall:.2f} s, CPU {cpu:.2f} s (load average {load:.2f} on {os.cpu_count()} CPUs)")
         print(out.strip())

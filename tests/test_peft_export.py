@@ -9,15 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import GLUE, MINILM, compose, tiny_config
-from omegaconf import OmegaConf
-from test_serve import ITEMS
+from test_serve import ITEMS, seal_run
 
 from bitfit_exp.commands.export import main as export_main
 from bitfit_exp.core.errors import UserError
-from bitfit_exp.model.fingerprint import model_fingerprint
 from bitfit_exp.model.loading import load_model, load_tokenizer
-from bitfit_exp.model.patch import apply_patch, save_patch, trained_state
-from bitfit_exp.results import records
+from bitfit_exp.model.patch import apply_patch
 from bitfit_exp.serving.engine import MultiTaskEngine, find_patches
 from bitfit_exp.serving.export import export
 from bitfit_exp.serving.peft_export import adapter_plan, export_peft
@@ -35,21 +32,7 @@ def perturbed_run(root: Path, model_dir: Path, task: str, method: str, seed: int
     cfg = compose(f"model.name_or_path={model_dir}", f"runs_dir={root}", f"data.dir={GLUE}", f"task={task}",
                   f"method={method}", "data.max_length=24", "train.epochs=1", f"seeds=[{seed}]", *extra)
     model, selection, initial = start_seed(cfg, seed, "cpu")
-    g = torch.Generator().manual_seed(100 + seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.5 * torch.randn(p.shape, generator=g))  # only the selected entries are saved
-    fingerprint = model_fingerprint(str(model_dir))
-    record = records.seal({"status": "finished", "seed": seed, "chosen_epoch": 1, "epochs": [],
-                           "config": OmegaConf.to_container(cfg, resolve=True),
-                           "fingerprints": {"model": fingerprint, "data": {"digest": "d0", "splits": {}}},
-                           "artifacts": {"patch": "patch.safetensors"}})
-    folder = root / record["setting"]["dir"] / f"seed{seed}"
-    save_patch(folder / "patch.safetensors", model, selection, trained_state(model, selection), initial,
-               {"model": str(model_dir), "task": task, "method": method, "epoch": 1, "seed": seed,
-                "model_fingerprint": fingerprint})
-    records.write_json_atomic(folder / "record.json", record)
-    return folder
+    return seal_run(cfg, model_dir, seed, model, selection, initial)
 
 
 def peft_loaded(out: Path, num_labels: int):

@@ -45,19 +45,25 @@ def fake_run(root: Path, model_dir: Path, task: str, method: str, seed: int) -> 
     model = load_model(str(model_dir), cfg.task.num_labels)
     selection = select(method, model, torch.Generator().manual_seed(seed))
     initial = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith(".bias")}
+    return seal_run(cfg, model_dir, seed, model, selection, initial)
+
+
+def seal_run(cfg, model_dir: Path, seed: int, model, selection, initial) -> Path:
+    """Move every parameter of `model` far from its start (only the selected entries are saved), then write the
+    patch and the sealed record where the runner would; returns the seed folder."""
     g = torch.Generator().manual_seed(100 + seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.5 * torch.randn(p.shape, generator=g))  # only the selected entries are saved
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
     fingerprint = model_fingerprint(str(model_dir))
     record = records.seal({"status": "finished", "seed": seed, "chosen_epoch": 1, "epochs": [],
                            "config": OmegaConf.to_container(cfg, resolve=True),
                            "fingerprints": {"model": fingerprint, "data": {"digest": "d0", "splits": {}}},
                            "artifacts": {"patch": "patch.safetensors"}})
-    folder = root / record["setting"]["dir"] / f"seed{seed}"
+    folder = Path(cfg.runs_dir) / record["setting"]["dir"] / f"seed{seed}"
     save_patch(folder / "patch.safetensors", model, selection, trained_state(model, selection), initial,
-               {"model": str(model_dir), "task": task, "method": method, "epoch": 1, "seed": seed,
-                "model_fingerprint": fingerprint})
+               {"model": str(model_dir), "task": cfg.task.name, "method": cfg.method.name, "epoch": 1,
+                "seed": seed, "model_fingerprint": fingerprint})
     records.write_json_atomic(folder / "record.json", record)
     return folder
 
