@@ -28,7 +28,8 @@ test-all:
 # the code that leans hardest on them (transformers' attention/mask interfaces, training, the CLI through Hydra).
 MIN_VENV ?= .venv-min
 MIN_TESTS = tests/test_packed.py tests/test_methods.py tests/test_training.py tests/test_cli.py tests/test_optim.py \
-	tests/test_peft_export.py tests/test_model_card.py
+	tests/test_peft_export.py tests/test_model_card.py tests/test_serve_api.py tests/test_serve_adapters.py \
+	tests/test_serve.py::test_export_round_trip_loads_with_plain_transformers
 test-min:
 	[ -x $(MIN_VENV)/bin/python ] || python3 -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/python -m pip install -q -c .ci/min-versions.txt -e ".[dev]"
