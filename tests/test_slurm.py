@@ -157,6 +157,9 @@ def test_preemption_requeues_and_resumes_exactly(mode, cluster, tiny_bert_dir, t
     subprocess.run(["scancel", "--signal=USR2", job_id], env=cluster, check=True)
     # A requeued job waits ~2 minutes (BeginTime); let it start now.
     assert wait_for(lambda: any(s == "PENDING" for _, s, _ in squeue(cluster)), timeout=120)
+    # slurmd refuses a credential made in the same second its job's old one was revoked ("Killing non-startable
+    # batch job: Job credential revoked", and the job is gone): start the requeued job in a later second.
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=cluster, check=True)
     _, err = job.communicate(timeout=900)
     assert job.returncode == 0, err[-3000:]
