@@ -16,7 +16,7 @@ bitfit-run model=minilm task=rte method=bitfit optim.lr=0.001 'seeds=[0,1]' trai
 import shlex
 from collections import Counter
 
-from bitfit_exp.results.selection import fmt_value
+from bitfit_exp.results.rerun import override
 
 VERSION_KEYS = ("bitfit_exp", "torch", "transformers", "datasets", "python")
 
@@ -58,7 +58,7 @@ def rerun_command(model: str, task: str, method: str, lr: float, seeds, changes:
     if experiment:
         return f"bitfit-run +experiment={experiment} model={model} task={task} method={method} --multirun"
     words = [f"model={model}", f"task={task}", f"method={method}", f"optim.lr={lr:g}",
-             f"seeds=[{','.join(str(s) for s in sorted(seeds))}]"]
+             override("seeds", sorted(int(s) for s in seeds))]
     named = {"model.name", "task.name", "method.name", "optim.lr"}
-    words += [f"{k}={fmt_value(v).replace(', ', ',')}" for k, v in changes.items() if k not in named]
+    words += [override(k, v) for k, v in changes.items() if k not in named]  # quoted as Hydra reads them back
     return "bitfit-run " + " ".join(shlex.quote(w) for w in words)
