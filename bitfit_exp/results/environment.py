@@ -47,14 +47,15 @@ def environment(device) -> dict:
 
     import bitfit_exp
 
+    git = git_state()
     env = {
         "bitfit_exp": bitfit_exp.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "datasets": datasets.__version__,
-        "git_sha": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_sha": git["git_sha"],
+        "git_dirty": bool(git["git_dirty"]),  # False, not None, outside a git checkout: as records always said
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "device": str(device),

@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bitfit_exp.core.errors import UserError, first_line
-from bitfit_exp.results.environment import environment
+from bitfit_exp.results.environment import git_state
 from bitfit_exp.results.records import RECORD, sealed_setting, write_json_atomic
 from bitfit_exp.train.tracking import TRACKERS
 from bitfit_exp.train.tracking.base import EXTRA, RunInfo, Tracker
@@ -164,7 +164,7 @@ def run_info(config: dict, seed: int, folder: Path, fingerprints: dict, git_sha:
 
 @cache
 def _git_sha() -> str | None:
-    return environment(torch.device("cpu"))["git_sha"]  # once per job: a packed job starts k seeds at once
+    return git_state()["git_sha"]  # once per job: a packed job starts k seeds at once
 
 
 def start_tracking(cfg, seed: int, folder: Path, fingerprints: dict, n_train: int) -> SeedTracking:
