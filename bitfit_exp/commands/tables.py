@@ -10,8 +10,8 @@ from pathlib import Path
 
 from bitfit_exp.core.atomic import check_out_folder
 from bitfit_exp.core.errors import UserError
-from bitfit_exp.results.selection import PEFT_TABLE_METHODS, collect, found_rows, select_best_lr
-from bitfit_exp.results.table_set import CHOICES, build_tables, glue_rows
+from bitfit_exp.results.selection import PEFT_TABLE_METHODS, collect
+from bitfit_exp.results.table_set import CHOICES, build_tables
 from bitfit_exp.results.tables import unfilled, write_tables
 
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         print(f"warning: {w}", file=sys.stderr)
     if df.empty:
         print(f"no done run records under {args.runs_dir}", file=sys.stderr)
-        for line in unfilled([], set(), False, args.runs_dir) if args.table == "all" else ():
+        for line in unfilled([], args.runs_dir) if args.table == "all" else ():
             print(line, file=sys.stderr)
         return 1
     built = build_tables(df, args.table, args.expected_seeds, args.epoch)
@@ -50,11 +50,8 @@ def main(argv=None) -> int:
     for t in built:
         print(write_tables(t.name, t.frame, t.cells, args.out, t.table.title, t.notes))
         print(f"wrote {Path(args.out) / t.name}.md, .tex, .csv\n")
-    if args.table == "all":
-        names = [t.name for t in built]
-        found = set(found_rows(select_best_lr(glue_rows(df))))
-        for line in unfilled(names, found, "pos" in names, args.runs_dir):
-            print(line)
+    for line in unfilled([t.name for t in built], args.runs_dir) if args.table == "all" else ():
+        print(line)
     return 0
 
 if __name__ == "__main__":
