@@ -32,6 +32,8 @@ from bitfit_exp.results.card import Base, write_card
 from bitfit_exp.results.records import RECORD
 from bitfit_exp.serving.engine import AdapterRun, check_fingerprint, damaged, find_patches
 
+PROVENANCE = "bitfit_patch.json"  # where an exported folder came from
+
 
 def label_maps(labels: list[str]) -> tuple[dict[int, str], dict[str, int]]:
     return dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
@@ -81,13 +83,12 @@ def export(spec: str, out: Path, model: str | None = None, hub_id: str | None = 
     if patch.num_labels > 1:
         network.config.id2label, network.config.label2id = label_maps(patch.labels())
     tokenizer.model_max_length = patch.max_length
-    resolved = resolve_model_path(model_argument(model) or patch.model)
     try:
         with no_progress_bars():
             network.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        (out / "bitfit_patch.json").write_text(json.dumps(provenance(patch), indent=1, default=str) + "\n")
-        write_card(out, patch.path.parent / RECORD, "merged", Base(resolved, not Path(resolved).is_dir()), hub_id)
+        (out / PROVENANCE).write_text(json.dumps(provenance(patch), indent=1, default=str) + "\n")
+        write_card(out, patch.path.parent / RECORD, "merged", card_base(model_argument(model) or patch.model), hub_id)
     except OSError as e:
         raise UserError(f"{out}: the model cannot be written there ({first_line(e)})") from None
     return out
@@ -97,19 +98,34 @@ def copy_adapter(run: AdapterRun, out: Path, hub_id: str | None = None) -> Path:
     """A peft method's run (lora, ia3, beft, peft; either --format): its adapter folder as it is (loadable with
     peft's PeftModel.from_pretrained), the tokenizer, `bitfit_patch.json` saying where it came from, and the model
     card (README.md, replacing the one peft wrote)."""
-    resolved = resolve_model_path(run.source["model"])
     try:
         shutil.copytree(run.adapter, out, dirs_exist_ok=True)
-        tokenizer = load_tokenizer(run.source["model"])
-        tokenizer.model_max_length = run.source["max_length"]  # truncates as the run did
-        tokenizer.init_kwargs["model_input_names"] = list(tokenizer.model_input_names)  # as peft_export: see there
-        tokenizer.save_pretrained(out)
-        (out / "bitfit_patch.json").write_text(json.dumps({**run.source, "format": "peft"}, indent=1, default=str)
-                                               + "\n")
-        write_card(out, Path(run.source["record"]), "peft", Base(resolved, not Path(resolved).is_dir()), hub_id)
+        write_adapter_files(out, load_tokenizer(run.source["model"]), run.source["max_length"],
+                            {**run.source, "format": "peft"}, Path(run.source["record"]),
+                            card_base(run.source["model"]), hub_id)
     except OSError as e:
         raise UserError(f"{out}: the adapter cannot be written there ({first_line(e)})") from None
     return out
+
+
+def card_base(name_or_path: str) -> Base:
+    """The checkpoint as an exported folder names it: resolved (a `pkg:` name to its folder), and whether it is a
+    hub name rather than a local folder."""
+    resolved = resolve_model_path(name_or_path)
+    return Base(resolved, not Path(resolved).is_dir())
+
+
+def write_adapter_files(out: Path, tokenizer, max_length: int, source: dict, record_path: Path, base: Base,
+                        hub_id: str | None) -> None:
+    """What an adapter folder holds beside peft's own files: the tokenizer (truncating at the run's max_length),
+    `bitfit_patch.json` (`source`) and the model card; OSError when the folder cannot be written."""
+    tokenizer.model_max_length = max_length
+    # An adapter folder has no config.json to tell AutoTokenizer the model type: transformers 5.0 then loads a
+    # generic tokenizer that drops token_type_ids (BERT's pair segments) unless the config names the inputs.
+    tokenizer.init_kwargs["model_input_names"] = list(tokenizer.model_input_names)
+    tokenizer.save_pretrained(out)
+    (out / PROVENANCE).write_text(json.dumps(source, indent=1, default=str) + "\n")
+    write_card(out, record_path, "peft", base, hub_id)
 
 
 def provenance(patch) -> dict:

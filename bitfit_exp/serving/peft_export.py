@@ -21,7 +21,6 @@ How the patch maps onto the adapter (`adapter_plan`):
 (['bert.encoder.layer.0.attention.self.query'], ['bert.embeddings.LayerNorm', 'classifier'])
 """
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +30,19 @@ from safetensors import SafetensorError
 from torch import nn
 
 from bitfit_exp.core.errors import UserError, first_line
-from bitfit_exp.model.loading import no_progress_bars, resolve_model_path
+from bitfit_exp.model.loading import no_progress_bars
 from bitfit_exp.model.methods import head_parameter_names
 from bitfit_exp.model.patch import apply_patch
-from bitfit_exp.results.card import Base, write_card
 from bitfit_exp.results.records import RECORD
 from bitfit_exp.serving.engine import AdapterRun, damaged
-from bitfit_exp.serving.export import base_model, check_out, copy_adapter, provenance
-
-PROVENANCE = "bitfit_patch.json"
+from bitfit_exp.serving.export import (
+    base_model,
+    card_base,
+    check_out,
+    copy_adapter,
+    provenance,
+    write_adapter_files,
+)
 
 
 @dataclass
@@ -142,22 +145,15 @@ def export_peft(spec: str, out: Path, model: str | None = None, hub_id: str | No
         if created:
             out.rmdir()  # leave no empty folder behind a refused export
         raise
-    resolved = resolve_model_path(name_or_path)
-    base = Base(resolved, not Path(resolved).is_dir())
+    base = card_base(name_or_path)
     wrapped = peft_model(network, plan, patch.path, base.name_or_path)
-    tokenizer.model_max_length = patch.max_length
     source = {**provenance(patch), "format": "peft", "base_model_name_or_path": base.name_or_path,
               "base_on_hub": base.on_hub, "beft_targets": len(plan.vectors) - (plan.filler is not None),
               "modules_to_save": plan.modules_to_save, "zero_vector": plan.filler}
     try:
         with no_progress_bars():
             wrapped.save_pretrained(out)
-        # An adapter folder has no config.json to tell AutoTokenizer the model type: transformers 5.0 then loads a
-        # generic tokenizer that drops token_type_ids (BERT's pair segments) unless the config names the inputs.
-        tokenizer.init_kwargs["model_input_names"] = list(tokenizer.model_input_names)
-        tokenizer.save_pretrained(out)
-        (out / PROVENANCE).write_text(json.dumps(source, indent=1, default=str) + "\n")
-        write_card(out, patch.path.parent / RECORD, "peft", base, hub_id)
+        write_adapter_files(out, tokenizer, patch.max_length, source, patch.path.parent / RECORD, base, hub_id)
     except OSError as e:
         raise UserError(f"{out}: the adapter cannot be written there ({first_line(e)})") from None
     return out
